@@ -1,0 +1,20 @@
+//! Typed otlp-mesh configuration: the YAML model, loading with located errors, validation and hot reload.
+//!
+//! Loading is `parse → validate`; both report errors as [`ConfigError`] values that carry
+//! the file, line, column and field path, so `otlp-mesh validate` can list every problem at once.
+
+mod error;
+mod load;
+mod located;
+mod mask;
+pub mod model;
+pub mod reload;
+pub mod units;
+mod validate;
+
+pub use error::{ConfigError, LoadError};
+pub use load::{LoadedConfig, load_file, parse_str};
+pub use located::Located;
+pub use mask::masked_json;
+pub use model::*;
+pub use units::{ByteSize, Duration};

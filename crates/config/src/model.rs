@@ -1,0 +1,353 @@
+//! The config file's shape. Every struct rejects unknown fields; defaults are documented per field.
+
+use crate::{ByteSize, Duration, Located};
+use serde::{Deserialize, Deserializer, Serialize, de};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The whole config file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub listeners: Vec<Located<ListenerConfig>>,
+    #[serde(default)]
+    pub clusters: Vec<Located<ClusterConfig>>,
+}
+
+/// Where the admin HTTP server listens.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9901`.
+    #[serde(default = "default_admin_bind")]
+    pub bind: Located<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: default_admin_bind(),
+        }
+    }
+}
+
+fn default_admin_bind() -> Located<String> {
+    Located::new("127.0.0.1:9901".to_string())
+}
+
+/// Process-wide settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// How long in-flight requests may take to finish on shutdown or listener removal. Default `30s`.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
+    /// How often the config file is checked for changes. Default `1s`; `0` turns polling off (SIGHUP still reloads).
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            drain_timeout: default_drain_timeout(),
+            reload_interval: default_reload_interval(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A socket that accepts HTTP/1.1 and h2c (auto-detected) and routes requests to clusters.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Located<String>,
+    /// `ip:port` to bind.
+    pub bind: Located<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// When set, `via: 1.1 <value>` is appended to requests and responses.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// When set, the `server` response header is replaced with this value.
+    #[serde(default)]
+    pub server_header: Option<String>,
+    /// Append the client address to `x-forwarded-for` and set `x-forwarded-proto`. Default true.
+    #[serde(default = "yes")]
+    pub x_forwarded_for: bool,
+    /// Append an RFC 7239 `forwarded` element. Default false.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// Generate `x-request-id` (UUID v4) when the request has none. Default true.
+    #[serde(default = "yes")]
+    pub request_id: bool,
+    /// Routes in order; the first that matches wins.
+    #[serde(default)]
+    pub routes: Vec<Located<RouteConfig>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Per-listener request limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request head (request line and headers) accepted; larger gets 431. Default `64KiB`.
+    #[serde(default = "default_max_headers")]
+    pub max_request_headers: ByteSize,
+    /// Largest request body accepted; larger gets 413. Default: no limit (bodies stream through).
+    #[serde(default)]
+    pub max_request_body: Option<ByteSize>,
+    /// Time a client has to send the complete request head (slowloris guard). Default `10s`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_headers: default_max_headers(),
+            max_request_body: None,
+            header_read_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+fn default_max_headers() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A route: conditions on the request and where matching requests go.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name shown in metrics and `/routes`. Default `<listener>/<index>`.
+    #[serde(default)]
+    pub name: Option<Located<String>>,
+    #[serde(rename = "match", default)]
+    pub matcher: RouteMatch,
+    /// Send every matching request to this cluster (shorthand for a one-entry `split`).
+    #[serde(default)]
+    pub cluster: Option<Located<String>>,
+    /// Weighted split across clusters.
+    #[serde(default)]
+    pub split: Option<Located<Vec<WeightedCluster>>>,
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub request_headers: Option<HeaderOps>,
+    #[serde(default)]
+    pub response_headers: Option<HeaderOps>,
+    /// Whole-request deadline until the response head arrives; 504 after. Default `15s`; `0` disables.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+/// Request conditions; all given conditions must hold.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub path_exact: Option<Located<String>>,
+    #[serde(default)]
+    pub path_prefix: Option<Located<String>>,
+    #[serde(default)]
+    pub path_regex: Option<Located<String>>,
+    /// Any of these methods (upper case).
+    #[serde(default)]
+    pub methods: Option<Vec<Located<String>>>,
+    /// Header name → condition (a string for exact match, or `{regex: ...}` / `{present: bool}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Located<ValueMatch>>,
+    /// Query parameter name → condition, as for headers.
+    #[serde(default)]
+    pub query: BTreeMap<String, Located<ValueMatch>>,
+}
+
+/// A condition on a header or query parameter value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(String),
+    Present(bool),
+}
+
+impl<'de> Deserialize<'de> for ValueMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ValueMatch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (exact match), {exact: ...}, {regex: ...} or {present: true|false}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ValueMatch, E> {
+                Ok(ValueMatch::Exact(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ValueMatch, E> {
+                Ok(ValueMatch::Exact(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ValueMatch, E> {
+                Ok(ValueMatch::Exact(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ValueMatch, E> {
+                Ok(ValueMatch::Exact(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ValueMatch, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("empty condition: use exact, regex or present"))?;
+                let m = match key.as_str() {
+                    "exact" => ValueMatch::Exact(map.next_value()?),
+                    "regex" => ValueMatch::Regex(map.next_value()?),
+                    "present" => ValueMatch::Present(map.next_value()?),
+                    other => {
+                        return Err(de::Error::unknown_field(other, &["exact", "regex", "present"]));
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a condition takes exactly one of exact, regex, present; found also `{extra}`"
+                    )));
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One cluster in a weighted split.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub cluster: Located<String>,
+    /// Relative weight. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: Located<u32>,
+}
+
+fn default_weight() -> Located<u32> {
+    Located::new(1)
+}
+
+/// Rewrites applied before the request goes upstream.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the matched `path_prefix` (the route must match on `path_prefix`).
+    #[serde(default)]
+    pub path_prefix: Option<Located<String>>,
+    /// Replaces the `host` header (and `:authority`).
+    #[serde(default)]
+    pub host: Option<Located<String>>,
+}
+
+/// Header edits: `set` replaces, `add` appends, `remove` deletes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A named group of upstream endpoints.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: Located<String>,
+    pub discovery: Discovery,
+    /// Protocol spoken to the endpoints. Default `http1`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Load-balancing algorithm. Default `round_robin`.
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    /// Default `2s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// Fixed `ip:port` endpoints.
+    #[serde(rename = "static", default)]
+    pub static_endpoints: Option<Vec<Located<String>>>,
+}
+
+/// Upstream protocol.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c); needed for gRPC.
+    H2,
+}
+
+/// Load-balancing algorithm.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    #[default]
+    RoundRobin,
+}
+
+/// Upstream connection pool settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Idle connections are closed after this. Default `90s`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint. Default 256.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle_timeout: default_idle_timeout(),
+            max_idle_per_endpoint: default_max_idle(),
+        }
+    }
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_max_idle() -> usize {
+    256
+}
+
+/// The default route timeout when a route sets none.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);

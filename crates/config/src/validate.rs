@@ -1,0 +1,224 @@
+//! Semantic checks that serde cannot express. Every problem is collected; none stops the others.
+
+use crate::{Config, ConfigError, Located, RouteConfig, ValueMatch};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+struct Collector<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn at<T>(&mut self, loc: &Located<T>, path: impl Into<String>, message: impl Into<String>) {
+        self.push(loc.line, loc.column, path, message);
+    }
+
+    fn push(&mut self, line: u64, column: u64, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn socket_addr(&mut self, loc: &Located<String>, path: &str) {
+        if loc.value.parse::<SocketAddr>().is_err() {
+            self.at(
+                loc,
+                path,
+                format!("`{}` is not a socket address (expected ip:port, e.g. 127.0.0.1:8080)", loc.value),
+            );
+        }
+    }
+}
+
+pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
+    let mut c = Collector {
+        file,
+        errors: Vec::new(),
+    };
+    c.socket_addr(&config.admin.bind, "admin.bind");
+
+    let mut cluster_names = HashSet::new();
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        if cluster.name.value.is_empty() {
+            c.at(&cluster.name, format!("{path}.name"), "must not be empty");
+        } else if !cluster_names.insert(cluster.name.value.as_str()) {
+            c.at(
+                &cluster.name,
+                format!("{path}.name"),
+                format!("duplicate cluster name `{}`", cluster.name.value),
+            );
+        }
+        match &cluster.discovery.static_endpoints {
+            Some(endpoints) => {
+                for (j, ep) in endpoints.iter().enumerate() {
+                    c.socket_addr(ep, &format!("{path}.discovery.static[{j}]"));
+                }
+            }
+            None => c.at(
+                cluster,
+                format!("{path}.discovery"),
+                "no discovery source: set `static: [ip:port, ...]`",
+            ),
+        }
+        if cluster.connect_timeout.is_zero() {
+            c.at(cluster, format!("{path}.connect_timeout"), "must be greater than 0");
+        }
+    }
+
+    let mut listener_names = HashSet::new();
+    let mut binds: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if listener.name.value.is_empty() {
+            c.at(&listener.name, format!("{path}.name"), "must not be empty");
+        } else if !listener_names.insert(listener.name.value.as_str()) {
+            c.at(
+                &listener.name,
+                format!("{path}.name"),
+                format!("duplicate listener name `{}`", listener.name.value),
+            );
+        }
+        c.socket_addr(&listener.bind, &format!("{path}.bind"));
+        if let Ok(addr) = listener.bind.value.parse::<SocketAddr>()
+            && addr.port() != 0
+            && let Some(other) = binds.insert(addr, i)
+        {
+            c.at(
+                &listener.bind,
+                format!("{path}.bind"),
+                format!("`{addr}` is already used by listeners[{other}]"),
+            );
+        }
+        if listener.limits.max_request_headers.0 < 1024 {
+            c.at(listener, format!("{path}.limits.max_request_headers"), "must be at least 1KiB");
+        }
+        for (name, value) in [("via", &listener.via), ("server_header", &listener.server_header)] {
+            if let Some(v) = value
+                && http::HeaderValue::from_str(v).is_err()
+            {
+                c.at(listener, format!("{path}.{name}"), format!("`{v}` is not a valid header value"));
+            }
+        }
+        let mut route_names = HashSet::new();
+        for (j, route) in listener.routes.iter().enumerate() {
+            let rpath = format!("{path}.routes[{j}]");
+            if let Some(name) = &route.name
+                && !route_names.insert(name.value.as_str())
+            {
+                c.at(name, format!("{rpath}.name"), format!("duplicate route name `{}`", name.value));
+            }
+            validate_route(&mut c, route, &rpath, &cluster_names);
+        }
+    }
+    c.errors
+}
+
+fn validate_route(c: &mut Collector<'_>, route: &Located<RouteConfig>, path: &str, clusters: &HashSet<&str>) {
+    let m = &route.matcher;
+    let path_kinds = [&m.path_exact, &m.path_prefix, &m.path_regex]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if path_kinds > 1 {
+        c.at(route, format!("{path}.match"), "use only one of path_exact, path_prefix, path_regex");
+    }
+    for (field, value) in [("path_exact", &m.path_exact), ("path_prefix", &m.path_prefix)] {
+        if let Some(p) = value
+            && !p.value.starts_with('/')
+        {
+            c.at(p, format!("{path}.match.{field}"), format!("`{}` must start with `/`", p.value));
+        }
+    }
+    if let Some(re) = &m.path_regex {
+        check_regex(c, re, &format!("{path}.match.path_regex"));
+    }
+    if let Some(methods) = &m.methods {
+        for (k, method) in methods.iter().enumerate() {
+            if http::Method::from_bytes(method.value.as_bytes()).is_err() || method.value.is_empty() {
+                c.at(method, format!("{path}.match.methods[{k}]"), format!("`{}` is not an HTTP method", method.value));
+            }
+        }
+    }
+    for (name, cond) in &m.headers {
+        let field = format!("{path}.match.headers.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            c.at(cond, &field, format!("`{name}` is not a valid header name"));
+        }
+        if let ValueMatch::Regex(re) = &cond.value {
+            check_regex(c, &Located { value: re.clone(), line: cond.line, column: cond.column }, &field);
+        }
+    }
+    for (name, cond) in &m.query {
+        if let ValueMatch::Regex(re) = &cond.value {
+            let field = format!("{path}.match.query.{name}");
+            check_regex(c, &Located { value: re.clone(), line: cond.line, column: cond.column }, &field);
+        }
+    }
+
+    match (&route.cluster, &route.split) {
+        (Some(_), Some(split)) => c.at(split, format!("{path}.split"), "use either `cluster` or `split`, not both"),
+        (None, None) => c.at(route, path, "route has no destination: set `cluster` or `split`"),
+        (Some(cluster), None) => check_cluster_ref(c, cluster, &format!("{path}.cluster"), clusters),
+        (None, Some(split)) => {
+            if split.value.is_empty() {
+                c.at(split, format!("{path}.split"), "must list at least one cluster");
+            } else if split.value.iter().all(|w| w.weight.value == 0) {
+                c.at(split, format!("{path}.split"), "all weights are 0: at least one must be positive");
+            }
+            for (k, w) in split.value.iter().enumerate() {
+                check_cluster_ref(c, &w.cluster, &format!("{path}.split[{k}].cluster"), clusters);
+            }
+        }
+    }
+
+    if let Some(rw) = &route.rewrite {
+        if let Some(prefix) = &rw.path_prefix {
+            if m.path_prefix.is_none() {
+                c.at(prefix, format!("{path}.rewrite.path_prefix"), "needs `match.path_prefix` (the part it replaces)");
+            }
+            if !prefix.value.starts_with('/') {
+                c.at(prefix, format!("{path}.rewrite.path_prefix"), format!("`{}` must start with `/`", prefix.value));
+            }
+        }
+        if let Some(host) = &rw.host
+            && http::uri::Authority::try_from(host.value.as_str()).is_err()
+        {
+            c.at(host, format!("{path}.rewrite.host"), format!("`{}` is not a valid host", host.value));
+        }
+    }
+    for (field, ops) in [("request_headers", &route.request_headers), ("response_headers", &route.response_headers)] {
+        let Some(ops) = ops else { continue };
+        for (name, value) in ops.set.iter().chain(ops.add.iter()) {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.at(route, format!("{path}.{field}"), format!("`{name}` is not a valid header name"));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                c.at(route, format!("{path}.{field}.{name}"), format!("`{value}` is not a valid header value"));
+            }
+        }
+        for name in &ops.remove {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.at(route, format!("{path}.{field}.remove"), format!("`{name}` is not a valid header name"));
+            }
+        }
+    }
+}
+
+fn check_regex(c: &mut Collector<'_>, re: &Located<String>, path: &str) {
+    if let Err(e) = regex::Regex::new(&re.value) {
+        let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
+        c.at(re, path, format!("invalid regex `{}`: {first}", re.value));
+    }
+}
+
+fn check_cluster_ref(c: &mut Collector<'_>, name: &Located<String>, path: &str, clusters: &HashSet<&str>) {
+    if !clusters.contains(name.value.as_str()) {
+        c.at(name, path, format!("unknown cluster `{}`", name.value));
+    }
+}

@@ -1,0 +1,141 @@
+//! Every kind of bad config is reported with file, line and field path, all at once.
+
+use otlp_mesh_config::{ConfigError, ValueMatch, parse_str};
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    parse_str(yaml, "mesh.yaml").expect_err("config should be rejected")
+}
+
+fn has(errs: &[ConfigError], line: u64, path: &str, text: &str) {
+    assert!(
+        errs.iter()
+            .any(|e| e.line == line && e.path == path && e.message.contains(text)),
+        "expected line {line} {path} `{text}` in:\n{}",
+        errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+const GOOD: &str = r#"
+admin: { bind: 127.0.0.1:9901 }
+listeners:
+  - name: edge
+    bind: 127.0.0.1:8080
+    limits: { max_request_headers: 64KiB, max_request_body: 10MiB, header_read_timeout: 10s }
+    routes:
+      - match: { path_prefix: /api, headers: { x-canary: "true", x-user: { regex: "^a" }, x-debug: { present: false } } }
+        split: [ { cluster: orders-v2, weight: 100 } ]
+      - name: api
+        match: { path_prefix: /api, methods: [GET, POST], query: { v: "2" } }
+        split: [ { cluster: orders-v1, weight: 90 }, { cluster: orders-v2, weight: 10 } ]
+        timeout: 2s
+        rewrite: { path_prefix: /v1, host: orders.internal }
+        request_headers: { set: { x-env: prod }, remove: [x-debug] }
+clusters:
+  - name: orders-v1
+    discovery: { static: [ 127.0.0.1:9001, 127.0.0.1:9002 ] }
+  - name: orders-v2
+    discovery: { static: [ 127.0.0.1:9003 ] }
+    protocol: h2
+"#;
+
+#[test]
+fn accepts_the_documented_example() {
+    let cfg = parse_str(GOOD, "mesh.yaml").expect("valid");
+    assert_eq!(cfg.listeners.len(), 1);
+    let route = &cfg.listeners[0].routes[0];
+    assert_eq!(
+        route.matcher.headers["x-user"].value,
+        ValueMatch::Regex("^a".into())
+    );
+    assert_eq!(route.matcher.headers["x-debug"].value, ValueMatch::Present(false));
+    assert_eq!(cfg.listeners[0].limits.max_request_body.map(|b| b.0), Some(10 << 20));
+    assert_eq!(cfg.listeners[0].routes[1].timeout.map(|t| t.0.as_millis()), Some(2000));
+}
+
+#[test]
+fn reports_every_semantic_error_with_line_and_path() {
+    let yaml = r#"
+admin: { bind: "localhost" }
+listeners:
+  - name: edge
+    bind: 127.0.0.1:8080
+    routes:
+      - match: { path_prefix: api, path_regex: "(" }
+        cluster: nowhere
+      - split: [ { cluster: a, weight: 0 } ]
+      - match: { headers: { x-a: { regex: "[" } } }
+        cluster: a
+  - name: edge
+    bind: 127.0.0.1:8080
+clusters:
+  - name: a
+    discovery: { static: [ "not-an-address" ] }
+  - name: a
+    discovery: { static: [] }
+"#;
+    let errs = errors(yaml);
+    has(&errs, 2, "admin.bind", "not a socket address");
+    has(&errs, 7, "listeners[0].routes[0].match", "only one of");
+    has(&errs, 7, "listeners[0].routes[0].match.path_prefix", "must start with `/`");
+    has(&errs, 7, "listeners[0].routes[0].match.path_regex", "invalid regex");
+    has(&errs, 8, "listeners[0].routes[0].cluster", "unknown cluster `nowhere`");
+    has(&errs, 9, "listeners[0].routes[1].split", "all weights are 0");
+    has(&errs, 10, "listeners[0].routes[2].match.headers.x-a", "invalid regex");
+    has(&errs, 12, "listeners[1].name", "duplicate listener name");
+    has(&errs, 13, "listeners[1].bind", "already used");
+    has(&errs, 16, "clusters[0].discovery.static[0]", "not a socket address");
+    has(&errs, 17, "clusters[1].name", "duplicate cluster name");
+    assert_eq!(errs.len(), 11, "{errs:#?}");
+}
+
+#[test]
+fn unknown_field_names_line_and_path() {
+    let errs = errors("listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    bnid: x\n");
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("unknown field") && e.message.contains("bnid"), "{e}");
+    assert!(e.path.starts_with("listeners[0]"), "{e}");
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let errs = errors("clusters:\n  - name: a\n");
+    assert!(errs[0].message.contains("discovery"), "{}", errs[0]);
+    assert_eq!(errs[0].line, 2, "{}", errs[0]);
+}
+
+#[test]
+fn bad_units_and_enums_are_explained() {
+    let errs = errors("runtime: { drain_timeout: 10 parsecs }\n");
+    assert!(errs[0].message.contains("unknown unit"), "{}", errs[0]);
+    assert_eq!(errs[0].path, "runtime.drain_timeout");
+    assert_eq!(errs[0].line, 1);
+
+    let errs = errors("clusters:\n  - name: a\n    discovery: { static: [] }\n    balancer: fastest\n");
+    assert!(errs[0].message.contains("fastest"), "{}", errs[0]);
+    assert_eq!(errs[0].line, 4, "{}", errs[0]);
+}
+
+#[test]
+fn route_without_destination_and_rewrite_without_prefix() {
+    let yaml = "listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    routes:\n      - match: { path_exact: /x }\n        rewrite: { path_prefix: /y }\n";
+    let errs = errors(yaml);
+    has(&errs, 5, "listeners[0].routes[0]", "no destination");
+    has(&errs, 6, "listeners[0].routes[0].rewrite.path_prefix", "needs `match.path_prefix`");
+}
+
+#[test]
+fn yaml_syntax_error_has_a_line() {
+    let errs = errors("listeners:\n  - name: a\n   bind: [\n");
+    assert!(errs[0].line >= 2, "{}", errs[0]);
+}
+
+#[test]
+fn display_is_file_line_column_path_message() {
+    let errs = errors("admin: { bind: nope }\n");
+    assert_eq!(
+        errs[0].to_string(),
+        "mesh.yaml:1:16: admin.bind: `nope` is not a socket address (expected ip:port, e.g. 127.0.0.1:8080)"
+    );
+}
