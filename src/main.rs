@@ -1,1 +1,73 @@
-fn main() {}
+//! otlp-mesh command line: `run`, `validate`, `demo`.
+
+mod app;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A small, fast service proxy and OTLP telemetry agent.
+#[derive(Parser, Debug)]
+#[command(name = "otlp-mesh", version, about)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace or a RUST_LOG-style directive); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy with a config file (reloaded on change and on SIGHUP).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads (default: number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Check a config file: exit 0 when valid, 1 listing every error.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run example services, the proxy in front of them and background traffic, on loopback.
+    Demo {
+        /// Proxy listener port (admin is on 9901 unless --admin-port says otherwise).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// Requests per second of background traffic (0 turns it off).
+        #[arg(long, default_value_t = 20)]
+        rps: u32,
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    app::init_logging(&cli.log_level, matches!(cli.log_format, LogFormat::Json));
+    match cli.command {
+        Command::Validate { config } => app::validate(&config),
+        Command::Run { config, workers } => app::run_file(config, workers),
+        Command::Demo {
+            port,
+            admin_port,
+            rps,
+            workers,
+        } => app::run_demo(port, admin_port, rps, workers),
+    }
+}

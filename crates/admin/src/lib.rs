@@ -1,1 +1,191 @@
-//! wip
+//! The admin HTTP server: health, Prometheus metrics, effective config, clusters and routes.
+//!
+//! Read-only views over the proxy's current snapshot; it never blocks the data path.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use otlp_mesh_config::reload::ReloadStats;
+use otlp_mesh_proxy::Proxy;
+use otlp_mesh_telemetry::PromWriter;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the admin handlers read.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    pub reload: Arc<ReloadStats>,
+    pub started: Instant,
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/live", get(live))
+        .route("/metrics", get(metrics))
+        .route("/config", get(config))
+        .route("/clusters", get(clusters))
+        .route("/routes", get(routes))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    if s.proxy.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else if s.proxy.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn live() -> &'static str {
+    "live\n"
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "no such admin endpoint; try /ready /live /metrics /config /clusters /routes\n").into_response()
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut w = PromWriter::new();
+    s.proxy.registry().render(&mut w);
+    w.family("otlp_mesh_config_reloads_total", "counter", "Config reloads applied or refused, by result.");
+    w.sample("otlp_mesh_config_reloads_total", &[("result", "success")], s.reload.successes());
+    w.sample("otlp_mesh_config_reloads_total", &[("result", "failure")], s.reload.failures());
+    w.family(
+        "otlp_mesh_config_reload_failures_total",
+        "counter",
+        "Config files refused (invalid, unreadable or failed to apply); the old config kept serving.",
+    );
+    w.sample("otlp_mesh_config_reload_failures_total", &[], s.reload.failures());
+    w.family("otlp_mesh_uptime_seconds", "gauge", "Seconds since the process started.");
+    w.sample("otlp_mesh_uptime_seconds", &[], s.started.elapsed().as_secs_f64());
+    if let Some(rss) = resident_bytes() {
+        w.family("process_resident_memory_bytes", "gauge", "Resident set size of the process.");
+        w.sample("process_resident_memory_bytes", &[], rss);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        w.finish(),
+    )
+        .into_response()
+}
+
+/// Resident set size from /proc (Linux); `None` elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "no config applied yet"}))).into_response()
+}
+
+async fn config(State(s): State<AdminState>) -> Response {
+    let Some(snap) = s.proxy.snapshot() else {
+        return unavailable();
+    };
+    Json(json!({
+        "source": snap.loaded.source,
+        "hash": snap.loaded.hash,
+        "reload": {
+            "successes": s.reload.successes(),
+            "failures": s.reload.failures(),
+            "last_error": s.reload.last_error(),
+        },
+        "config": otlp_mesh_config::masked_json(&snap.loaded.config),
+    }))
+    .into_response()
+}
+
+async fn clusters(State(s): State<AdminState>) -> Response {
+    let Some(snap) = s.proxy.snapshot() else {
+        return unavailable();
+    };
+    let clusters: Vec<Value> = snap
+        .clusters
+        .values()
+        .map(|c| {
+            let endpoints: Vec<Value> = c
+                .endpoints()
+                .endpoints()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": e.addr.to_string(),
+                        "weight": e.weight,
+                        "health": "unknown",
+                        "in_flight": e.in_flight(),
+                        "requests": e.requests(),
+                        "failures": e.failures(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": c.name,
+                "protocol": c.config.protocol,
+                "balancer": c.balancer_name(),
+                "discovery": c.discovery_kind(),
+                "connect_timeout": c.config.connect_timeout,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    Json(json!({ "clusters": clusters })).into_response()
+}
+
+async fn routes(State(s): State<AdminState>) -> Response {
+    let Some(snap) = s.proxy.snapshot() else {
+        return unavailable();
+    };
+    let listeners: Vec<Value> = snap
+        .loaded
+        .config
+        .listeners
+        .iter()
+        .map(|l| {
+            let routes: Vec<Value> = l
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut v = otlp_mesh_config::masked_json(&r.value);
+                    if let Some(obj) = v.as_object_mut() {
+                        let name = r
+                            .name
+                            .as_ref()
+                            .map(|n| n.value.clone())
+                            .unwrap_or_else(|| format!("{}/{i}", l.name.value));
+                        obj.insert("name".into(), Value::String(name));
+                        obj.retain(|_, v| !v.is_null());
+                    }
+                    v
+                })
+                .collect();
+            json!({
+                "name": l.name.value,
+                "bind": l.bind.value,
+                "address": snap.listeners.get(&l.name.value).map(|a| a.to_string()),
+                "routes": routes,
+            })
+        })
+        .collect();
+    Json(json!({ "listeners": listeners })).into_response()
+}

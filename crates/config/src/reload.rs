@@ -25,6 +25,20 @@ impl ReloadStats {
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
+    /// Counts a config that was applied.
+    pub fn record_success(&self) {
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            last.clear();
+        }
+    }
+    /// Counts a config that was refused (invalid, unreadable, or failed to apply), with why.
+    pub fn record_failure(&self, reasons: &[String]) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = reasons.to_vec();
+        }
+    }
     /// Reasons the most recent rejected file was refused (empty once a later reload succeeds).
     pub fn last_error(&self) -> Vec<String> {
         self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
@@ -101,12 +115,9 @@ impl ConfigWatcher {
             Ok(loaded) => {
                 let hash = loaded.hash.clone();
                 self.interval = loaded.config.runtime.reload_interval.into();
+                // Success is counted by whoever applies it: applying can still fail (a port in use).
                 self.tx.send_replace(Arc::new(loaded));
-                self.stats.successes.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.stats.last_error.lock() {
-                    last.clear();
-                }
-                tracing::info!(config = %self.path.display(), hash = %hash, "config reloaded");
+                tracing::info!(config = %self.path.display(), hash = %hash, "config file changed and is valid");
                 ReloadOutcome::Applied(hash)
             }
             Err(e) => self.reject(e.messages()),
@@ -114,12 +125,9 @@ impl ConfigWatcher {
     }
 
     fn reject(&mut self, reasons: Vec<String>) -> ReloadOutcome {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_failure(&reasons);
         for reason in &reasons {
             tracing::error!(config = %self.path.display(), "config reload rejected, keeping the running config: {reason}");
-        }
-        if let Ok(mut last) = self.stats.last_error.lock() {
-            last.clone_from(&reasons);
         }
         ReloadOutcome::Rejected(reasons)
     }
@@ -183,7 +191,8 @@ mod tests {
         write(&path, GOOD2);
         assert!(matches!(watcher.check_now(), ReloadOutcome::Applied(_)));
         assert_eq!(rx.borrow().config.listeners[0].name.value, "b");
-        assert_eq!(stats.successes(), 1);
+        assert_eq!(stats.last_error().len(), 1, "success is recorded by the applier");
+        stats.record_success();
         assert!(stats.last_error().is_empty());
     }
 
@@ -209,7 +218,7 @@ mod tests {
         trigger.notify_one();
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         assert!(rx.has_changed().unwrap(), "trigger must reload at once");
-        assert_eq!(stats.successes(), 2);
+        assert_eq!(stats.failures(), 0);
     }
 
     #[test]

@@ -95,8 +95,8 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 format!("`{addr}` is already used by listeners[{other}]"),
             );
         }
-        if listener.limits.max_request_headers.0 < 1024 {
-            c.at(listener, format!("{path}.limits.max_request_headers"), "must be at least 1KiB");
+        if listener.limits.max_request_headers.0 < 8192 {
+            c.at(listener, format!("{path}.limits.max_request_headers"), "must be at least 8KiB");
         }
         for (name, value) in [("via", &listener.via), ("server_header", &listener.server_header)] {
             if let Some(v) = value

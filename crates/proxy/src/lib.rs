@@ -1,1 +1,177 @@
-//! wip
+//! The otlp-mesh data path: listeners, router, clusters with connection pools, and the
+//! per-route tower stack. [`Proxy`] owns the running listeners and applies config snapshots.
+//!
+//! Requests read the current snapshot through `arc-swap` (no lock); a reload builds a new
+//! snapshot off the data path, binds new listeners, swaps state into kept ones and drains
+//! removed ones, so requests in flight finish on the config they started with.
+
+pub mod body;
+pub mod cluster;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod router;
+pub mod service;
+
+use arc_swap::ArcSwapOption;
+use cluster::Cluster;
+use listener::ListenerHandle;
+use otlp_mesh_config::LoadedConfig;
+use otlp_mesh_telemetry::Registry;
+use service::ListenerState;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// The effective configuration and the objects built from it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub loaded: Arc<LoadedConfig>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Listener name → bound address.
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+/// Runs listeners for the current config and swaps in new configs.
+#[derive(Debug)]
+pub struct Proxy {
+    registry: Arc<Registry>,
+    snapshot: ArcSwapOption<Snapshot>,
+    listeners: Mutex<BTreeMap<String, ListenerHandle>>,
+    draining: AtomicBool,
+}
+
+impl Proxy {
+    pub fn new(registry: Arc<Registry>) -> Arc<Self> {
+        Arc::new(Proxy {
+            registry,
+            snapshot: ArcSwapOption::empty(),
+            listeners: Mutex::new(BTreeMap::new()),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The snapshot in force, once one has been applied.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    /// True once a config is applied and until draining starts.
+    pub fn is_ready(&self) -> bool {
+        self.snapshot.load().is_some() && !self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Applies a validated config: builds clusters and routes, binds new listeners, updates kept
+    /// ones and drains removed ones. On error nothing changes and the old config keeps serving.
+    pub async fn apply(&self, loaded: Arc<LoadedConfig>) -> Result<(), Vec<String>> {
+        let mut listeners = self.listeners.lock().await;
+        if self.is_draining() {
+            return Err(vec!["shutting down".into()]);
+        }
+        let cfg = &loaded.config;
+        let previous = self.snapshot.load_full();
+        let old_clusters = previous.as_ref().map(|s| &s.clusters);
+
+        // Reuse unchanged clusters so their pools and endpoint stats survive the reload.
+        let mut clusters = BTreeMap::new();
+        for c in &cfg.clusters {
+            let name = c.name.value.clone();
+            let reused = old_clusters
+                .and_then(|old| old.get(&name))
+                .filter(|old| old.config == c.value)
+                .cloned();
+            let cluster = reused.unwrap_or_else(|| Arc::new(Cluster::new(c, self.registry.cluster(&name))));
+            clusters.insert(name, cluster);
+        }
+
+        let mut errors = Vec::new();
+        let mut states = Vec::new();
+        for l in &cfg.listeners {
+            match ListenerState::build(l, &clusters, &self.registry) {
+                Ok(s) => states.push(s),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        // Bind new listeners (or moved ones) first, so a port in use aborts before anything changes.
+        let mut bound = Vec::new();
+        let mut kept = Vec::new();
+        for state in states {
+            let same = listeners
+                .get(&state.name)
+                .is_some_and(|h| h.state.load().config.bind == state.config.bind);
+            if same {
+                kept.push(state);
+            } else {
+                match ListenerHandle::bind(state).await {
+                    Ok(h) => bound.push(h),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            let drain = cfg.runtime.drain_timeout.into();
+            for h in bound {
+                h.stop(drain).await;
+            }
+            return Err(errors);
+        }
+
+        let drain: Duration = cfg.runtime.drain_timeout.into();
+        for state in kept {
+            if let Some(h) = listeners.get(&state.name) {
+                h.state.store(Arc::new(state));
+            }
+        }
+        let wanted: std::collections::HashSet<&str> = cfg.listeners.iter().map(|l| l.name.value.as_str()).collect();
+        let mut retired = Vec::new();
+        for h in bound {
+            if let Some(old) = listeners.insert(h.name.clone(), h) {
+                retired.push(old);
+            }
+        }
+        let removed: Vec<String> = listeners.keys().filter(|n| !wanted.contains(n.as_str())).cloned().collect();
+        for name in removed {
+            if let Some(h) = listeners.remove(&name) {
+                retired.push(h);
+            }
+        }
+        for h in retired {
+            tracing::info!(listener = %h.name, "listener removed; draining");
+            tokio::spawn(h.stop(drain));
+        }
+
+        let addrs = listeners.iter().map(|(n, h)| (n.clone(), h.addr)).collect();
+        self.snapshot.store(Some(Arc::new(Snapshot {
+            loaded,
+            clusters,
+            listeners: addrs,
+        })));
+        Ok(())
+    }
+
+    /// Stops accepting on every listener and waits up to `drain` for in-flight requests.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
+        let handles: Vec<ListenerHandle> = {
+            let mut listeners = self.listeners.lock().await;
+            std::mem::take(&mut *listeners).into_values().collect()
+        };
+        let stops = handles.into_iter().map(|h| h.stop(drain));
+        futures_util::future::join_all(stops).await;
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}

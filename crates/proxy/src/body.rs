@@ -1,0 +1,144 @@
+//! Body types: the limited request body sent upstream and the response body sent downstream.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use otlp_mesh_balance::InFlight;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The request body exceeded the listener's `max_request_body`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Errors of the request body on its way upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
+    #[error("downstream body: {0}")]
+    Downstream(#[from] hyper::Error),
+}
+
+pin_project! {
+    /// A streaming request body that fails once more than `limit` bytes have passed.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        limit: Option<u64>,
+        seen: u64,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        RequestBody {
+            inner,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(limit), Some(data)) = (*this.limit, frame.data_ref()) {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > limit {
+                        return Poll::Ready(Some(Err(BodyTooLarge(limit).into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// The body sent to the client: the upstream's streamed body, or one the proxy made.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream {
+            #[pin]
+            inner: Incoming,
+            // Keeps the endpoint's request counted as in flight until the body is done.
+            guard: Option<InFlight>,
+        },
+        Full {
+            #[pin]
+            inner: Full<Bytes>,
+        },
+    }
+}
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        ProxyBody::Full {
+            inner: Full::new(data.into()),
+        }
+    }
+
+    pub fn upstream(inner: Incoming, guard: InFlight) -> Self {
+        ProxyBody::Upstream {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { inner, guard } => {
+                let out = inner.poll_frame(cx);
+                if let Poll::Ready(None | Some(Err(_))) = &out {
+                    guard.take();
+                }
+                out
+            }
+            ProxyBodyProj::Full { inner } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+use super::Timeout;
+use std::time::Duration;
+
+/// Applies [`Timeout`] to a service; `None` passes requests through with no deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    timeout: Option<Duration>,
+}
+
+impl TimeoutLayer {
+    pub fn new(timeout: Option<Duration>) -> Self {
+        TimeoutLayer { timeout }
+    }
+
+    /// Wraps `inner` (same as `Layer::layer`, without importing the trait).
+    pub fn layer_service<S>(&self, inner: S) -> Timeout<S> {
+        Timeout::new(inner, self.timeout)
+    }
+}
+
+impl<S> tower::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout::new(inner, self.timeout)
+    }
+}
