@@ -17,7 +17,9 @@ pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
@@ -143,9 +145,13 @@ async fn serve(
         reload: reload.clone(),
         started,
     };
-    let admin = tokio::spawn(otlp_mesh_admin::serve(admin_socket, admin_state, async move {
-        let _ = admin_stop_rx.await;
-    }));
+    let admin = tokio::spawn(otlp_mesh_admin::serve(
+        admin_socket,
+        admin_state,
+        async move {
+            let _ = admin_stop_rx.await;
+        },
+    ));
 
     let mut sighup = signal(tokio::signal::unix::SignalKind::hangup())?;
     if let Some(path) = path {
@@ -183,7 +189,10 @@ async fn serve(
         .snapshot()
         .map(|s| s.listeners.iter().map(|(n, a)| (n.clone(), *a)).collect())
         .unwrap_or_default();
-    let listing: Vec<String> = addrs.iter().map(|(n, a)| format!("{n}=http://{a}")).collect();
+    let listing: Vec<String> = addrs
+        .iter()
+        .map(|(n, a)| format!("{n}=http://{a}"))
+        .collect();
     tracing::info!(admin = %admin_addr, listeners = %listing.join(" "), "otlp-mesh ready");
     on_ready(&addrs);
 

@@ -52,7 +52,12 @@ pub(crate) fn guide(port: u16, admin_port: u16, instances: &Instances) -> String
     let admin = format!("127.0.0.1:{admin_port}");
     let mut services = String::new();
     for kind in Kind::ALL {
-        let _ = writeln!(services, "    {:<10} {}", kind.name(), list(&instances.of(kind)));
+        let _ = writeln!(
+            services,
+            "    {:<10} {}",
+            kind.name(),
+            list(&instances.of(kind))
+        );
     }
     format!(
         "\

@@ -63,7 +63,12 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Every kind, in the order clusters appear in the config.
-    pub(crate) const ALL: [Kind; 4] = [Kind::OrdersV1, Kind::OrdersV2, Kind::Inventory, Kind::Frontend];
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::OrdersV1,
+        Kind::OrdersV2,
+        Kind::Inventory,
+        Kind::Frontend,
+    ];
 
     /// Service (and cluster) name.
     pub(crate) fn name(self) -> &'static str {
@@ -199,7 +204,11 @@ pub(crate) async fn start_all(mesh: SocketAddr) -> anyhow::Result<Instances> {
 }
 
 /// Binds 127.0.0.1 on an ephemeral port and serves `kind` there as a background task.
-pub(crate) async fn spawn(kind: Kind, mesh: SocketAddr, profile: Profile) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn spawn(
+    kind: Kind,
+    mesh: SocketAddr,
+    profile: Profile,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .with_context(|| format!("binding a loopback port for demo service {}", kind.name()))?;
@@ -247,7 +256,10 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 async move { Ok::<_, Infallible>(handle(&state, request).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(service = state.kind.name(), %error, "demo connection ended with an error");
             }
         });
@@ -320,7 +332,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     // Simulated work, then maybe a simulated failure.
     let (delay, fault) = {
         let mut rng = fastrand::Rng::new();
-        (state.profile.latency.sample(&mut rng), state.profile.fault(&mut rng))
+        (
+            state.profile.latency.sample(&mut rng),
+            state.profile.fault(&mut rng),
+        )
     };
     tokio::time::sleep(delay).await;
     if let Some(status) = fault {
@@ -333,7 +348,9 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         Route::Shop => shop(state, forward).await,
         Route::Orders => orders(state, forward).await,
         Route::Catalog => reply(state, StatusCode::OK, JSON, catalog_json(state)),
-        Route::Item(sku, name, stock) => reply(state, StatusCode::OK, JSON, item_json(sku, name, stock)),
+        Route::Item(sku, name, stock) => {
+            reply(state, StatusCode::OK, JSON, item_json(sku, name, stock))
+        }
         Route::Health => reply(state, StatusCode::OK, TEXT, "ok\n"),
     }
 }
@@ -342,7 +359,12 @@ const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 
-fn reply(state: &State, status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    state: &State,
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -540,7 +562,9 @@ fn json_u64_field(json: &str, field: &str) -> Option<u64> {
     let key = format!("\"{field}\"");
     let rest = &json[json.find(&key)? + key.len()..];
     let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest.get(..end)?.parse().ok()
 }
 
@@ -575,7 +599,11 @@ mod tests {
                 kind.name(),
                 latency.median_ms
             );
-            assert!((1.0..=10.0).contains(&median), "{}: median {median:.2}ms", kind.name());
+            assert!(
+                (1.0..=10.0).contains(&median),
+                "{}: median {median:.2}ms",
+                kind.name()
+            );
             // p99 matches the log-normal's: median × e^(2.326·sigma).
             let want_p99 = latency.median_ms * (2.326 * latency.sigma).exp();
             assert!(
@@ -584,12 +612,19 @@ mod tests {
                 kind.name()
             );
             assert!(p99 > 2.5 * median, "{}: tail too short", kind.name());
-            assert!(all.iter().all(|d| d.as_secs_f64() * 1000.0 <= latency.max_ms));
+            assert!(
+                all.iter()
+                    .all(|d| d.as_secs_f64() * 1000.0 <= latency.max_ms)
+            );
         }
         // The orders services, whose latency users look at, have a tail of tens of ms.
         for kind in [Kind::OrdersV1, Kind::OrdersV2] {
             let p99 = quantile_ms(&samples(kind.profile().latency, 11), 0.99);
-            assert!((10.0..=100.0).contains(&p99), "{}: p99 {p99:.2}ms", kind.name());
+            assert!(
+                (10.0..=100.0).contains(&p99),
+                "{}: p99 {p99:.2}ms",
+                kind.name()
+            );
         }
         // v2 is the slower one.
         let v1 = quantile_ms(&samples(Kind::OrdersV1.profile().latency, 3), 0.5);
@@ -600,7 +635,11 @@ mod tests {
     #[test]
     fn latency_sampler_survives_degenerate_profiles() {
         let mut rng = fastrand::Rng::with_seed(1);
-        for latency in [Latency::new(0.0, 0.0), Latency::new(5.0, 50.0), Latency::new(-1.0, 1.0)] {
+        for latency in [
+            Latency::new(0.0, 0.0),
+            Latency::new(5.0, 50.0),
+            Latency::new(-1.0, 1.0),
+        ] {
             for _ in 0..1000 {
                 assert!(latency.sample(&mut rng) <= Duration::from_millis(250));
             }
@@ -612,10 +651,21 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(5);
         for kind in Kind::ALL {
             let profile = kind.profile();
-            let faults: Vec<StatusCode> = (0..10_000).filter_map(|_| profile.fault(&mut rng)).collect();
+            let faults: Vec<StatusCode> = (0..10_000)
+                .filter_map(|_| profile.fault(&mut rng))
+                .collect();
             let rate = faults.len() as f64 / 10_000.0;
-            assert!((rate - profile.error_rate).abs() < 0.006, "{}: {rate}", kind.name());
-            assert!(faults.iter().all(|s| *s == StatusCode::INTERNAL_SERVER_ERROR || *s == StatusCode::SERVICE_UNAVAILABLE));
+            assert!(
+                (rate - profile.error_rate).abs() < 0.006,
+                "{}: {rate}",
+                kind.name()
+            );
+            assert!(
+                faults
+                    .iter()
+                    .all(|s| *s == StatusCode::INTERNAL_SERVER_ERROR
+                        || *s == StatusCode::SERVICE_UNAVAILABLE)
+            );
         }
         assert!(Kind::OrdersV2.profile().error_rate > Kind::OrdersV1.profile().error_rate);
     }
@@ -641,7 +691,10 @@ mod tests {
     #[test]
     fn json_helpers() {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        assert_eq!(json_u64_field("{\"sku\": \"x\", \"in_stock\": 42}", "in_stock"), Some(42));
+        assert_eq!(
+            json_u64_field("{\"sku\": \"x\", \"in_stock\": 42}", "in_stock"),
+            Some(42)
+        );
         assert_eq!(json_u64_field("{\"in_stock\":7}", "in_stock"), Some(7));
         assert_eq!(json_u64_field("{\"in_stock\": null}", "in_stock"), None);
         assert_eq!(json_u64_field("{}", "in_stock"), None);

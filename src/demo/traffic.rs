@@ -89,7 +89,9 @@ fn pick(rng: &mut fastrand::Rng) -> (String, bool) {
         0..50 => "/api/orders".to_string(),
         50..68 => "/shop".to_string(),
         68..84 => {
-            let sku = rng.choice(CATALOG.iter()).map_or("sku-mug", |(sku, _, _)| *sku);
+            let sku = rng
+                .choice(CATALOG.iter())
+                .map_or("sku-mug", |(sku, _, _)| *sku);
             format!("/inventory/{sku}")
         }
         84..92 => "/".to_string(),
@@ -101,10 +103,19 @@ fn pick(rng: &mut fastrand::Rng) -> (String, bool) {
     (path, canary)
 }
 
-async fn one_request(client: HttpClient, proxy: SocketAddr, path: String, canary: bool, delay: Duration) -> Outcome {
+async fn one_request(
+    client: HttpClient,
+    proxy: SocketAddr,
+    path: String,
+    canary: bool,
+    delay: Duration,
+) -> Outcome {
     tokio::time::sleep(delay).await;
     let mut headers = HeaderMap::new();
-    headers.insert(header::USER_AGENT, HeaderValue::from_static("otlp-mesh-demo-traffic"));
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("otlp-mesh-demo-traffic"),
+    );
     if canary {
         headers.insert(X_CANARY, HeaderValue::from_static("true"));
     }
@@ -165,12 +176,15 @@ mod tests {
     fn the_mix_covers_the_routes_with_about_ten_percent_canary() {
         let mut rng = fastrand::Rng::with_seed(9);
         let picks: Vec<(String, bool)> = (0..10_000).map(|_| pick(&mut rng)).collect();
-        let share = |f: &dyn Fn(&str) -> bool| picks.iter().filter(|(p, _)| f(p)).count() as f64 / 10_000.0;
+        let share =
+            |f: &dyn Fn(&str) -> bool| picks.iter().filter(|(p, _)| f(p)).count() as f64 / 10_000.0;
         let canary = picks.iter().filter(|(_, c)| *c).count() as f64 / 10_000.0;
         assert!((0.08..0.12).contains(&canary), "canary share {canary}");
         assert!((0.45..0.55).contains(&share(&|p| p == "/api/orders")));
         assert!(share(&|p| p == "/shop") > 0.1);
-        assert!(share(&|p| p.starts_with("/inventory/sku-") && p != "/inventory/sku-unknown") > 0.1);
+        assert!(
+            share(&|p| p.starts_with("/inventory/sku-") && p != "/inventory/sku-unknown") > 0.1
+        );
         assert!(share(&|p| p == "/") > 0.05);
         let not_found = share(&|p| p == "/favicon.ico" || p == "/inventory/sku-unknown");
         assert!((0.02..0.06).contains(&not_found), "404 share {not_found}");

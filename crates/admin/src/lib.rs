@@ -41,7 +41,9 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
@@ -59,29 +61,64 @@ async fn live() -> &'static str {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "no such admin endpoint; try /ready /live /metrics /config /clusters /routes\n").into_response()
+    (
+        StatusCode::NOT_FOUND,
+        "no such admin endpoint; try /ready /live /metrics /config /clusters /routes\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     let mut w = PromWriter::new();
     s.proxy.registry().render(&mut w);
-    w.family("otlp_mesh_config_reloads_total", "counter", "Config reloads applied or refused, by result.");
-    w.sample("otlp_mesh_config_reloads_total", &[("result", "success")], s.reload.successes());
-    w.sample("otlp_mesh_config_reloads_total", &[("result", "failure")], s.reload.failures());
+    w.family(
+        "otlp_mesh_config_reloads_total",
+        "counter",
+        "Config reloads applied or refused, by result.",
+    );
+    w.sample(
+        "otlp_mesh_config_reloads_total",
+        &[("result", "success")],
+        s.reload.successes(),
+    );
+    w.sample(
+        "otlp_mesh_config_reloads_total",
+        &[("result", "failure")],
+        s.reload.failures(),
+    );
     w.family(
         "otlp_mesh_config_reload_failures_total",
         "counter",
         "Config files refused (invalid, unreadable or failed to apply); the old config kept serving.",
     );
-    w.sample("otlp_mesh_config_reload_failures_total", &[], s.reload.failures());
-    w.family("otlp_mesh_uptime_seconds", "gauge", "Seconds since the process started.");
-    w.sample("otlp_mesh_uptime_seconds", &[], s.started.elapsed().as_secs_f64());
+    w.sample(
+        "otlp_mesh_config_reload_failures_total",
+        &[],
+        s.reload.failures(),
+    );
+    w.family(
+        "otlp_mesh_uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+    );
+    w.sample(
+        "otlp_mesh_uptime_seconds",
+        &[],
+        s.started.elapsed().as_secs_f64(),
+    );
     if let Some(rss) = resident_bytes() {
-        w.family("process_resident_memory_bytes", "gauge", "Resident set size of the process.");
+        w.family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident set size of the process.",
+        );
         w.sample("process_resident_memory_bytes", &[], rss);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         w.finish(),
     )
         .into_response()
@@ -95,7 +132,11 @@ fn resident_bytes() -> Option<u64> {
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "no config applied yet"}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "no config applied yet"})),
+    )
+        .into_response()
 }
 
 async fn config(State(s): State<AdminState>) -> Response {

@@ -77,7 +77,12 @@ impl EndpointSet {
         EndpointSet { endpoints }
     }
     pub fn from_addrs(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        EndpointSet::new(addrs.into_iter().map(|a| Arc::new(Endpoint::new(a, 1))).collect())
+        EndpointSet::new(
+            addrs
+                .into_iter()
+                .map(|a| Arc::new(Endpoint::new(a, 1)))
+                .collect(),
+        )
     }
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints

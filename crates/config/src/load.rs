@@ -107,7 +107,10 @@ fn plain_message(e: &serde_saphyr::Error) -> String {
     };
     let first = first.trim_start_matches("error: ");
     // Drop a leading "line N column M: " too.
-    match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+    match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
         Some((pos, msg)) if pos.contains("column") => msg.to_string(),
         _ => first.to_string(),
     }

@@ -195,7 +195,9 @@ impl<'de> Deserialize<'de> for ValueMatch {
         impl<'de> de::Visitor<'de> for V {
             type Value = ValueMatch;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string (exact match), {exact: ...}, {regex: ...} or {present: true|false}")
+                f.write_str(
+                    "a string (exact match), {exact: ...}, {regex: ...} or {present: true|false}",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ValueMatch, E> {
                 Ok(ValueMatch::Exact(v.to_string()))
@@ -210,15 +212,18 @@ impl<'de> Deserialize<'de> for ValueMatch {
                 Ok(ValueMatch::Exact(v.to_string()))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ValueMatch, A::Error> {
-                let key: String = map
-                    .next_key()?
-                    .ok_or_else(|| de::Error::custom("empty condition: use exact, regex or present"))?;
+                let key: String = map.next_key()?.ok_or_else(|| {
+                    de::Error::custom("empty condition: use exact, regex or present")
+                })?;
                 let m = match key.as_str() {
                     "exact" => ValueMatch::Exact(map.next_value()?),
                     "regex" => ValueMatch::Regex(map.next_value()?),
                     "present" => ValueMatch::Present(map.next_value()?),
                     other => {
-                        return Err(de::Error::unknown_field(other, &["exact", "regex", "present"]));
+                        return Err(de::Error::unknown_field(
+                            other,
+                            &["exact", "regex", "present"],
+                        ));
                     }
                 };
                 if let Some(extra) = map.next_key::<String>()? {

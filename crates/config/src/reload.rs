@@ -41,7 +41,10 @@ impl ReloadStats {
     }
     /// Reasons the most recent rejected file was refused (empty once a later reload succeeds).
     pub fn last_error(&self) -> Vec<String> {
-        self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -191,7 +194,11 @@ mod tests {
         write(&path, GOOD2);
         assert!(matches!(watcher.check_now(), ReloadOutcome::Applied(_)));
         assert_eq!(rx.borrow().config.listeners[0].name.value, "b");
-        assert_eq!(stats.last_error().len(), 1, "success is recorded by the applier");
+        assert_eq!(
+            stats.last_error().len(),
+            1,
+            "success is recorded by the applier"
+        );
         stats.record_success();
         assert!(stats.last_error().is_empty());
     }
@@ -209,12 +216,18 @@ mod tests {
 
         write(&path, "runtime: { reload_interval: 5s }\nlisteners: []\n");
         tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-        assert!(!rx.has_changed().unwrap(), "must not reload before the interval");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "must not reload before the interval"
+        );
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         assert!(rx.has_changed().unwrap(), "must reload after the interval");
         rx.borrow_and_update();
 
-        write(&path, "runtime: { reload_interval: 5s }\nlisteners: []\nclusters: []\n");
+        write(
+            &path,
+            "runtime: { reload_interval: 5s }\nlisteners: []\nclusters: []\n",
+        );
         trigger.notify_one();
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         assert!(rx.has_changed().unwrap(), "trigger must reload at once");

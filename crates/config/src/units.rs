@@ -35,7 +35,9 @@ impl FromStr for Duration {
         }
         let split = s
             .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| format!("duration `{s}` needs a unit: us, ms, s, m or h (e.g. `250ms`)"))?;
+            .ok_or_else(|| {
+                format!("duration `{s}` needs a unit: us, ms, s, m or h (e.g. `250ms`)")
+            })?;
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
@@ -54,7 +56,7 @@ impl FromStr for Duration {
             }
         };
         let nanos = n * nanos_per;
-        if !nanos.is_finite() || nanos < 0.0 || nanos > 1e9 * 3600.0 * 24.0 * 365.0 {
+        if !nanos.is_finite() || !(0.0..=1e9 * 3600.0 * 24.0 * 365.0).contains(&nanos) {
             return Err(format!("duration `{s}` is out of range (0 to 1 year)"));
         }
         Ok(Duration(std::time::Duration::from_nanos(nanos as u64)))
@@ -68,11 +70,11 @@ impl fmt::Display for Duration {
             return write!(f, "0s");
         }
         let nanos = d.as_nanos();
-        if nanos % 1_000_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000_000) {
             write!(f, "{}s", d.as_secs())
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             write!(f, "{}us", d.as_micros())
         } else {
             write!(f, "{nanos}ns")
@@ -116,11 +118,11 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b != 0 && b % (1 << 30) == 0 {
+        if b != 0 && b.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", b >> 30)
-        } else if b != 0 && b % (1 << 20) == 0 {
+        } else if b != 0 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b != 0 && b % (1 << 10) == 0 {
+        } else if b != 0 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")
@@ -174,8 +176,17 @@ mod tests {
         assert_eq!("1.5s".parse::<Duration>(), Ok(Duration::from_millis(1500)));
         assert_eq!("5m".parse::<Duration>(), Ok(Duration::from_secs(300)));
         assert_eq!("0".parse::<Duration>(), Ok(Duration::from_secs(0)));
-        assert!("10".parse::<Duration>().unwrap_err().contains("needs a unit"));
-        assert!("10 parsecs".parse::<Duration>().unwrap_err().contains("unknown unit"));
+        assert!(
+            "10".parse::<Duration>()
+                .unwrap_err()
+                .contains("needs a unit")
+        );
+        assert!(
+            "10 parsecs"
+                .parse::<Duration>()
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!("ms".parse::<Duration>().is_err());
     }
 
@@ -185,7 +196,12 @@ mod tests {
         assert_eq!("10MiB".parse::<ByteSize>(), Ok(ByteSize(10 << 20)));
         assert_eq!("64KB".parse::<ByteSize>(), Ok(ByteSize(64_000)));
         assert_eq!("123".parse::<ByteSize>(), Ok(ByteSize(123)));
-        assert!("12 XB".parse::<ByteSize>().unwrap_err().contains("unknown unit"));
+        assert!(
+            "12 XB"
+                .parse::<ByteSize>()
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
     }
 

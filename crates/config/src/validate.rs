@@ -14,7 +14,13 @@ impl Collector<'_> {
         self.push(loc.line, loc.column, path, message);
     }
 
-    fn push(&mut self, line: u64, column: u64, path: impl Into<String>, message: impl Into<String>) {
+    fn push(
+        &mut self,
+        line: u64,
+        column: u64,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             line,
@@ -29,7 +35,10 @@ impl Collector<'_> {
             self.at(
                 loc,
                 path,
-                format!("`{}` is not a socket address (expected ip:port, e.g. 127.0.0.1:8080)", loc.value),
+                format!(
+                    "`{}` is not a socket address (expected ip:port, e.g. 127.0.0.1:8080)",
+                    loc.value
+                ),
             );
         }
     }
@@ -67,7 +76,11 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
             ),
         }
         if cluster.connect_timeout.is_zero() {
-            c.at(cluster, format!("{path}.connect_timeout"), "must be greater than 0");
+            c.at(
+                cluster,
+                format!("{path}.connect_timeout"),
+                "must be greater than 0",
+            );
         }
     }
 
@@ -96,13 +109,24 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
             );
         }
         if listener.limits.max_request_headers.0 < 8192 {
-            c.at(listener, format!("{path}.limits.max_request_headers"), "must be at least 8KiB");
+            c.at(
+                listener,
+                format!("{path}.limits.max_request_headers"),
+                "must be at least 8KiB",
+            );
         }
-        for (name, value) in [("via", &listener.via), ("server_header", &listener.server_header)] {
+        for (name, value) in [
+            ("via", &listener.via),
+            ("server_header", &listener.server_header),
+        ] {
             if let Some(v) = value
                 && http::HeaderValue::from_str(v).is_err()
             {
-                c.at(listener, format!("{path}.{name}"), format!("`{v}` is not a valid header value"));
+                c.at(
+                    listener,
+                    format!("{path}.{name}"),
+                    format!("`{v}` is not a valid header value"),
+                );
             }
         }
         let mut route_names = HashSet::new();
@@ -111,7 +135,11 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
             if let Some(name) = &route.name
                 && !route_names.insert(name.value.as_str())
             {
-                c.at(name, format!("{rpath}.name"), format!("duplicate route name `{}`", name.value));
+                c.at(
+                    name,
+                    format!("{rpath}.name"),
+                    format!("duplicate route name `{}`", name.value),
+                );
             }
             validate_route(&mut c, route, &rpath, &cluster_names);
         }
@@ -119,20 +147,36 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
     c.errors
 }
 
-fn validate_route(c: &mut Collector<'_>, route: &Located<RouteConfig>, path: &str, clusters: &HashSet<&str>) {
+fn validate_route(
+    c: &mut Collector<'_>,
+    route: &Located<RouteConfig>,
+    path: &str,
+    clusters: &HashSet<&str>,
+) {
     let m = &route.matcher;
     let path_kinds = [&m.path_exact, &m.path_prefix, &m.path_regex]
         .iter()
         .filter(|p| p.is_some())
         .count();
     if path_kinds > 1 {
-        c.at(route, format!("{path}.match"), "use only one of path_exact, path_prefix, path_regex");
+        c.at(
+            route,
+            format!("{path}.match"),
+            "use only one of path_exact, path_prefix, path_regex",
+        );
     }
-    for (field, value) in [("path_exact", &m.path_exact), ("path_prefix", &m.path_prefix)] {
+    for (field, value) in [
+        ("path_exact", &m.path_exact),
+        ("path_prefix", &m.path_prefix),
+    ] {
         if let Some(p) = value
             && !p.value.starts_with('/')
         {
-            c.at(p, format!("{path}.match.{field}"), format!("`{}` must start with `/`", p.value));
+            c.at(
+                p,
+                format!("{path}.match.{field}"),
+                format!("`{}` must start with `/`", p.value),
+            );
         }
     }
     if let Some(re) = &m.path_regex {
@@ -140,8 +184,13 @@ fn validate_route(c: &mut Collector<'_>, route: &Located<RouteConfig>, path: &st
     }
     if let Some(methods) = &m.methods {
         for (k, method) in methods.iter().enumerate() {
-            if http::Method::from_bytes(method.value.as_bytes()).is_err() || method.value.is_empty() {
-                c.at(method, format!("{path}.match.methods[{k}]"), format!("`{}` is not an HTTP method", method.value));
+            if http::Method::from_bytes(method.value.as_bytes()).is_err() || method.value.is_empty()
+            {
+                c.at(
+                    method,
+                    format!("{path}.match.methods[{k}]"),
+                    format!("`{}` is not an HTTP method", method.value),
+                );
             }
         }
     }
@@ -151,28 +200,67 @@ fn validate_route(c: &mut Collector<'_>, route: &Located<RouteConfig>, path: &st
             c.at(cond, &field, format!("`{name}` is not a valid header name"));
         }
         if let ValueMatch::Regex(re) = &cond.value {
-            check_regex(c, &Located { value: re.clone(), line: cond.line, column: cond.column }, &field);
+            check_regex(
+                c,
+                &Located {
+                    value: re.clone(),
+                    line: cond.line,
+                    column: cond.column,
+                },
+                &field,
+            );
         }
     }
     for (name, cond) in &m.query {
         if let ValueMatch::Regex(re) = &cond.value {
             let field = format!("{path}.match.query.{name}");
-            check_regex(c, &Located { value: re.clone(), line: cond.line, column: cond.column }, &field);
+            check_regex(
+                c,
+                &Located {
+                    value: re.clone(),
+                    line: cond.line,
+                    column: cond.column,
+                },
+                &field,
+            );
         }
     }
 
     match (&route.cluster, &route.split) {
-        (Some(_), Some(split)) => c.at(split, format!("{path}.split"), "use either `cluster` or `split`, not both"),
-        (None, None) => c.at(route, path, "route has no destination: set `cluster` or `split`"),
-        (Some(cluster), None) => check_cluster_ref(c, cluster, &format!("{path}.cluster"), clusters),
+        (Some(_), Some(split)) => c.at(
+            split,
+            format!("{path}.split"),
+            "use either `cluster` or `split`, not both",
+        ),
+        (None, None) => c.at(
+            route,
+            path,
+            "route has no destination: set `cluster` or `split`",
+        ),
+        (Some(cluster), None) => {
+            check_cluster_ref(c, cluster, &format!("{path}.cluster"), clusters)
+        }
         (None, Some(split)) => {
             if split.value.is_empty() {
-                c.at(split, format!("{path}.split"), "must list at least one cluster");
+                c.at(
+                    split,
+                    format!("{path}.split"),
+                    "must list at least one cluster",
+                );
             } else if split.value.iter().all(|w| w.weight.value == 0) {
-                c.at(split, format!("{path}.split"), "all weights are 0: at least one must be positive");
+                c.at(
+                    split,
+                    format!("{path}.split"),
+                    "all weights are 0: at least one must be positive",
+                );
             }
             for (k, w) in split.value.iter().enumerate() {
-                check_cluster_ref(c, &w.cluster, &format!("{path}.split[{k}].cluster"), clusters);
+                check_cluster_ref(
+                    c,
+                    &w.cluster,
+                    &format!("{path}.split[{k}].cluster"),
+                    clusters,
+                );
             }
         }
     }
@@ -180,31 +268,58 @@ fn validate_route(c: &mut Collector<'_>, route: &Located<RouteConfig>, path: &st
     if let Some(rw) = &route.rewrite {
         if let Some(prefix) = &rw.path_prefix {
             if m.path_prefix.is_none() {
-                c.at(prefix, format!("{path}.rewrite.path_prefix"), "needs `match.path_prefix` (the part it replaces)");
+                c.at(
+                    prefix,
+                    format!("{path}.rewrite.path_prefix"),
+                    "needs `match.path_prefix` (the part it replaces)",
+                );
             }
             if !prefix.value.starts_with('/') {
-                c.at(prefix, format!("{path}.rewrite.path_prefix"), format!("`{}` must start with `/`", prefix.value));
+                c.at(
+                    prefix,
+                    format!("{path}.rewrite.path_prefix"),
+                    format!("`{}` must start with `/`", prefix.value),
+                );
             }
         }
         if let Some(host) = &rw.host
             && http::uri::Authority::try_from(host.value.as_str()).is_err()
         {
-            c.at(host, format!("{path}.rewrite.host"), format!("`{}` is not a valid host", host.value));
+            c.at(
+                host,
+                format!("{path}.rewrite.host"),
+                format!("`{}` is not a valid host", host.value),
+            );
         }
     }
-    for (field, ops) in [("request_headers", &route.request_headers), ("response_headers", &route.response_headers)] {
+    for (field, ops) in [
+        ("request_headers", &route.request_headers),
+        ("response_headers", &route.response_headers),
+    ] {
         let Some(ops) = ops else { continue };
         for (name, value) in ops.set.iter().chain(ops.add.iter()) {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                c.at(route, format!("{path}.{field}"), format!("`{name}` is not a valid header name"));
+                c.at(
+                    route,
+                    format!("{path}.{field}"),
+                    format!("`{name}` is not a valid header name"),
+                );
             }
             if http::HeaderValue::from_str(value).is_err() {
-                c.at(route, format!("{path}.{field}.{name}"), format!("`{value}` is not a valid header value"));
+                c.at(
+                    route,
+                    format!("{path}.{field}.{name}"),
+                    format!("`{value}` is not a valid header value"),
+                );
             }
         }
         for name in &ops.remove {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                c.at(route, format!("{path}.{field}.remove"), format!("`{name}` is not a valid header name"));
+                c.at(
+                    route,
+                    format!("{path}.{field}.remove"),
+                    format!("`{name}` is not a valid header name"),
+                );
             }
         }
     }
@@ -212,12 +327,23 @@ fn validate_route(c: &mut Collector<'_>, route: &Located<RouteConfig>, path: &st
 
 fn check_regex(c: &mut Collector<'_>, re: &Located<String>, path: &str) {
     if let Err(e) = regex::Regex::new(&re.value) {
-        let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
+        let first = e
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         c.at(re, path, format!("invalid regex `{}`: {first}", re.value));
     }
 }
 
-fn check_cluster_ref(c: &mut Collector<'_>, name: &Located<String>, path: &str, clusters: &HashSet<&str>) {
+fn check_cluster_ref(
+    c: &mut Collector<'_>,
+    name: &Located<String>,
+    path: &str,
+    clusters: &HashSet<&str>,
+) {
     if !clusters.contains(name.value.as_str()) {
         c.at(name, path, format!("unknown cluster `{}`", name.value));
     }

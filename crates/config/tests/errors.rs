@@ -1,4 +1,5 @@
 //! Every kind of bad config is reported with file, line and field path, all at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use otlp_mesh_config::{ConfigError, ValueMatch, parse_str};
 
@@ -11,7 +12,10 @@ fn has(errs: &[ConfigError], line: u64, path: &str, text: &str) {
         errs.iter()
             .any(|e| e.line == line && e.path == path && e.message.contains(text)),
         "expected line {line} {path} `{text}` in:\n{}",
-        errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -47,9 +51,18 @@ fn accepts_the_documented_example() {
         route.matcher.headers["x-user"].value,
         ValueMatch::Regex("^a".into())
     );
-    assert_eq!(route.matcher.headers["x-debug"].value, ValueMatch::Present(false));
-    assert_eq!(cfg.listeners[0].limits.max_request_body.map(|b| b.0), Some(10 << 20));
-    assert_eq!(cfg.listeners[0].routes[1].timeout.map(|t| t.0.as_millis()), Some(2000));
+    assert_eq!(
+        route.matcher.headers["x-debug"].value,
+        ValueMatch::Present(false)
+    );
+    assert_eq!(
+        cfg.listeners[0].limits.max_request_body.map(|b| b.0),
+        Some(10 << 20)
+    );
+    assert_eq!(
+        cfg.listeners[0].routes[1].timeout.map(|t| t.0.as_millis()),
+        Some(2000)
+    );
 }
 
 #[test]
@@ -76,14 +89,44 @@ clusters:
     let errs = errors(yaml);
     has(&errs, 2, "admin.bind", "not a socket address");
     has(&errs, 7, "listeners[0].routes[0].match", "only one of");
-    has(&errs, 7, "listeners[0].routes[0].match.path_prefix", "must start with `/`");
-    has(&errs, 7, "listeners[0].routes[0].match.path_regex", "invalid regex");
-    has(&errs, 8, "listeners[0].routes[0].cluster", "unknown cluster `nowhere`");
-    has(&errs, 9, "listeners[0].routes[1].split", "all weights are 0");
-    has(&errs, 10, "listeners[0].routes[2].match.headers.x-a", "invalid regex");
+    has(
+        &errs,
+        7,
+        "listeners[0].routes[0].match.path_prefix",
+        "must start with `/`",
+    );
+    has(
+        &errs,
+        7,
+        "listeners[0].routes[0].match.path_regex",
+        "invalid regex",
+    );
+    has(
+        &errs,
+        8,
+        "listeners[0].routes[0].cluster",
+        "unknown cluster `nowhere`",
+    );
+    has(
+        &errs,
+        9,
+        "listeners[0].routes[1].split",
+        "all weights are 0",
+    );
+    has(
+        &errs,
+        10,
+        "listeners[0].routes[2].match.headers.x-a",
+        "invalid regex",
+    );
     has(&errs, 12, "listeners[1].name", "duplicate listener name");
     has(&errs, 13, "listeners[1].bind", "already used");
-    has(&errs, 16, "clusters[0].discovery.static[0]", "not a socket address");
+    has(
+        &errs,
+        16,
+        "clusters[0].discovery.static[0]",
+        "not a socket address",
+    );
     has(&errs, 17, "clusters[1].name", "duplicate cluster name");
     assert_eq!(errs.len(), 11, "{errs:#?}");
 }
@@ -94,7 +137,10 @@ fn unknown_field_names_line_and_path() {
     assert_eq!(errs.len(), 1);
     let e = &errs[0];
     assert_eq!(e.line, 4, "{e}");
-    assert!(e.message.contains("unknown field") && e.message.contains("bnid"), "{e}");
+    assert!(
+        e.message.contains("unknown field") && e.message.contains("bnid"),
+        "{e}"
+    );
     assert!(e.path.starts_with("listeners[0]"), "{e}");
 }
 
@@ -112,7 +158,8 @@ fn bad_units_and_enums_are_explained() {
     assert_eq!(errs[0].path, "runtime.drain_timeout");
     assert_eq!(errs[0].line, 1);
 
-    let errs = errors("clusters:\n  - name: a\n    discovery: { static: [] }\n    balancer: fastest\n");
+    let errs =
+        errors("clusters:\n  - name: a\n    discovery: { static: [] }\n    balancer: fastest\n");
     assert!(errs[0].message.contains("fastest"), "{}", errs[0]);
     assert_eq!(errs[0].line, 4, "{}", errs[0]);
 }
@@ -122,7 +169,12 @@ fn route_without_destination_and_rewrite_without_prefix() {
     let yaml = "listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    routes:\n      - match: { path_exact: /x }\n        rewrite: { path_prefix: /y }\n";
     let errs = errors(yaml);
     has(&errs, 5, "listeners[0].routes[0]", "no destination");
-    has(&errs, 6, "listeners[0].routes[0].rewrite.path_prefix", "needs `match.path_prefix`");
+    has(
+        &errs,
+        6,
+        "listeners[0].routes[0].rewrite.path_prefix",
+        "needs `match.path_prefix`",
+    );
 }
 
 #[test]

@@ -60,6 +60,9 @@ mod tests {
         .unwrap();
         let src = Source::from_config("a", &cfg.clusters[0].discovery);
         assert_eq!(src.kind(), "static");
-        assert_eq!(src.current(), vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()]);
+        assert_eq!(
+            src.current(),
+            vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()]
+        );
     }
 }

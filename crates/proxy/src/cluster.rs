@@ -80,7 +80,9 @@ impl Cluster {
     pub fn call(self: &Arc<Self>, mut req: Request<RequestBody>) -> ClusterFuture {
         let set = self.endpoints.load();
         let Some(endpoint) = self.balancer.pick(&set) else {
-            self.metrics.no_endpoint_total.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .no_endpoint_total
+                .fetch_add(1, Ordering::Relaxed);
             return ClusterFuture::failed(ProxyError::NoEndpoints(self.name.clone()));
         };
         let guard = endpoint.start();
@@ -92,7 +94,11 @@ impl Cluster {
         }
         match Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return ClusterFuture::failed(ProxyError::Upstream(format!("bad upstream uri: {e}"))),
+            Err(e) => {
+                return ClusterFuture::failed(ProxyError::Upstream(format!(
+                    "bad upstream uri: {e}"
+                )));
+            }
         }
         self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.active_requests.fetch_add(1, Ordering::Relaxed);
@@ -161,14 +167,23 @@ impl Future for ClusterFuture {
             StateProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| ProxyError::Upstream("polled after completion".into())))),
-            StateProj::Pending { inner, guard, cluster } => {
+            StateProj::Pending {
+                inner,
+                guard,
+                cluster,
+            } => {
                 let result = match inner.poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r,
                 };
-                cluster.metrics.active_requests.fetch_sub(1, Ordering::Relaxed);
+                cluster
+                    .metrics
+                    .active_requests
+                    .fetch_sub(1, Ordering::Relaxed);
                 let Some(guard) = guard.take() else {
-                    return Poll::Ready(Err(ProxyError::Upstream("polled after completion".into())));
+                    return Poll::Ready(Err(ProxyError::Upstream(
+                        "polled after completion".into(),
+                    )));
                 };
                 Poll::Ready(match result {
                     Ok(resp) => Ok(resp.map(|b| ProxyBody::upstream(b, guard))),
@@ -183,10 +198,17 @@ impl Future for ClusterFuture {
 }
 
 /// Turns a pool error into the proxy error the client should see.
-fn classify(e: hyper_util::client::legacy::Error, guard: InFlight, cluster: &Cluster) -> ProxyError {
+fn classify(
+    e: hyper_util::client::legacy::Error,
+    guard: InFlight,
+    cluster: &Cluster,
+) -> ProxyError {
     let endpoint = guard.endpoint().addr.to_string();
     if e.is_connect() {
-        cluster.metrics.connect_errors_total.fetch_add(1, Ordering::Relaxed);
+        cluster
+            .metrics
+            .connect_errors_total
+            .fetch_add(1, Ordering::Relaxed);
         return ProxyError::ConnectFailed {
             endpoint,
             reason: root_cause(&e),

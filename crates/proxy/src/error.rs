@@ -54,7 +54,10 @@ impl ProxyError {
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert("x-mesh-error", HeaderValue::from_static(self.code()));
         resp
     }

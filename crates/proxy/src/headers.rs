@@ -1,7 +1,9 @@
 //! Header hygiene and forwarding headers: hop-by-hop removal, x-forwarded-for, forwarded,
 //! x-request-id and via.
 
-use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use std::net::IpAddr;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -38,7 +40,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
         let trailers = is_request
             && te
                 .to_str()
-                .map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
+                .map(|v| {
+                    v.split(',')
+                        .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+                })
                 .unwrap_or(false);
         if trailers {
             headers.insert(&TE, HeaderValue::from_static("trailers"));
@@ -51,7 +56,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
 /// Appends `value` to a comma-separated header, creating it when absent.
 pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     let combined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => HeaderValue::from_str(&format!("{existing}, {value}")),
+        Some(existing) if !existing.is_empty() => {
+            HeaderValue::from_str(&format!("{existing}, {value}"))
+        }
         _ => HeaderValue::from_str(value),
     };
     if let Ok(v) = combined {
@@ -84,7 +91,8 @@ pub fn new_request_id() -> HeaderValue {
         out[o + 1] = HEX[(b & 0x0f) as usize];
         o += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 #[cfg(test)]
@@ -125,8 +133,14 @@ mod tests {
 
     #[test]
     fn forwarded_quotes_ipv6() {
-        assert_eq!(forwarded_element("127.0.0.1".parse().unwrap(), "http"), "for=127.0.0.1;proto=http");
-        assert_eq!(forwarded_element("::1".parse().unwrap(), "http"), "for=\"[::1]\";proto=http");
+        assert_eq!(
+            forwarded_element("127.0.0.1".parse().unwrap(), "http"),
+            "for=127.0.0.1;proto=http"
+        );
+        assert_eq!(
+            forwarded_element("::1".parse().unwrap(), "http"),
+            "for=\"[::1]\";proto=http"
+        );
     }
 
     #[test]

@@ -87,7 +87,8 @@ impl Proxy {
                 .and_then(|old| old.get(&name))
                 .filter(|old| old.config == c.value)
                 .cloned();
-            let cluster = reused.unwrap_or_else(|| Arc::new(Cluster::new(c, self.registry.cluster(&name))));
+            let cluster =
+                reused.unwrap_or_else(|| Arc::new(Cluster::new(c, self.registry.cluster(&name))));
             clusters.insert(name, cluster);
         }
 
@@ -133,14 +134,22 @@ impl Proxy {
                 h.state.store(Arc::new(state));
             }
         }
-        let wanted: std::collections::HashSet<&str> = cfg.listeners.iter().map(|l| l.name.value.as_str()).collect();
+        let wanted: std::collections::HashSet<&str> = cfg
+            .listeners
+            .iter()
+            .map(|l| l.name.value.as_str())
+            .collect();
         let mut retired = Vec::new();
         for h in bound {
             if let Some(old) = listeners.insert(h.name.clone(), h) {
                 retired.push(old);
             }
         }
-        let removed: Vec<String> = listeners.keys().filter(|n| !wanted.contains(n.as_str())).cloned().collect();
+        let removed: Vec<String> = listeners
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
         for name in removed {
             if let Some(h) = listeners.remove(&name) {
                 retired.push(h);

@@ -28,9 +28,12 @@ impl ListenerHandle {
     /// Binds the listener's address and starts accepting.
     pub async fn bind(state: ListenerState) -> Result<Self, String> {
         let bind = state.config.bind.value.clone();
-        let addr: SocketAddr = bind
-            .parse()
-            .map_err(|_| format!("listener `{}`: `{bind}` is not a socket address", state.name))?;
+        let addr: SocketAddr = bind.parse().map_err(|_| {
+            format!(
+                "listener `{}`: `{bind}` is not a socket address",
+                state.name
+            )
+        })?;
         let socket = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("listener `{}`: cannot bind {addr}: {e}", state.name))?;
@@ -79,12 +82,20 @@ async fn accept_loop(
     drop(socket);
     let name = state.load().name.clone();
     tracing::info!(listener = %name, "stopped accepting; draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %name, ?drain, "drain deadline passed; closing remaining connections");
     }
 }
 
-fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<ArcSwap<ListenerState>>, graceful: &GracefulShutdown) {
+fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: &Arc<ArcSwap<ListenerState>>,
+    graceful: &GracefulShutdown,
+) {
     let _ = stream.set_nodelay(true);
     let current = state.load_full();
     let limits = &current.config.limits;
@@ -97,7 +108,11 @@ fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<ArcSwap<Li
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from(limits.header_read_timeout))
-        .max_buf_size(usize::try_from(limits.max_request_headers.0).unwrap_or(usize::MAX).max(8192));
+        .max_buf_size(
+            usize::try_from(limits.max_request_headers.0)
+                .unwrap_or(usize::MAX)
+                .max(8192),
+        );
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -109,7 +124,9 @@ fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<ArcSwap<Li
         let state = state.load_full();
         async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -91,7 +91,9 @@ impl CompiledHeaderOps {
             remove: ops
                 .remove
                 .iter()
-                .map(|k| HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header `{k}`: {e}")))
+                .map(|k| {
+                    HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header `{k}`: {e}"))
+                })
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -177,18 +179,30 @@ impl<T> Route<T> {
             .iter()
             .map(|(k, v)| {
                 let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
-                Ok((name, ValueMatcher::compile(&v.value).map_err(|e| e.to_string())?))
+                Ok((
+                    name,
+                    ValueMatcher::compile(&v.value).map_err(|e| e.to_string())?,
+                ))
             })
             .collect::<Result<Vec<_>, String>>()?;
         let query = m
             .query
             .iter()
-            .map(|(k, v)| Ok((k.clone(), ValueMatcher::compile(&v.value).map_err(|e| e.to_string())?)))
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    ValueMatcher::compile(&v.value).map_err(|e| e.to_string())?,
+                ))
+            })
             .collect::<Result<Vec<_>, String>>()?;
 
         let split: Vec<(String, u32)> = match (&rc.cluster, &rc.split) {
             (Some(c), _) => vec![(c.value.clone(), 1)],
-            (None, Some(s)) => s.value.iter().map(|w| (w.cluster.value.clone(), w.weight.value)).collect(),
+            (None, Some(s)) => s
+                .value
+                .iter()
+                .map(|w| (w.cluster.value.clone(), w.weight.value))
+                .collect(),
             (None, None) => return Err("route has no destination".into()),
         };
         let mut targets = Vec::with_capacity(split.len());
@@ -198,14 +212,17 @@ impl<T> Route<T> {
                 continue;
             }
             cumulative = cumulative.saturating_add(weight);
-            let target = resolve(&name, &cluster).ok_or_else(|| format!("unknown cluster `{cluster}`"))?;
+            let target =
+                resolve(&name, &cluster).ok_or_else(|| format!("unknown cluster `{cluster}`"))?;
             targets.push((target, cumulative));
         }
         if targets.is_empty() {
             return Err("all split weights are 0".into());
         }
 
-        let timeout = rc.timeout.unwrap_or(otlp_mesh_config::DEFAULT_ROUTE_TIMEOUT);
+        let timeout = rc
+            .timeout
+            .unwrap_or(otlp_mesh_config::DEFAULT_ROUTE_TIMEOUT);
         let rewrite = rc.rewrite.as_ref();
         let prefix_rewrite = match (rewrite.and_then(|r| r.path_prefix.as_ref()), &m.path_prefix) {
             (Some(to), Some(from)) => Some((from.value.clone(), to.value.clone())),
@@ -248,7 +265,11 @@ impl<T> Route<T> {
             return false;
         }
         for (name, m) in &self.headers {
-            let values = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            let values = req
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
             if !m.matches(values) {
                 return false;
             }
@@ -295,7 +316,8 @@ impl<T> Route<T> {
         let (from, to) = self.prefix_rewrite.as_ref()?;
         let path = uri.path();
         let rest = path.get(from.len()..).unwrap_or("");
-        let mut out = String::with_capacity(to.len() + rest.len() + 1 + uri.query().map_or(0, str::len));
+        let mut out =
+            String::with_capacity(to.len() + rest.len() + 1 + uri.query().map_or(0, str::len));
         out.push_str(to);
         if to.ends_with('/') && rest.starts_with('/') {
             out.push_str(&rest[1..]);
@@ -353,11 +375,21 @@ mod tests {
         let t = table(
             "      - { name: canary, match: { path_prefix: /api, headers: { x-canary: \"true\" } }, cluster: b }\n      - { name: posts, match: { path_prefix: /api, methods: [POST], query: { v: \"2\" } }, cluster: b }\n      - { name: api, match: { path_prefix: /api }, cluster: a }\n      - { name: exact, match: { path_exact: /health }, cluster: a }\n      - { name: re, match: { path_regex: \"^/v[0-9]+/\" }, cluster: a }",
         );
-        assert_eq!(found(&t, &req("GET", "/api/x", &[("x-canary", "true")])), Some("canary"));
-        assert_eq!(found(&t, &req("GET", "/api/x", &[("x-canary", "false")])), Some("api"));
+        assert_eq!(
+            found(&t, &req("GET", "/api/x", &[("x-canary", "true")])),
+            Some("canary")
+        );
+        assert_eq!(
+            found(&t, &req("GET", "/api/x", &[("x-canary", "false")])),
+            Some("api")
+        );
         assert_eq!(found(&t, &req("POST", "/api?a=1&v=2", &[])), Some("posts"));
         assert_eq!(found(&t, &req("POST", "/api?v=3", &[])), Some("api"));
-        assert_eq!(found(&t, &req("GET", "/apix", &[])), None, "prefix matches whole segments");
+        assert_eq!(
+            found(&t, &req("GET", "/apix", &[])),
+            None,
+            "prefix matches whole segments"
+        );
         assert_eq!(found(&t, &req("GET", "/health", &[])), Some("exact"));
         assert_eq!(found(&t, &req("GET", "/health/x", &[])), None);
         assert_eq!(found(&t, &req("GET", "/v2/x", &[])), Some("re"));
@@ -368,18 +400,25 @@ mod tests {
         let t = table(
             "      - { name: r, match: { headers: { x-user: { regex: \"^adm\" } } }, cluster: a }\n      - { name: p, match: { headers: { x-debug: { present: true } } }, cluster: a }\n      - { name: absent, match: { headers: { x-debug: { present: false } } }, cluster: a }",
         );
-        assert_eq!(found(&t, &req("GET", "/", &[("x-user", "admin")])), Some("r"));
+        assert_eq!(
+            found(&t, &req("GET", "/", &[("x-user", "admin")])),
+            Some("r")
+        );
         assert_eq!(found(&t, &req("GET", "/", &[("x-debug", "")])), Some("p"));
         assert_eq!(found(&t, &req("GET", "/", &[])), Some("absent"));
     }
 
     #[test]
     fn weighted_pick_follows_weights() {
-        let t = table("      - { match: {}, split: [ { cluster: a, weight: 90 }, { cluster: b, weight: 10 } ] }");
+        let t = table(
+            "      - { match: {}, split: [ { cluster: a, weight: 90 }, { cluster: b, weight: 10 } ] }",
+        );
         let route = &t.routes()[0];
         fastrand::seed(7);
         let n = 100_000;
-        let b = (0..n).filter(|_| route.pick_target().unwrap() == "b").count() as f64;
+        let b = (0..n)
+            .filter(|_| route.pick_target().unwrap() == "b")
+            .count() as f64;
         // Binomial sd = sqrt(n p (1-p)) ≈ 95; allow 5 sd.
         assert!((b - 10_000.0).abs() < 475.0, "b picked {b} times");
         let weights: Vec<u32> = route.targets().map(|(_, w)| w).collect();
@@ -402,7 +441,9 @@ mod tests {
 
     #[test]
     fn default_timeout_and_zero_disables() {
-        let t = table("      - { match: {}, cluster: a }\n      - { match: {}, cluster: a, timeout: 0 }");
+        let t = table(
+            "      - { match: {}, cluster: a }\n      - { match: {}, cluster: a, timeout: 0 }",
+        );
         assert_eq!(t.routes()[0].timeout, Some(Duration::from_secs(15)));
         assert_eq!(t.routes()[1].timeout, None);
     }

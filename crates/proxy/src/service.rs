@@ -69,7 +69,11 @@ impl ListenerState {
 }
 
 /// Handles one request end to end; errors become responses, so this never fails.
-pub async fn handle(state: Arc<ListenerState>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    state: Arc<ListenerState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
@@ -95,7 +99,13 @@ pub async fn handle(state: Arc<ListenerState>, peer: SocketAddr, req: Request<In
         }
     }
 
-    prepare_request(&state, route, &mut parts, peer, target.cluster.config.protocol);
+    prepare_request(
+        &state,
+        route,
+        &mut parts,
+        peer,
+        target.cluster.config.protocol,
+    );
     let upstream = Request::from_parts(parts, RequestBody::new(body, limit));
     let stack = Timeout::new(ClusterService(target.cluster.clone()), route.timeout);
     match stack.oneshot(upstream).await {
@@ -106,12 +116,18 @@ pub async fn handle(state: Arc<ListenerState>, peer: SocketAddr, req: Request<In
             headers::remove_hop_by_hop(headers, false);
             route.response_headers.apply(headers);
             finish_headers(&state, headers);
-            target.metrics.record(resp.status().as_u16(), start.elapsed());
+            target
+                .metrics
+                .record(resp.status().as_u16(), start.elapsed());
             resp
         }
         Err(e) => {
             if matches!(e, ProxyError::Timeout(_)) {
-                target.cluster.metrics.timeouts_total.fetch_add(1, Ordering::Relaxed);
+                target
+                    .cluster
+                    .metrics
+                    .timeouts_total
+                    .fetch_add(1, Ordering::Relaxed);
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
             target.metrics.record(e.status().as_u16(), start.elapsed());
@@ -143,7 +159,11 @@ fn prepare_request(
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if cfg.forwarded {
-        headers::append_list(headers, &FORWARDED, &headers::forwarded_element(peer.ip().to_canonical(), "http"));
+        headers::append_list(
+            headers,
+            &FORWARDED,
+            &headers::forwarded_element(peer.ip().to_canonical(), "http"),
+        );
     }
     if cfg.request_id && !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(&X_REQUEST_ID, headers::new_request_id());

@@ -51,7 +51,10 @@ impl RouteMetrics {
     }
 
     pub fn total(&self) -> u64 {
-        self.by_class.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.by_class
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -158,13 +161,27 @@ impl Registry {
                 let labels = [base[0], base[1], base[2], ("le", le.as_str())];
                 w.sample("otlp_mesh_request_duration_seconds_bucket", &labels, n);
             }
-            w.sample("otlp_mesh_request_duration_seconds_sum", &base, r.duration.sum_seconds());
-            w.sample("otlp_mesh_request_duration_seconds_count", &base, r.duration.count());
+            w.sample(
+                "otlp_mesh_request_duration_seconds_sum",
+                &base,
+                r.duration.sum_seconds(),
+            );
+            w.sample(
+                "otlp_mesh_request_duration_seconds_count",
+                &base,
+                r.duration.count(),
+            );
         }
 
-        let listeners: Vec<(String, Arc<ListenerMetrics>)> =
-            lock(&self.listeners).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        w.family("otlp_mesh_active_connections", "gauge", "Open downstream connections, by listener.");
+        let listeners: Vec<(String, Arc<ListenerMetrics>)> = lock(&self.listeners)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        w.family(
+            "otlp_mesh_active_connections",
+            "gauge",
+            "Open downstream connections, by listener.",
+        );
         for (name, l) in &listeners {
             w.sample(
                 "otlp_mesh_active_connections",
@@ -172,7 +189,11 @@ impl Registry {
                 l.active_connections.load(Ordering::Relaxed),
             );
         }
-        w.family("otlp_mesh_connections_total", "counter", "Accepted downstream connections, by listener.");
+        w.family(
+            "otlp_mesh_connections_total",
+            "counter",
+            "Accepted downstream connections, by listener.",
+        );
         for (name, l) in &listeners {
             w.sample(
                 "otlp_mesh_connections_total",
@@ -181,24 +202,35 @@ impl Registry {
             );
         }
 
-        let clusters: Vec<(String, Arc<ClusterMetrics>)> =
-            lock(&self.clusters).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let families: [(&str, &str, &str, fn(&ClusterMetrics) -> i64); 5] = [
-            ("otlp_mesh_upstream_requests_total", "counter", "Requests sent upstream, by cluster.", |c| {
-                c.requests_total.load(Ordering::Relaxed) as i64
-            }),
-            ("otlp_mesh_upstream_active_requests", "gauge", "Requests in flight upstream, by cluster.", |c| {
-                c.active_requests.load(Ordering::Relaxed)
-            }),
+        let clusters: Vec<(String, Arc<ClusterMetrics>)> = lock(&self.clusters)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let families: [ClusterFamily; 5] = [
+            (
+                "otlp_mesh_upstream_requests_total",
+                "counter",
+                "Requests sent upstream, by cluster.",
+                |c| c.requests_total.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "otlp_mesh_upstream_active_requests",
+                "gauge",
+                "Requests in flight upstream, by cluster.",
+                |c| c.active_requests.load(Ordering::Relaxed),
+            ),
             (
                 "otlp_mesh_upstream_connect_errors_total",
                 "counter",
                 "Failed upstream connection attempts, by cluster.",
                 |c| c.connect_errors_total.load(Ordering::Relaxed) as i64,
             ),
-            ("otlp_mesh_upstream_timeouts_total", "counter", "Requests that hit the route timeout, by cluster.", |c| {
-                c.timeouts_total.load(Ordering::Relaxed) as i64
-            }),
+            (
+                "otlp_mesh_upstream_timeouts_total",
+                "counter",
+                "Requests that hit the route timeout, by cluster.",
+                |c| c.timeouts_total.load(Ordering::Relaxed) as i64,
+            ),
             (
                 "otlp_mesh_upstream_no_endpoint_total",
                 "counter",
@@ -214,6 +246,14 @@ impl Registry {
         }
     }
 }
+
+/// Name, type, help and reader of one per-cluster metric family.
+type ClusterFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ClusterMetrics) -> i64,
+);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -231,8 +271,12 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b), "same labels must give the same series");
         a.record(200, Duration::from_millis(3));
         a.record(503, Duration::from_millis(30));
-        reg.cluster("v1").connect_errors_total.fetch_add(2, Ordering::Relaxed);
-        reg.listener("edge").active_connections.fetch_add(1, Ordering::Relaxed);
+        reg.cluster("v1")
+            .connect_errors_total
+            .fetch_add(2, Ordering::Relaxed);
+        reg.listener("edge")
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
         let mut w = PromWriter::new();
         reg.render(&mut w);
         let text = w.finish();

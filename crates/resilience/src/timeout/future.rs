@@ -23,7 +23,11 @@ impl<F> ResponseFuture<F> {
             Some((s, d)) => (Some(s), d),
             None => (None, Duration::ZERO),
         };
-        ResponseFuture { inner, sleep, after }
+        ResponseFuture {
+            inner,
+            sleep,
+            after,
+        }
     }
 }
 

@@ -36,16 +36,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn passes_responses_within_the_deadline() {
-        let mut svc = TimeoutLayer::new(Some(Duration::from_secs(2))).layer_service(service_fn(slow));
-        let out = svc.ready().await.unwrap().call(Duration::from_millis(1999)).await;
+        let mut svc =
+            TimeoutLayer::new(Some(Duration::from_secs(2))).layer_service(service_fn(slow));
+        let out = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Duration::from_millis(1999))
+            .await;
         assert_eq!(out, Ok("done"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn fails_with_elapsed_at_the_deadline() {
-        let mut svc = TimeoutLayer::new(Some(Duration::from_secs(2))).layer_service(service_fn(slow));
+        let mut svc =
+            TimeoutLayer::new(Some(Duration::from_secs(2))).layer_service(service_fn(slow));
         let start = tokio::time::Instant::now();
-        let out = svc.ready().await.unwrap().call(Duration::from_secs(60)).await;
+        let out = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Duration::from_secs(60))
+            .await;
         assert_eq!(out, Err(Err::Elapsed));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
@@ -53,7 +65,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn none_means_no_deadline() {
         let mut svc = TimeoutLayer::new(None).layer_service(service_fn(slow));
-        let out = svc.ready().await.unwrap().call(Duration::from_secs(3600)).await;
+        let out = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Duration::from_secs(3600))
+            .await;
         assert_eq!(out, Ok("done"));
     }
 }
