@@ -1,5 +1,6 @@
 //! Route matching cost on a 1 000-route table: best case (first route), worst case (last route),
-//! a miss, and header-conditioned routes. Run with `cargo bench -p otlp-mesh-proxy --bench router`.
+//! a miss, and header-conditioned routes; the segment index against a linear scan in the same run.
+//! Run with `cargo bench -p otlp-mesh-proxy --bench router`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -48,19 +49,22 @@ fn bench(c: &mut Criterion) {
     let miss = parts("/nothing/here", &[]);
     assert!(t.find(&last).is_some() && t.find(&header).is_some() && t.find(&miss).is_none());
 
+    // `indexed` is what the proxy uses; `linear` (test every route in order) is the baseline.
     let mut g = c.benchmark_group("router_1000_routes");
-    g.bench_function("first_route", |b| {
-        b.iter(|| black_box(t.find(black_box(&first)).is_some()))
-    });
-    g.bench_function("last_route_query", |b| {
-        b.iter(|| black_box(t.find(black_box(&last)).is_some()))
-    });
-    g.bench_function("header_route", |b| {
-        b.iter(|| black_box(t.find(black_box(&header)).is_some()))
-    });
-    g.bench_function("miss", |b| {
-        b.iter(|| black_box(t.find(black_box(&miss)).is_some()))
-    });
+    let cases = [
+        ("first_route", &first),
+        ("last_route_query", &last),
+        ("header_route", &header),
+        ("miss", &miss),
+    ];
+    for (name, req) in cases {
+        g.bench_function(format!("indexed/{name}"), |b| {
+            b.iter(|| black_box(t.find(black_box(req)).is_some()))
+        });
+        g.bench_function(format!("linear/{name}"), |b| {
+            b.iter(|| black_box(t.find_linear(black_box(req)).is_some()))
+        });
+    }
     g.finish();
 }
 

@@ -12,6 +12,40 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct RouteTable<T> {
     routes: Vec<Route<T>>,
+    index: SegmentIndex,
+}
+
+/// Route indices keyed by the first path segment a route requires, so a lookup tests only the
+/// routes that can match (plus those with no fixed first segment), still in config order.
+#[derive(Debug, Default)]
+struct SegmentIndex {
+    by_segment: std::collections::HashMap<Box<str>, Vec<u32>>,
+    /// Routes without a fixed first segment (regex, `/`, no path condition).
+    any: Vec<u32>,
+}
+
+/// `api` for `/api/v1?x`, `` for `/`.
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
+}
+
+impl SegmentIndex {
+    fn build<T>(routes: &[Route<T>]) -> Self {
+        let mut index = SegmentIndex::default();
+        for (i, r) in routes.iter().enumerate() {
+            let i = i as u32;
+            match &r.path {
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => index
+                    .by_segment
+                    .entry(first_segment(p).into())
+                    .or_default()
+                    .push(i),
+                PathMatch::Any | PathMatch::Regex(_) => index.any.push(i),
+            }
+        }
+        index
+    }
 }
 
 /// One compiled route.
@@ -133,11 +167,37 @@ impl<T> RouteTable<T> {
                 .map_err(|e| format!("listener `{}` route {i}: {e}", listener.name.value))?;
             routes.push(route);
         }
-        Ok(RouteTable { routes })
+        let index = SegmentIndex::build(&routes);
+        Ok(RouteTable { routes, index })
     }
 
-    /// The first route matching the request head.
+    /// The first route (in config order) matching the request head.
     pub fn find(&self, req: &Parts) -> Option<&Route<T>> {
+        let keyed: &[u32] = self
+            .index
+            .by_segment
+            .get(first_segment(req.uri.path()))
+            .map_or(&[], Vec::as_slice);
+        // Merge the two ascending candidate lists so config order (first match wins) is kept.
+        let (mut a, mut b) = (keyed.iter().peekable(), self.index.any.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => return None,
+            };
+            if let Some(route) = next.and_then(|&i| self.routes.get(i as usize))
+                && route.matches(req)
+            {
+                return Some(route);
+            }
+        }
+    }
+
+    /// The first matching route by testing every route in order: the reference [`Self::find`]
+    /// must agree with (property-tested), and the baseline the router benchmark compares against.
+    pub fn find_linear(&self, req: &Parts) -> Option<&Route<T>> {
         self.routes.iter().find(|r| r.matches(req))
     }
 
@@ -437,6 +497,34 @@ mod tests {
         let r = &t.routes()[1];
         assert_eq!(r.rewrite_path(&u("/root/x")).unwrap(), "/x");
         assert_eq!(r.rewrite_path(&u("/root")).unwrap(), "/");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn index_agrees_with_linear_scan(
+            kinds in proptest::collection::vec((0u8..4, 0u8..4), 1..40),
+            probes in proptest::collection::vec((0u8..4, 0u8..4, proptest::bool::ANY), 1..40),
+        ) {
+            let seg = |n: u8| ["a", "b", "ab", ""][n as usize];
+            let mut routes = String::new();
+            for (kind, s) in &kinds {
+                let m = match kind {
+                    0 => format!("path_prefix: /{}", seg(*s)),
+                    1 => format!("path_exact: /{}/x", seg(*s)),
+                    2 => format!("path_regex: \"^/{}\"", seg(*s)),
+                    _ => "methods: [GET]".to_string(),
+                };
+                routes.push_str(&format!("      - {{ match: {{ {m} }}, cluster: a }}\n"));
+            }
+            let t = table(routes.trim_end());
+            for (s1, s2, post) in probes {
+                let uri = format!("/{}/{}", seg(s1), seg(s2));
+                let r = req(if post { "POST" } else { "GET" }, &uri, &[]);
+                let fast = t.find(&r).map(|r| r as *const _);
+                let slow = t.find_linear(&r).map(|r| r as *const _);
+                proptest::prop_assert_eq!(fast, slow, "uri {}", uri);
+            }
+        }
     }
 
     #[test]
