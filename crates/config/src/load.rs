@@ -61,8 +61,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
     let mut field_error: Option<ConfigError> = None;
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize::<_, Config>(de).map_err(|path_err| {
-            let path = path_err.path().to_string();
-            let path = if path == "." { String::new() } else { path };
+            let path = clean_path(&path_err.path().to_string());
             field_error = Some(from_yaml_error(path_err.inner(), path, file));
             <serde_saphyr::Error as serde::de::Error>::custom("field error")
         })
@@ -81,6 +80,21 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
     } else {
         Err(errors)
     }
+}
+
+/// The user-facing field path: drops the `value` field of our [`crate::Located`] wrapper.
+fn clean_path(raw: &str) -> String {
+    if raw == "." {
+        return String::new();
+    }
+    let mut out = raw.replace(".value.", ".");
+    if let Some(stripped) = out.strip_suffix(".value") {
+        out = stripped.to_string();
+    }
+    if let Some(stripped) = out.strip_prefix("value.") {
+        out = stripped.to_string();
+    }
+    out
 }
 
 fn from_yaml_error(e: &serde_saphyr::Error, path: String, file: &str) -> ConfigError {

@@ -2,6 +2,7 @@
 
 use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::error::ProxyError;
+use crate::h2pool::{H2Error, H2Pool};
 use arc_swap::ArcSwap;
 use http::{Request, Response, Uri};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -17,7 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-type Pool = Client<HttpConnector, RequestBody>;
+type Http1Pool = Client<HttpConnector, RequestBody>;
+
+/// Upstream connections: HTTP/1.1 pooled by endpoint authority, or one h2 connection per endpoint.
+#[derive(Debug)]
+enum Pool {
+    Http1(Http1Pool),
+    H2(Arc<H2Pool>),
+}
 
 /// A named group of endpoints with its balancer, connection pool and counters.
 #[derive(Debug)]
@@ -39,26 +47,29 @@ impl Cluster {
         let balancer: Box<dyn Balancer> = match config.balancer {
             BalancerKind::RoundRobin => Box::new(RoundRobin::default()),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout.into()));
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from(config.pool.idle_timeout))
-            .pool_max_idle_per_host(config.pool.max_idle_per_endpoint);
-        if config.protocol == Protocol::H2 {
-            builder.http2_only(true);
-        }
+        let pool = match config.protocol {
+            Protocol::H2 => Pool::H2(Arc::new(H2Pool::new(config.connect_timeout.into()))),
+            Protocol::Http1 => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(config.connect_timeout.into()));
+                connector.enforce_http(true);
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(std::time::Duration::from(config.pool.idle_timeout))
+                    .pool_max_idle_per_host(config.pool.max_idle_per_endpoint);
+                Pool::Http1(builder.build(connector))
+            }
+        };
         Cluster {
             name: config.name.value.clone(),
             config: config.clone(),
             endpoints: ArcSwap::from_pointee(endpoints),
             balancer,
             source,
-            pool: builder.build(connector),
+            pool,
             metrics,
         }
     }
@@ -86,28 +97,84 @@ impl Cluster {
             return ClusterFuture::failed(ProxyError::NoEndpoints(self.name.clone()));
         };
         let guard = endpoint.start();
-        let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(endpoint.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => {
-                return ClusterFuture::failed(ProxyError::Upstream(format!(
-                    "bad upstream uri: {e}"
-                )));
+        let inner = match &self.pool {
+            Pool::Http1(client) => {
+                // The HTTP/1.1 pool connects to the URI's authority; the Host header carries the name.
+                if let Err(e) = set_upstream_uri(&mut req, endpoint.authority.clone()) {
+                    return ClusterFuture::failed(e);
+                }
+                Upstream::Http1 {
+                    inner: client.request(req),
+                }
             }
-        }
+            Pool::H2(pool) => {
+                // h2 sends the URI authority as `:authority`: use the client's host (after any
+                // rewrite) and drop `host`, which must not disagree with it (RFC 9113 §8.3.1).
+                let host = req.headers_mut().remove(http::header::HOST);
+                let authority = host
+                    .as_ref()
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| endpoint.authority.clone());
+                if let Err(e) = set_upstream_uri(&mut req, authority) {
+                    return ClusterFuture::failed(e);
+                }
+                let (pool, addr) = (pool.clone(), endpoint.addr);
+                Upstream::H2 {
+                    inner: Box::pin(async move { pool.send(addr, req).await }),
+                }
+            }
+        };
         self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.active_requests.fetch_add(1, Ordering::Relaxed);
         ClusterFuture {
             state: State::Pending {
-                inner: self.pool.request(req),
+                inner,
                 guard: Some(guard),
                 cluster: self.clone(),
             },
+        }
+    }
+}
+
+/// Makes the request URI absolute (`http://{authority}{path}`), as the upstream clients need.
+fn set_upstream_uri<B>(
+    req: &mut Request<B>,
+    authority: http::uri::Authority,
+) -> Result<(), ProxyError> {
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|e| ProxyError::Upstream(format!("bad upstream uri: {e}")))?;
+    Ok(())
+}
+
+type H2Future =
+    Pin<Box<dyn Future<Output = Result<Response<hyper::body::Incoming>, H2Error>> + Send>>;
+
+pin_project! {
+    #[project = UpstreamProj]
+    enum Upstream {
+        Http1 { #[pin] inner: hyper_util::client::legacy::ResponseFuture },
+        H2 { inner: H2Future },
+    }
+}
+
+/// Either pool's failure, before classification.
+enum UpstreamError {
+    Http1(hyper_util::client::legacy::Error),
+    H2(H2Error),
+}
+
+impl Future for Upstream {
+    type Output = Result<Response<hyper::body::Incoming>, UpstreamError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            UpstreamProj::Http1 { inner } => inner.poll(cx).map_err(UpstreamError::Http1),
+            UpstreamProj::H2 { inner } => inner.as_mut().poll(cx).map_err(UpstreamError::H2),
         }
     }
 }
@@ -143,7 +210,7 @@ pin_project! {
     enum State {
         Pending {
             #[pin]
-            inner: hyper_util::client::legacy::ResponseFuture,
+            inner: Upstream,
             guard: Option<InFlight>,
             cluster: Arc<Cluster>,
         },
@@ -198,30 +265,32 @@ impl Future for ClusterFuture {
 }
 
 /// Turns a pool error into the proxy error the client should see.
-fn classify(
-    e: hyper_util::client::legacy::Error,
-    guard: InFlight,
-    cluster: &Cluster,
-) -> ProxyError {
+fn classify(e: UpstreamError, guard: InFlight, cluster: &Cluster) -> ProxyError {
     let endpoint = guard.endpoint().addr.to_string();
-    if e.is_connect() {
+    let connect_failed = |reason: String| {
         cluster
             .metrics
             .connect_errors_total
             .fetch_add(1, Ordering::Relaxed);
-        return ProxyError::ConnectFailed {
-            endpoint,
-            reason: root_cause(&e),
-        };
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        ProxyError::ConnectFailed {
+            endpoint: endpoint.clone(),
+            reason,
+        }
+    };
+    let err: &(dyn std::error::Error + 'static) = match &e {
+        UpstreamError::Http1(e) if e.is_connect() => return connect_failed(root_cause(e)),
+        UpstreamError::H2(H2Error::Connect(reason)) => return connect_failed(reason.clone()),
+        UpstreamError::Http1(e) => e,
+        UpstreamError::H2(e) => e,
+    };
+    let mut source = Some(err);
     while let Some(err) = source {
         if let Some(RequestBodyError::TooLarge(t)) = err.downcast_ref::<RequestBodyError>() {
             return ProxyError::BodyTooLarge(t.0);
         }
         source = err.source();
     }
-    ProxyError::Upstream(format!("{endpoint}: {}", root_cause(&e)))
+    ProxyError::Upstream(format!("{endpoint}: {}", root_cause(err)))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -53,15 +53,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
     }
 }
 
-/// Appends `value` to a comma-separated header, creating it when absent.
+/// Appends `value` to a comma-separated header, folding repeated lines into one, creating it when absent.
 pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    let combined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => {
-            HeaderValue::from_str(&format!("{existing}, {value}"))
+    let mut combined = String::new();
+    for existing in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        if !existing.trim().is_empty() {
+            combined.push_str(existing);
+            combined.push_str(", ");
         }
-        _ => HeaderValue::from_str(value),
-    };
-    if let Ok(v) = combined {
+    }
+    combined.push_str(value);
+    if let Ok(v) = HeaderValue::from_str(&combined) {
         headers.insert(name, v);
     }
 }
@@ -129,6 +131,13 @@ mod tests {
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "127.0.0.1");
         append_list(&mut h, &X_FORWARDED_FOR, "10.0.0.1");
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "127.0.0.1, 10.0.0.1");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        append_list(&mut h, &X_FORWARDED_FOR, "2.2.2.2");
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).unwrap(),
+            "127.0.0.1, 10.0.0.1, 1.1.1.1, 2.2.2.2"
+        );
     }
 
     #[test]

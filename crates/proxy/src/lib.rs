@@ -8,6 +8,7 @@
 pub mod body;
 pub mod cluster;
 pub mod error;
+pub mod h2pool;
 pub mod headers;
 pub mod listener;
 pub mod router;

@@ -1,0 +1,121 @@
+//! HTTP/2 upstream connections: one multiplexed connection per endpoint, shared by all requests.
+//!
+//! Unlike the HTTP/1.1 pool (keyed by URI authority), this pool is keyed by endpoint address, so
+//! the request URI keeps the client's authority and the upstream sees the right `:authority`.
+
+use crate::body::RequestBody;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why an h2 upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    #[error("{0}")]
+    Connect(String),
+    #[error(transparent)]
+    Request(#[from] hyper::Error),
+}
+
+/// Per-endpoint HTTP/2 connections for one cluster.
+#[derive(Debug)]
+pub struct H2Pool {
+    slots: ArcSwap<HashMap<SocketAddr, Arc<Slot>>>,
+    connect_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    conn: ArcSwapOption<SendRequest<RequestBody>>,
+    // Serializes reconnects so a dead connection is replaced once, not once per waiting request.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Pool {
+    pub fn new(connect_timeout: Duration) -> Self {
+        H2Pool {
+            slots: ArcSwap::from_pointee(HashMap::new()),
+            connect_timeout,
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
+        if let Some(s) = self.slots.load().get(&addr) {
+            return s.clone();
+        }
+        self.slots.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(addr).or_default();
+            map
+        });
+        self.slots.load().get(&addr).cloned().unwrap_or_default()
+    }
+
+    /// Drops connections to endpoints no longer in the cluster.
+    pub fn retain(&self, live: &[SocketAddr]) {
+        self.slots.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.retain(|a, _| live.contains(a));
+            map
+        });
+    }
+
+    /// Sends a request (absolute URI with the client's authority) to `addr`.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, H2Error> {
+        let slot = self.slot(addr);
+        let mut sender = self.connection(&slot, addr).await?;
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn connection(
+        &self,
+        slot: &Slot,
+        addr: SocketAddr,
+    ) -> Result<SendRequest<RequestBody>, H2Error> {
+        if let Some(c) = slot.conn.load().as_ref()
+            && !c.is_closed()
+        {
+            return Ok(SendRequest::clone(c));
+        }
+        let _guard = slot.connecting.lock().await;
+        if let Some(c) = slot.conn.load().as_ref()
+            && !c.is_closed()
+        {
+            return Ok(SendRequest::clone(c));
+        }
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    H2Error::Connect(format!(
+                        "connect timed out after {:?}",
+                        self.connect_timeout
+                    ))
+                })?
+                .map_err(|e| H2Error::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| H2Error::Connect(format!("h2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        slot.conn.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}
