@@ -191,3 +191,32 @@ fn display_is_file_line_column_path_message() {
         "mesh.yaml:1:16: admin.bind: `nope` is not a socket address (expected ip:port, e.g. 127.0.0.1:8080)"
     );
 }
+
+mod robustness {
+    use otlp_mesh_config::parse_str;
+    use proptest::prelude::*;
+
+    // Fragments of real configs, so the generator reaches deep into the model rather than
+    // failing at the first character.
+    const PIECES: &[&str] = &[
+        "listeners:\n", "clusters:\n", "  - name: a\n", "    bind: 127.0.0.1:80\n", "    routes:\n",
+        "      - match: { path_prefix: /x }\n", "        split: [ { cluster: a, weight: 0 } ]\n",
+        "        cluster: a\n", "    discovery: { static: [ 1.2.3.4:5 ] }\n", "admin: { bind: x }\n",
+        "runtime: { drain_timeout: 5q }\n", "  - [\n", "{", "}", ":", "- ", "\t", "&a ", "*a ", "<<: *a\n",
+        "        timeout: 99999999999h\n", "    limits: { max_request_headers: 1 }\n", "\"\\u0000\"", "~\n",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn parsing_never_panics_on_config_fragments(idx in proptest::collection::vec(0..PIECES.len(), 0..24)) {
+            let text: String = idx.iter().map(|&i| PIECES[i]).collect();
+            let _ = parse_str(&text, "fuzz.yaml");
+        }
+
+        #[test]
+        fn parsing_never_panics_on_arbitrary_text(text in "\\PC{0,200}") {
+            let _ = parse_str(&text, "fuzz.yaml");
+        }
+    }
+}
