@@ -199,11 +199,30 @@ mod robustness {
     // Fragments of real configs, so the generator reaches deep into the model rather than
     // failing at the first character.
     const PIECES: &[&str] = &[
-        "listeners:\n", "clusters:\n", "  - name: a\n", "    bind: 127.0.0.1:80\n", "    routes:\n",
-        "      - match: { path_prefix: /x }\n", "        split: [ { cluster: a, weight: 0 } ]\n",
-        "        cluster: a\n", "    discovery: { static: [ 1.2.3.4:5 ] }\n", "admin: { bind: x }\n",
-        "runtime: { drain_timeout: 5q }\n", "  - [\n", "{", "}", ":", "- ", "\t", "&a ", "*a ", "<<: *a\n",
-        "        timeout: 99999999999h\n", "    limits: { max_request_headers: 1 }\n", "\"\\u0000\"", "~\n",
+        "listeners:\n",
+        "clusters:\n",
+        "  - name: a\n",
+        "    bind: 127.0.0.1:80\n",
+        "    routes:\n",
+        "      - match: { path_prefix: /x }\n",
+        "        split: [ { cluster: a, weight: 0 } ]\n",
+        "        cluster: a\n",
+        "    discovery: { static: [ 1.2.3.4:5 ] }\n",
+        "admin: { bind: x }\n",
+        "runtime: { drain_timeout: 5q }\n",
+        "  - [\n",
+        "{",
+        "}",
+        ":",
+        "- ",
+        "\t",
+        "&a ",
+        "*a ",
+        "<<: *a\n",
+        "        timeout: 99999999999h\n",
+        "    limits: { max_request_headers: 1 }\n",
+        "\"\\u0000\"",
+        "~\n",
     ];
 
     proptest! {
