@@ -1,6 +1,7 @@
 //! otlp-mesh command line: `run`, `validate`, `demo`.
 
 mod app;
+mod bench;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Generate HTTP/1.1 or h2c load against a URL and report latency percentiles, throughput,
+    /// errors and the CPU and memory of given processes.
+    Bench(Box<bench::BenchArgs>),
     /// Run example services, the proxy in front of them and background traffic, on loopback.
     Demo {
         /// Proxy listener port (admin is on 9901 unless --admin-port says otherwise).
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => app::validate(&config),
         Command::Run { config, workers } => app::run_file(config, workers),
+        Command::Bench(args) => bench::run(*args),
         Command::Demo {
             port,
             admin_port,

@@ -191,6 +191,16 @@ impl Proc {
         self.status
     }
 
+    /// The exit code, once the process has exited (`None` while running or when killed by a signal).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.try_exit().and_then(|s| s.code())
+    }
+
+    /// True once the process has exited with status 0.
+    pub fn status_success(&mut self) -> bool {
+        self.try_exit().is_some_and(|s| s.success())
+    }
+
     /// Waits for the exit without a runtime (for CLI tests); panics with stderr after `within`.
     pub fn wait_exit_blocking(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;

@@ -1,0 +1,223 @@
+//! Benchmark results: the JSON shape, the terminal table and CSV.
+
+use crate::histogram::{Latency, Percentiles};
+use crate::load::{BenchConfig, Protocol};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// Failed requests by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Errors {
+    pub connect: u64,
+    pub timeout: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    /// Resets, closed connections and other transport failures.
+    pub other: u64,
+}
+
+impl Errors {
+    pub fn record_status(&mut self, status: u16) {
+        if status >= 500 {
+            self.status_5xx += 1;
+        } else {
+            self.status_4xx += 1;
+        }
+    }
+    pub fn add(&mut self, o: &Errors) {
+        self.connect += o.connect;
+        self.timeout += o.timeout;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.other += o.other;
+    }
+    pub fn total(&self) -> u64 {
+        self.connect + self.timeout + self.status_4xx + self.status_5xx + self.other
+    }
+}
+
+/// CPU and memory of one sampled process over the measured period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    pub name: String,
+    pub cpu_seconds: f64,
+    /// CPU time per completed request (successes and failures), in microseconds.
+    pub cpu_us_per_request: f64,
+    pub rss_peak_bytes: u64,
+}
+
+/// One benchmark run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub url: String,
+    pub protocol: Protocol,
+    pub mode: String,
+    pub connections: usize,
+    pub workers: usize,
+    pub duration_s: f64,
+    pub target_rate: Option<f64>,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: Errors,
+    pub throughput_rps: f64,
+    /// For open-loop runs, measured from each request's scheduled start (coordinated-omission corrected).
+    pub latency: Percentiles,
+    /// Open loop only: measured from the actual send time, for comparison.
+    pub latency_uncorrected: Option<Percentiles>,
+    pub processes: Vec<ProcessUsage>,
+}
+
+impl Report {
+    pub(crate) fn new(
+        cfg: &BenchConfig,
+        workers: usize,
+        ok: u64,
+        errors: Errors,
+        latency: &Latency,
+        uncorrected: Option<&Latency>,
+        mut processes: Vec<ProcessUsage>,
+    ) -> Self {
+        let requests = ok + errors.total() - errors.connect;
+        let secs = cfg.duration.as_secs_f64();
+        for p in &mut processes {
+            p.cpu_us_per_request = if requests > 0 {
+                p.cpu_seconds * 1e6 / requests as f64
+            } else {
+                0.0
+            };
+        }
+        Report {
+            url: cfg.url.to_string(),
+            protocol: cfg.protocol,
+            mode: if cfg.rate.is_some() {
+                "open".into()
+            } else {
+                "closed".into()
+            },
+            connections: cfg.connections,
+            workers,
+            duration_s: secs,
+            target_rate: cfg.rate,
+            requests,
+            ok,
+            errors,
+            throughput_rps: if secs > 0.0 {
+                requests as f64 / secs
+            } else {
+                0.0
+            },
+            latency: latency.summary(),
+            latency_uncorrected: uncorrected.map(Latency::summary),
+            processes,
+        }
+    }
+
+    /// A human-readable summary.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} {} ({:?}, {} connections, {} workers, {:.1}s{})",
+            self.mode,
+            self.url,
+            self.protocol,
+            self.connections,
+            self.workers,
+            self.duration_s,
+            self.target_rate
+                .map(|r| format!(", target {r:.0} req/s"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "  requests {}  ok {}  errors {}  throughput {:.1} req/s",
+            self.requests,
+            self.ok,
+            self.errors.total(),
+            self.throughput_rps
+        );
+        let e = &self.errors;
+        if e.total() > 0 {
+            let _ = writeln!(
+                s,
+                "  errors: connect {} timeout {} 4xx {} 5xx {} other {}",
+                e.connect, e.timeout, e.status_4xx, e.status_5xx, e.other
+            );
+        }
+        let l = &self.latency;
+        let _ = writeln!(
+            s,
+            "  latency   p50 {}  p90 {}  p95 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            us(l.p50_us),
+            us(l.p90_us),
+            us(l.p95_us),
+            us(l.p99_us),
+            us(l.p999_us),
+            us(l.p9999_us),
+            us(l.max_us)
+        );
+        if let Some(u) = &self.latency_uncorrected {
+            let _ = writeln!(
+                s,
+                "  (uncorrected p50 {}  p99 {}  p99.9 {})",
+                us(u.p50_us),
+                us(u.p99_us),
+                us(u.p999_us)
+            );
+        }
+        for p in &self.processes {
+            let _ = writeln!(
+                s,
+                "  pid {} {}: cpu {:.2}s = {:.1} µs/req, rss peak {:.1} MiB",
+                p.pid,
+                p.name,
+                p.cpu_seconds,
+                p.cpu_us_per_request,
+                p.rss_peak_bytes as f64 / 1048576.0
+            );
+        }
+        s
+    }
+
+    /// CSV header matching [`Self::to_csv_row`].
+    pub fn csv_header() -> &'static str {
+        "url,protocol,mode,connections,duration_s,target_rate,requests,ok,errors,throughput_rps,p50_us,p90_us,p95_us,p99_us,p999_us,p9999_us,max_us,cpu_us_per_request,rss_peak_bytes"
+    }
+
+    /// One CSV row; CPU and RSS are the first sampled process's.
+    pub fn to_csv_row(&self) -> String {
+        let l = &self.latency;
+        let p = self.processes.first();
+        format!(
+            "{},{:?},{},{},{},{},{},{},{},{:.1},{},{},{},{},{},{},{},{:.2},{}",
+            self.url,
+            self.protocol,
+            self.mode,
+            self.connections,
+            self.duration_s,
+            self.target_rate.map(|r| r.to_string()).unwrap_or_default(),
+            self.requests,
+            self.ok,
+            self.errors.total(),
+            self.throughput_rps,
+            l.p50_us,
+            l.p90_us,
+            l.p95_us,
+            l.p99_us,
+            l.p999_us,
+            l.p9999_us,
+            l.max_us,
+            p.map_or(0.0, |p| p.cpu_us_per_request),
+            p.map_or(0, |p| p.rss_peak_bytes),
+        )
+    }
+}
+
+fn us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.1}ms", v as f64 / 1000.0)
+    } else {
+        format!("{v}µs")
+    }
+}

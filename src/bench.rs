@@ -1,0 +1,150 @@
+//! `otlp-mesh bench`: command-line front of the `otlp-mesh-bench` crate.
+
+use otlp_mesh_bench::{BenchConfig, Protocol, Report, compare};
+use otlp_mesh_config::Duration;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `otlp-mesh bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Target URL, e.g. http://127.0.0.1:8080/
+    url: http::Uri,
+    /// TCP connections.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    connections: usize,
+    /// Concurrent streams per connection (h2c only).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Measured duration.
+    #[arg(long, short = 'd', default_value = "10s")]
+    duration: Duration,
+    /// Warm-up excluded from results.
+    #[arg(long, default_value = "1s")]
+    warmup: Duration,
+    /// Open loop at this total rate (requests/s) with coordinated-omission correction; closed loop when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Speak h2c (HTTP/2 with prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    h2c: bool,
+    #[arg(long, default_value = "GET")]
+    method: http::Method,
+    /// Request body.
+    #[arg(long, default_value = "")]
+    body: String,
+    /// Extra request header `name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s")]
+    timeout: Duration,
+    /// Process to sample for CPU time and memory (repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Write the report as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Append the report as a CSV row to this file (header written when the file is new).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Compare with an earlier JSON report; exit 2 when a figure is worse than --threshold.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Regression threshold in percent for --baseline.
+    #[arg(long, default_value_t = 10.0)]
+    threshold: f64,
+}
+
+/// Runs the benchmark; exit 1 on usage or I/O errors, 2 on a regression against the baseline.
+pub fn run(args: BenchArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("otlp-mesh bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
+    if args.url.scheme_str() != Some("http") || args.url.authority().is_none() {
+        return Err(format!("url `{}` must be http://host:port/path", args.url));
+    }
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` must be `name: value`"))?;
+        let name = http::HeaderName::from_bytes(k.trim().as_bytes())
+            .map_err(|e| format!("header `{k}`: {e}"))?;
+        let value = http::HeaderValue::from_str(v.trim())
+            .map_err(|e| format!("header `{k}` value: {e}"))?;
+        headers.push((name, value));
+    }
+    let baseline: Option<Report> = match &args.baseline {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read baseline {}: {e}", p.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("baseline {} is not a bench report: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let cfg = BenchConfig {
+        url: args.url.clone(),
+        protocol: if args.h2c {
+            Protocol::H2c
+        } else {
+            Protocol::Http1
+        },
+        method: args.method.clone(),
+        body: bytes::Bytes::from(args.body.clone()),
+        headers,
+        connections: args.connections,
+        streams_per_connection: args.streams,
+        duration: args.duration.into(),
+        warmup: args.warmup.into(),
+        rate: args.rate,
+        timeout: args.timeout.into(),
+        pids: args.pid.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let report = rt.block_on(otlp_mesh_bench::run(cfg))?;
+    eprint!("{}", report.to_table());
+
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    match &args.json {
+        Some(p) if p.as_os_str() == "-" => println!("{json}"),
+        Some(p) => {
+            std::fs::write(p, &json).map_err(|e| format!("cannot write {}: {e}", p.display()))?
+        }
+        None => {}
+    }
+    if let Some(p) = &args.csv {
+        use std::io::Write;
+        let new = !p.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+        if new {
+            writeln!(f, "{}", Report::csv_header()).map_err(|e| e.to_string())?;
+        }
+        writeln!(f, "{}", report.to_csv_row()).map_err(|e| e.to_string())?;
+    }
+    if let Some(base) = baseline {
+        let cmp = compare(&base, &report, args.threshold);
+        eprint!("{}", cmp.to_table());
+        if cmp.regressed() {
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

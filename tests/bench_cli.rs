@@ -1,0 +1,182 @@
+//! `otlp-mesh bench` against an in-process server: the JSON report's fields and counts, the
+//! open-loop mode, and the baseline comparison's exit status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn bench(args: &[&str]) -> Proc {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    let mut p = Proc::spawn(&all);
+    p.wait_exit_blocking(Duration::from_secs(30));
+    p
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_report_counts_every_request_the_server_saw() {
+    let up = Upstream::echo("bench").await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let csv = dir.path().join("r.csv");
+    let url = format!("http://{}/x", up.addr);
+    let before = up.hits();
+    let mut p = tokio::task::spawn_blocking({
+        let (json, csv) = (json.clone(), csv.clone());
+        move || {
+            bench(&[
+                &url,
+                "-c",
+                "4",
+                "-d",
+                "1s",
+                "--warmup",
+                "0",
+                "--json",
+                json.to_str().unwrap(),
+                "--csv",
+                csv.to_str().unwrap(),
+                "--pid",
+                &std::process::id().to_string(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(p.status_success(), "bench failed: {}", p.stderr());
+    let r = read_json(&json);
+    let requests = r["requests"].as_u64().unwrap();
+    let served = (up.hits() - before) as u64;
+    assert!(requests > 100, "{r}");
+    // The server may also have answered a few requests started before the deadline but not
+    // counted, one per connection at most.
+    assert!(
+        served >= requests && served <= requests + 4,
+        "served {served}, reported {requests}"
+    );
+    assert_eq!(r["ok"].as_u64().unwrap(), requests);
+    assert_eq!(r["mode"], "closed");
+    assert_eq!(r["connections"], 4);
+    let l = &r["latency"];
+    let (p50, p99, max) = (
+        l["p50_us"].as_u64().unwrap(),
+        l["p99_us"].as_u64().unwrap(),
+        l["max_us"].as_u64().unwrap(),
+    );
+    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{l}");
+    assert!(
+        (r["throughput_rps"].as_f64().unwrap() - requests as f64).abs()
+            < requests as f64 * 0.01 + 1.0
+    );
+    assert_eq!(
+        r["processes"][0]["pid"].as_u64().unwrap(),
+        u64::from(std::process::id())
+    );
+    assert!(r["processes"][0]["rss_peak_bytes"].as_u64().unwrap() > 0);
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.starts_with("url,protocol,mode"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_holds_the_rate_and_reports_uncorrected_latency_too() {
+    let up = Upstream::echo("bench").await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let url = format!("http://{}/", up.addr);
+    let mut p = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            bench(&[
+                &url,
+                "-c",
+                "2",
+                "-d",
+                "2s",
+                "--warmup",
+                "0",
+                "--rate",
+                "200",
+                "--h2c",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(p.status_success(), "bench failed: {}", p.stderr());
+    let r = read_json(&json);
+    assert_eq!(r["mode"], "open");
+    assert_eq!(r["protocol"], "h2c");
+    let requests = r["requests"].as_u64().unwrap();
+    // 200 req/s for 2 s: the schedule allows 400 (±1 per worker for phase offsets).
+    assert!((390..=402).contains(&requests), "requests {requests}");
+    assert!(r["latency_uncorrected"]["p50_us"].as_u64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_comparison_exits_2_on_a_regression() {
+    let up = Upstream::echo("bench").await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let url = format!("http://{}/", up.addr);
+    let mut p = tokio::task::spawn_blocking({
+        let json = json.clone();
+        let url = url.clone();
+        move || {
+            bench(&[
+                &url,
+                "-c",
+                "2",
+                "-d",
+                "1s",
+                "--warmup",
+                "0",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(p.status_success(), "{}", p.stderr());
+    // A synthetic baseline ten times faster than anything this run can reach.
+    let mut base = read_json(&json);
+    base["throughput_rps"] = serde_json::json!(base["throughput_rps"].as_f64().unwrap() * 10.0);
+    let base_path = dir.path().join("base.json");
+    std::fs::write(&base_path, base.to_string()).unwrap();
+    let mut p = tokio::task::spawn_blocking(move || {
+        bench(&[
+            &url,
+            "-c",
+            "2",
+            "-d",
+            "1s",
+            "--warmup",
+            "0",
+            "--baseline",
+            base_path.to_str().unwrap(),
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.exit_code(), Some(2), "{}", p.stderr());
+    assert!(p.stderr().contains("REGRESSION"), "{}", p.stderr());
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    let mut p = bench(&["ftp://example/", "-d", "1s"]);
+    assert_eq!(p.exit_code(), Some(1));
+    assert!(p.stderr().contains("must be http://"), "{}", p.stderr());
+    let mut p = bench(&["http://127.0.0.1:9/", "-d", "10 parsecs"]);
+    assert_ne!(p.exit_code(), Some(0));
+    assert!(p.stderr().contains("unknown unit"), "{}", p.stderr());
+}
