@@ -68,6 +68,61 @@ async fn demo_serves_routes_and_traffic_and_stops_on_sigint() {
     );
     assert!(stdout.contains("Ctrl-C"), "guide: {stdout}");
 
+    // The chaos scenario is loaded switched off; a PUT switches it on (here at 100 % so the
+    // effect is certain), the metrics count it, and a DELETE switches it off.
+    let chaos = get(&client, &format!("http://{admin}/chaos")).await.json();
+    let rule = chaos["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"]["name"] == "inventory-chaos")
+        .cloned();
+    assert!(
+        rule.is_some_and(|r| r["source"] == "config" && r["status"] == "disabled"),
+        "{chaos}"
+    );
+    let on = r#"{"match":{"cluster":"inventory"},"abort":{"percent":100,"http_status":503}}"#;
+    let r = send(
+        &client,
+        http::Request::put(format!("http://{admin}/chaos/rules/inventory-chaos"))
+            .body(full(on))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&client, &format!("http://{edge}/inventory/sku-espresso")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.header("x-demo-service"),
+        None,
+        "injected by the proxy, not the service"
+    );
+    let m = get(&client, &format!("http://{admin}/metrics"))
+        .await
+        .text();
+    assert!(
+        metric(
+            &m,
+            "otlp_mesh_fault_injected_total{rule=\"inventory-chaos\",source=\"api\",kind=\"abort\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    let r = send(
+        &client,
+        http::Request::delete(format!("http://{admin}/chaos/rules/inventory-chaos"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let r = get(&client, &format!("http://{edge}/inventory/sku-espresso")).await;
+    assert_eq!(
+        r.header("x-demo-service"),
+        Some("inventory"),
+        "answered by the service again"
+    );
+
     demo.signal("INT");
     let status = demo.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "demo exit {status}: {}", demo.stderr());

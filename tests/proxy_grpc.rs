@@ -464,3 +464,56 @@ async fn grpc_many_concurrent_calls_share_one_connection() {
         "echo 1: x"
     );
 }
+
+/// A fault rule's gRPC abort reaches a tonic client as that status and message, and the upstream
+/// is never called; removing the rule at run time restores service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_fault_abort_is_seen_as_the_configured_status() {
+    let upstream = grpc_upstream().await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:
+  - name: edge
+    bind: {edge}
+    routes:
+      - name: grpc
+        match: {{ path_prefix: /test.Echo/ }}
+        cluster: grpc
+        fault: {{ abort: {{ percent: 100, grpc_status: UNAVAILABLE, message: \"chaos: down for 50%\" }} }}
+clusters:
+  - name: grpc
+    protocol: h2
+    discovery:
+      static: [{}]
+",
+        prelude(admin),
+        upstream.addr,
+    );
+    let mesh = Mesh::start(admin, &yaml).await;
+    let mut grpc = client(edge).await;
+    let before = upstream.hits();
+    let err = unary(&mut grpc, tonic::Request::new(EchoRequest::default()))
+        .await
+        .expect_err("the fault must abort the call");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "chaos: down for 50%");
+    assert_eq!(
+        upstream.hits(),
+        before,
+        "an aborted call never reaches the upstream"
+    );
+
+    let client_http = h1_client();
+    let r = send(
+        &client_http,
+        http::Request::delete(format!("http://{admin}/chaos/rules/route:edge/grpc"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    unary(&mut grpc, tonic::Request::new(EchoRequest::default()))
+        .await
+        .expect("no fault once the rule is deleted");
+    drop(mesh);
+}

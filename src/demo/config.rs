@@ -43,8 +43,24 @@ clusters:
         }
         out.push('\n');
     }
+    out.push_str(CHAOS);
     out
 }
+
+/// The chaos scenario: slow and failing inventory lookups, loaded switched off. Turn it on with
+/// a PUT of the same rule with `enabled: true` (the guide shows how).
+const CHAOS: &str = "\
+chaos:
+  rules:
+    - name: inventory-chaos         # 10% of inventory calls take ~500ms, 2% fail with 503
+      enabled: false
+      match: { cluster: inventory }
+      delay: { percent: 10, lognormal: { median: 500ms, sigma: 0.5 } }
+      abort: { percent: 2, http_status: 503, body: \"injected by otlp-mesh demo\" }
+";
+
+/// The JSON a user PUTs to switch the chaos scenario on.
+pub(crate) const CHAOS_ON_JSON: &str = r#"{"match":{"cluster":"inventory"},"delay":{"percent":10,"lognormal":{"median":"500ms","sigma":0.5}},"abort":{"percent":2,"http_status":503,"body":"injected by otlp-mesh demo"}}"#;
 
 /// What to print once the proxy is up: where things are and what to try.
 pub(crate) fn guide(port: u16, admin_port: u16, instances: &Instances) -> String {
@@ -91,9 +107,16 @@ Things to try:
        curl -s http://{admin}/clusters
        curl -s http://{admin}/routes
        curl -s http://{admin}/config
+  7. Chaos: slow down 10% and fail 2% of inventory calls, watch it in the metrics, switch it off:
+       curl -s -X PUT http://{admin}/chaos/rules/inventory-chaos -d '{chaos_on}'
+       curl -s http://{admin}/metrics | grep -E 'otlp_mesh_fault_injected_total|inventory.*5xx'
+       curl -s http://{admin}/chaos
+       curl -s -X POST http://{admin}/chaos/disable-all      # kill switch (enable-all undoes it)
+       curl -s -X DELETE http://{admin}/chaos/rules/inventory-chaos
 
 Ctrl-C to stop.
-"
+",
+        chaos_on = CHAOS_ON_JSON
     )
 }
 

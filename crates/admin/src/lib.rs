@@ -3,10 +3,10 @@
 //! Read-only views over the proxy's current snapshot; it never blocks the data path.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use otlp_mesh_config::reload::ReloadStats;
 use otlp_mesh_proxy::Proxy;
 use otlp_mesh_telemetry::PromWriter;
@@ -31,6 +31,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/config", get(config))
         .route("/clusters", get(clusters))
         .route("/routes", get(routes))
+        .route("/chaos", get(chaos))
+        .route(
+            "/chaos/rules/{*name}",
+            put(chaos_put).delete(chaos_delete).get(chaos_get),
+        )
+        .route("/chaos/disable-all", post(chaos_disable_all))
+        .route("/chaos/enable-all", post(chaos_enable_all))
         .fallback(not_found)
         .with_state(state)
 }
@@ -63,7 +70,7 @@ async fn live() -> &'static str {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        "no such admin endpoint; try /ready /live /metrics /config /clusters /routes\n",
+        "no such admin endpoint; try /ready /live /metrics /config /clusters /routes /chaos\n",
     )
         .into_response()
 }
@@ -96,6 +103,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         &[],
         s.reload.failures(),
     );
+    s.proxy.faults().render_prometheus(w.buffer());
     w.family(
         "otlp_mesh_uptime_seconds",
         "gauge",
@@ -229,4 +237,98 @@ async fn routes(State(s): State<AdminState>) -> Response {
         })
         .collect();
     Json(json!({ "listeners": listeners })).into_response()
+}
+
+async fn chaos(State(s): State<AdminState>) -> Response {
+    Json(s.proxy.faults().view()).into_response()
+}
+
+async fn chaos_get(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.proxy.faults().get(&name) {
+        Some(rule) => Json(rule).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no fault rule named `{name}`")})),
+        )
+            .into_response(),
+    }
+}
+
+/// Creates or replaces a rule; 400 lists every invalid field.
+async fn chaos_put(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: bytes::Bytes,
+) -> Response {
+    let field_errors = |errs: Vec<otlp_mesh_chaos::FieldError>| {
+        let errors: Vec<Value> = errs
+            .iter()
+            .map(|e| json!({"field": e.field, "message": e.message}))
+            .collect();
+        (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors }))).into_response()
+    };
+    // The name comes from the path; a body may repeat it but must not contradict it.
+    let mut value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return field_errors(vec![otlp_mesh_chaos::FieldError {
+                field: String::new(),
+                message: format!("body is not JSON: {e}"),
+            }]);
+        }
+    };
+    if let Some(obj) = value.as_object_mut() {
+        match obj.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return field_errors(vec![otlp_mesh_chaos::FieldError {
+                    field: "name".into(),
+                    message: format!("`{n}` does not match the name in the path (`{name}`)"),
+                }]);
+            }
+            _ => {
+                obj.insert("name".into(), Value::String(name.clone()));
+            }
+        }
+    }
+    let rule = match otlp_mesh_chaos::parse_rule_json(value.to_string().as_bytes()) {
+        Ok(rule) => rule,
+        Err(errs) => return field_errors(errs),
+    };
+    match s.proxy.faults().put(rule) {
+        Ok(otlp_mesh_chaos::PutOutcome::Created) => {
+            tracing::info!(rule = %name, "fault rule created");
+            (StatusCode::CREATED, Json(s.proxy.faults().get(&name))).into_response()
+        }
+        Ok(otlp_mesh_chaos::PutOutcome::Replaced) => {
+            tracing::info!(rule = %name, "fault rule replaced");
+            Json(s.proxy.faults().get(&name)).into_response()
+        }
+        Err(errs) => field_errors(errs),
+    }
+}
+
+async fn chaos_delete(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.proxy.faults().delete(&name) {
+        Some(source) => {
+            tracing::info!(rule = %name, ?source, "fault rule deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no fault rule named `{name}`")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn chaos_disable_all(State(s): State<AdminState>) -> Response {
+    s.proxy.faults().disable_all();
+    tracing::warn!("fault injection disabled (kill switch)");
+    Json(json!({"enabled": false})).into_response()
+}
+
+async fn chaos_enable_all(State(s): State<AdminState>) -> Response {
+    s.proxy.faults().enable_all();
+    tracing::info!("fault injection enabled");
+    Json(json!({"enabled": true})).into_response()
 }

@@ -1,6 +1,10 @@
 //! The config file's shape. Every struct rejects unknown fields; defaults are documented per field.
 
 use crate::{ByteSize, Duration, Located};
+pub use otlp_mesh_chaos::{
+    AbortFault, DelayFault, FaultMatch, FaultRule, FaultScope, HeaderFaultLimits, ResetFault,
+    ThrottleFault,
+};
 use serde::{Deserialize, Deserializer, Serialize, de};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,8 +21,33 @@ pub struct Config {
     pub listeners: Vec<Located<ListenerConfig>>,
     #[serde(default)]
     pub clusters: Vec<Located<ClusterConfig>>,
+    #[serde(default)]
+    pub chaos: ChaosConfig,
 }
 
+/// Fault-injection rules that are not tied to one route (see the `chaos` crate for the rule shape).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosConfig {
+    #[serde(default)]
+    pub rules: Vec<Located<FaultRule>>,
+}
+
+impl Config {
+    /// Every fault rule of the file: `chaos.rules` and each route's `fault` (named `route:<listener>/<route>`).
+    pub fn fault_rules(&self) -> Vec<FaultRule> {
+        let mut rules: Vec<FaultRule> = self.chaos.rules.iter().map(|r| r.value.clone()).collect();
+        for l in &self.listeners {
+            for (i, r) in l.routes.iter().enumerate() {
+                if let Some(f) = &r.fault {
+                    let route = r.route_name(&l.name.value, i);
+                    rules.push(f.value.to_rule(&l.name.value, &route));
+                }
+            }
+        }
+        rules
+    }
+}
 /// Where the admin HTTP server listens.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +121,9 @@ pub struct ListenerConfig {
     /// Generate `x-request-id` (UUID v4) when the request has none. Default true.
     #[serde(default = "yes")]
     pub request_id: bool,
+    /// Honour `x-fault-*` request headers with these caps. Default: off (clients cannot inject faults).
+    #[serde(default)]
+    pub header_faults: Option<HeaderFaultLimits>,
     /// Routes in order; the first that matches wins.
     #[serde(default)]
     pub routes: Vec<Located<RouteConfig>>,
@@ -157,6 +189,58 @@ pub struct RouteConfig {
     /// Whole-request deadline until the response head arrives; 504 after. Default `15s`; `0` disables.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Faults injected into this route's requests.
+    #[serde(default)]
+    pub fault: Option<Located<RouteFault>>,
+}
+
+impl RouteConfig {
+    /// The route's name: its `name`, or `<listener>/<index>`.
+    pub fn route_name(&self, listener: &str, index: usize) -> String {
+        self.name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| format!("{listener}/{index}"))
+    }
+}
+
+/// A route's faults: a fault rule without name and match (the route is the match).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFault {
+    #[serde(default)]
+    pub scope: FaultScope,
+    #[serde(default)]
+    pub delay: Option<DelayFault>,
+    #[serde(default)]
+    pub abort: Option<AbortFault>,
+    #[serde(default)]
+    pub throttle: Option<ThrottleFault>,
+    #[serde(default)]
+    pub reset: Option<ResetFault>,
+    #[serde(default)]
+    pub max_active: Option<u32>,
+}
+
+impl RouteFault {
+    /// The equivalent rule, matching only this route of this listener.
+    pub fn to_rule(&self, listener: &str, route: &str) -> FaultRule {
+        FaultRule {
+            name: format!("route:{listener}/{route}"),
+            matcher: FaultMatch {
+                listener: Some(listener.to_string()),
+                route: Some(route.to_string()),
+                ..FaultMatch::default()
+            },
+            scope: self.scope,
+            delay: self.delay.clone(),
+            abort: self.abort.clone(),
+            throttle: self.throttle.clone(),
+            reset: self.reset.clone(),
+            max_active: self.max_active,
+            ..FaultRule::default()
+        }
+    }
 }
 
 /// Request conditions; all given conditions must hold.

@@ -84,6 +84,23 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         }
     }
 
+    let mut rule_names = HashSet::new();
+    for (i, rule) in config.chaos.rules.iter().enumerate() {
+        let path = format!("chaos.rules[{i}]");
+        if !rule_names.insert(rule.name.as_str()) {
+            c.at(
+                rule,
+                format!("{path}.name"),
+                format!("duplicate fault rule name `{}`", rule.name),
+            );
+        }
+        if let Err(errs) = rule.value.validate() {
+            for e in errs {
+                c.at(rule, format!("{path}.{}", e.field), e.message);
+            }
+        }
+    }
+
     let mut listener_names = HashSet::new();
     let mut binds: HashMap<SocketAddr, usize> = HashMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -142,6 +159,22 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 );
             }
             validate_route(&mut c, route, &rpath, &cluster_names);
+            if let Some(fault) = &route.fault {
+                let rule = fault.value.to_rule(
+                    &listener.name.value,
+                    &route.route_name(&listener.name.value, j),
+                );
+                if let Err(errs) = rule.validate() {
+                    for e in errs {
+                        let field = if e.field == "rule" {
+                            String::new()
+                        } else {
+                            format!(".{}", e.field)
+                        };
+                        c.at(fault, format!("{rpath}.fault{field}"), e.message);
+                    }
+                }
+            }
         }
     }
     c.errors

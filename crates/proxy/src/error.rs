@@ -16,6 +16,15 @@ pub enum ProxyError {
     BodyTooLarge(u64),
     #[error("upstream request failed: {0}")]
     Upstream(String),
+    /// A fault rule asked for the client connection (HTTP/1.1) or stream (h2) to be reset.
+    #[error("{0}")]
+    FaultReset(otlp_mesh_chaos::FaultReset),
+}
+
+impl From<otlp_mesh_chaos::FaultReset> for ProxyError {
+    fn from(e: otlp_mesh_chaos::FaultReset) -> Self {
+        ProxyError::FaultReset(e)
+    }
 }
 
 impl From<otlp_mesh_resilience::timeout::Elapsed> for ProxyError {
@@ -30,6 +39,8 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            // Never sent: the connection is reset instead. Counted as 502 in metrics.
+            ProxyError::FaultReset(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
@@ -44,6 +55,7 @@ impl ProxyError {
             ProxyError::Timeout(_) => "upstream_timeout",
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::FaultReset(_) => "fault_reset",
         }
     }
 

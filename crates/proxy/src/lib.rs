@@ -17,6 +17,7 @@ pub mod service;
 use arc_swap::ArcSwapOption;
 use cluster::Cluster;
 use listener::ListenerHandle;
+use otlp_mesh_chaos::FaultRegistry;
 use otlp_mesh_config::LoadedConfig;
 use otlp_mesh_telemetry::Registry;
 use service::ListenerState;
@@ -43,6 +44,7 @@ pub struct Proxy {
     snapshot: ArcSwapOption<Snapshot>,
     listeners: Mutex<BTreeMap<String, ListenerHandle>>,
     draining: AtomicBool,
+    faults: FaultRegistry,
 }
 
 impl Proxy {
@@ -52,6 +54,7 @@ impl Proxy {
             snapshot: ArcSwapOption::empty(),
             listeners: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
+            faults: FaultRegistry::new(),
         })
     }
 
@@ -96,7 +99,7 @@ impl Proxy {
         let mut errors = Vec::new();
         let mut states = Vec::new();
         for l in &cfg.listeners {
-            match ListenerState::build(l, &clusters, &self.registry) {
+            match ListenerState::build(l, &clusters, &self.registry, &self.faults) {
                 Ok(s) => states.push(s),
                 Err(e) => errors.push(e),
             }
@@ -129,6 +132,12 @@ impl Proxy {
             return Err(errors);
         }
 
+        // Validated with the rest of the file, so this only fails on a bug; keep serving if it does.
+        if let Err(errs) = self.faults.load_config(cfg.fault_rules()) {
+            for e in errs {
+                tracing::error!(field = %e.field, "fault rule not loaded: {}", e.message);
+            }
+        }
         let drain: Duration = cfg.runtime.drain_timeout.into();
         for state in kept {
             if let Some(h) = listeners.get(&state.name) {
@@ -183,5 +192,10 @@ impl Proxy {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Fault-injection rules (from the config file and the admin API) and their statistics.
+    pub fn faults(&self) -> &FaultRegistry {
+        &self.faults
     }
 }

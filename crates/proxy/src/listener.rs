@@ -5,7 +5,6 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -122,7 +121,7 @@ fn serve(
     let service = hyper::service::service_fn(move |req| {
         // Each request reads the state current when it starts; a reload never changes it mid-flight.
         let state = state.load_full();
-        async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
+        async move { handle(state, peer, req).await }
     });
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)

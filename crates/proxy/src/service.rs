@@ -8,6 +8,7 @@ use crate::router::{Route, RouteTable};
 use http::header::{CONTENT_LENGTH, HOST, SERVER};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use otlp_mesh_chaos::{Fault, FaultBody, FaultRegistry, FaultReset, FaultScope, FaultTarget};
 use otlp_mesh_config::{ListenerConfig, Protocol};
 use otlp_mesh_resilience::timeout::Timeout;
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
@@ -17,11 +18,17 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-/// Where a split entry sends requests, with the metric series for that route and cluster.
+/// The body of every response the proxy sends: upstream or proxy-made, possibly fault-wrapped
+/// (once per fault layer: request scope outside the timeout, attempt scope inside).
+pub type ResponseBody = FaultBody<FaultBody<ProxyBody>>;
+
+/// Where a split entry sends requests, with the metric series and fault targets for that route and cluster.
 #[derive(Debug)]
 pub struct Target {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<RouteMetrics>,
+    request_faults: Arc<FaultTarget>,
+    attempt_faults: Arc<FaultTarget>,
 }
 
 /// Everything a listener needs per request, swapped as a whole on config reload.
@@ -34,6 +41,7 @@ pub struct ListenerState {
     server_header: Option<HeaderValue>,
     pub metrics: Arc<ListenerMetrics>,
     no_route: Arc<RouteMetrics>,
+    faults: FaultRegistry,
 }
 
 impl ListenerState {
@@ -42,13 +50,25 @@ impl ListenerState {
         config: &ListenerConfig,
         clusters: &std::collections::BTreeMap<String, Arc<Cluster>>,
         registry: &Registry,
+        faults: &FaultRegistry,
     ) -> Result<Self, String> {
         let name = config.name.value.clone();
         let routes = RouteTable::compile(config, |route, cluster| {
             let c = clusters.get(cluster)?;
+            let fault_target = |scope, header_faults| {
+                Arc::new(FaultTarget {
+                    listener: name.clone(),
+                    route: route.to_string(),
+                    cluster: Some(cluster.to_string()),
+                    scope,
+                    header_faults,
+                })
+            };
             Some(Target {
                 cluster: c.clone(),
                 metrics: registry.route(&name, route, cluster),
+                request_faults: fault_target(FaultScope::Request, config.header_faults.clone()),
+                attempt_faults: fault_target(FaultScope::Attempt, None),
             })
         })?;
         let header = |v: &Option<String>, prefix: &str| -> Result<Option<HeaderValue>, String> {
@@ -61,6 +81,7 @@ impl ListenerState {
             server_header: header(&config.server_header, "")?,
             metrics: registry.listener(&name),
             no_route: registry.route(&name, "", ""),
+            faults: faults.clone(),
             routes,
             config: config.clone(),
             name,
@@ -68,22 +89,26 @@ impl ListenerState {
     }
 }
 
-/// Handles one request end to end; errors become responses, so this never fails.
+/// Handles one request end to end. Errors become responses, except an injected reset, which
+/// hyper turns into a closed connection (HTTP/1.1) or a reset stream (h2).
 pub async fn handle(
     state: Arc<ListenerState>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ResponseBody>, FaultReset> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
     let Some(route) = state.routes.find(&parts) else {
         state.no_route.record(404, start.elapsed());
-        return finish_error(&state, ProxyError::NoRoute);
+        return Ok(finish_error(&state, ProxyError::NoRoute));
     };
     let Some(target) = route.pick_target() else {
         state.no_route.record(503, start.elapsed());
-        return finish_error(&state, ProxyError::NoEndpoints(route.name.clone()));
+        return Ok(finish_error(
+            &state,
+            ProxyError::NoEndpoints(route.name.clone()),
+        ));
     };
 
     let limit = state.config.limits.max_request_body.map(|b| b.0);
@@ -95,7 +120,7 @@ pub async fn handle(
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             target.metrics.record(413, start.elapsed());
-            return finish_error(&state, ProxyError::BodyTooLarge(limit));
+            return Ok(finish_error(&state, ProxyError::BodyTooLarge(limit)));
         }
     }
 
@@ -107,7 +132,17 @@ pub async fn handle(
         target.cluster.config.protocol,
     );
     let upstream = Request::from_parts(parts, RequestBody::new(body, limit));
-    let stack = Timeout::new(ClusterService(target.cluster.clone()), route.timeout);
+    // Built per request from shared parts (Arc clones, no allocation): outer to inner.
+    let attempt = Fault::new(
+        ClusterService(target.cluster.clone()),
+        state.faults.clone(),
+        target.attempt_faults.clone(),
+    );
+    let stack = Fault::new(
+        Timeout::new(attempt, route.timeout),
+        state.faults.clone(),
+        target.request_faults.clone(),
+    );
     match stack.oneshot(upstream).await {
         Ok(mut resp) => {
             // Answer in the client's protocol version, not the upstream's (e.g. HTTP/1.0).
@@ -119,7 +154,11 @@ pub async fn handle(
             target
                 .metrics
                 .record(resp.status().as_u16(), start.elapsed());
-            resp
+            Ok(resp)
+        }
+        Err(ProxyError::FaultReset(reset)) => {
+            target.metrics.record(502, start.elapsed());
+            Err(reset)
         }
         Err(e) => {
             if matches!(e, ProxyError::Timeout(_)) {
@@ -131,7 +170,7 @@ pub async fn handle(
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
             target.metrics.record(e.status().as_u16(), start.elapsed());
-            finish_error(&state, e)
+            Ok(finish_error(&state, e))
         }
     }
 }
@@ -195,8 +234,8 @@ fn finish_headers(state: &ListenerState, headers: &mut http::HeaderMap) {
     }
 }
 
-fn finish_error(state: &ListenerState, e: ProxyError) -> Response<ProxyBody> {
+fn finish_error(state: &ListenerState, e: ProxyError) -> Response<ResponseBody> {
     let mut resp = e.into_response();
     finish_headers(state, resp.headers_mut());
-    resp
+    resp.map(|b| FaultBody::inner(FaultBody::inner(b)))
 }

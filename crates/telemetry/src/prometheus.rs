@@ -47,6 +47,11 @@ impl PromWriter {
         let _ = writeln!(self.out, " {value}");
     }
 
+    /// The text written so far, for renderers that write the format themselves.
+    pub fn buffer(&mut self) -> &mut String {
+        &mut self.out
+    }
+
     pub fn finish(self) -> String {
         self.out
     }
