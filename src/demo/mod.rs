@@ -298,7 +298,7 @@ mod tests {
                 assert_eq!(statics.len(), 2);
             }
             for endpoint in statics {
-                let addr: SocketAddr = endpoint.value.parse().unwrap();
+                let addr: SocketAddr = endpoint.value.address.parse().unwrap();
                 assert!(addr.ip().is_loopback());
                 let mut ok = false;
                 for _ in 0..10 {

@@ -103,6 +103,9 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         &[],
         s.reload.failures(),
     );
+    if let Some(snap) = s.proxy.snapshot() {
+        otlp_mesh_proxy::metrics::render_resilience(&snap, &mut w);
+    }
     s.proxy.faults().render_prometheus(w.buffer());
     w.family(
         "otlp_mesh_uptime_seconds",
@@ -172,27 +175,55 @@ async fn clusters(State(s): State<AdminState>) -> Response {
         .clusters
         .values()
         .map(|c| {
-            let endpoints: Vec<Value> = c
-                .endpoints()
+            let now = c.clock().now();
+            let set = c.endpoints();
+            let endpoints: Vec<Value> = set
                 .endpoints()
                 .iter()
                 .map(|e| {
+                    let st = e.stats(now);
                     json!({
-                        "address": e.addr.to_string(),
-                        "weight": e.weight,
-                        "health": "unknown",
-                        "in_flight": e.in_flight(),
-                        "requests": e.requests(),
-                        "failures": e.failures(),
+                        "address": st.addr.to_string(),
+                        "weight": st.weight,
+                        "health": if st.available { "healthy" } else if st.healthy { "ejected" } else { "unhealthy" },
+                        "ejected_for_ms": st.ejected_for.map(|d| d.as_millis() as u64),
+                        "in_flight": st.in_flight,
+                        "requests": st.requests,
+                        "failures": st.failures,
+                        "consecutive_failures": st.consecutive_failures,
+                        "ewma_latency_ms": st.ewma_latency.map(|d| d.as_secs_f64() * 1e3),
+                        "slow_start": st.slow_start_since.is_some(),
+                        "source": c.discovery_kind(),
                     })
                 })
                 .collect();
+            let health = set.health(now);
+            let breaker = c.breaker().map(|b| {
+                let h = b.handle();
+                let mut counters = serde_json::Map::new();
+                h.stats().for_each(|k, v| {
+                    counters.insert(k.to_string(), json!(v));
+                });
+                json!({
+                    "state": h.state().as_str(),
+                    "since_seconds": h.since().elapsed().as_secs_f64(),
+                    "open_for_seconds": h.open_until().map(|t| t.saturating_duration_since(tokio::time::Instant::now()).as_secs_f64()),
+                    "active_requests": h.active_requests(),
+                    "pending_requests": h.pending_requests(),
+                    "active_retries": h.active_retries(),
+                    "consecutive_failures": h.consecutive_failures(),
+                    "counters": counters,
+                })
+            });
             json!({
                 "name": c.name,
                 "protocol": c.config.protocol,
                 "balancer": c.balancer_name(),
                 "discovery": c.discovery_kind(),
                 "connect_timeout": c.config.connect_timeout,
+                "healthy_endpoints": health.available,
+                "panic": health.panic,
+                "circuit_breaker": breaker,
                 "endpoints": endpoints,
             })
         })

@@ -9,6 +9,7 @@ mod located;
 mod mask;
 pub mod model;
 pub mod reload;
+pub mod resilience;
 pub mod units;
 mod validate;
 
@@ -17,4 +18,8 @@ pub use load::{LoadedConfig, load_file, parse_str};
 pub use located::Located;
 pub use mask::masked_json;
 pub use model::*;
+pub use resilience::{
+    BackoffPolicy, BreakerPolicy, BudgetPolicy, ErrorRatePolicy, NonIdempotentPolicy,
+    RateLimitPolicy, RetryPolicy,
+};
 pub use units::{ByteSize, Duration};

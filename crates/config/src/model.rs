@@ -1,5 +1,6 @@
 //! The config file's shape. Every struct rejects unknown fields; defaults are documented per field.
 
+use crate::resilience::{BreakerPolicy, RateLimitPolicy, RetryPolicy};
 use crate::{ByteSize, Duration, Located};
 pub use otlp_mesh_chaos::{
     AbortFault, DelayFault, FaultMatch, FaultRule, FaultScope, HeaderFaultLimits, ResetFault,
@@ -192,6 +193,12 @@ pub struct RouteConfig {
     /// Faults injected into this route's requests.
     #[serde(default)]
     pub fault: Option<Located<RouteFault>>,
+    /// Retry policy (attempts, conditions, per-try timeout, backoff, budget).
+    #[serde(default)]
+    pub retry: Option<Located<RetryPolicy>>,
+    /// Local rate limit; over it clients get 429.
+    #[serde(default)]
+    pub rate_limit: Option<Located<RateLimitPolicy>>,
 }
 
 impl RouteConfig {
@@ -371,12 +378,65 @@ pub struct ClusterConfig {
     pub protocol: Protocol,
     /// Load-balancing algorithm. Default `round_robin`.
     #[serde(default)]
-    pub balancer: BalancerKind,
+    pub balancer: Located<BalancerKind>,
+    /// Request key for `ring_hash` and `maglev`: `client_ip`, `header:<name>` or `cookie:<name>`.
+    #[serde(default)]
+    pub hash_key: Option<Located<String>>,
+    /// Ramp a new or recovered endpoint's weight up over this window. Default `0` (off).
+    #[serde(default)]
+    pub slow_start: Duration,
+    /// Latency estimate of `p2c_ewma` (and `/clusters`): decay time and the RTT assumed before samples.
+    #[serde(default)]
+    pub ewma: EwmaConfig,
+    /// Ring size of `ring_hash` (at least this many points). Default 1024.
+    #[serde(default = "default_ring_size")]
+    pub min_ring_size: usize,
+    /// Lookup table size of `maglev` (a prime). Default 65537.
+    #[serde(default = "default_maglev_size")]
+    pub maglev_table_size: u64,
+    /// Concurrency thresholds and the open/half-open breaker. Default: off.
+    #[serde(default)]
+    pub circuit_breaker: Option<Located<BreakerPolicy>>,
     /// Default `2s`.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     #[serde(default)]
     pub pool: PoolConfig,
+}
+
+fn default_ring_size() -> usize {
+    1024
+}
+fn default_maglev_size() -> u64 {
+    65_537
+}
+
+/// Peak-EWMA latency estimate settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EwmaConfig {
+    /// Default `10s`.
+    #[serde(default = "default_decay")]
+    pub decay: Duration,
+    /// Default `30ms`.
+    #[serde(default = "default_rtt")]
+    pub default_rtt: Duration,
+}
+
+impl Default for EwmaConfig {
+    fn default() -> Self {
+        EwmaConfig {
+            decay: default_decay(),
+            default_rtt: default_rtt(),
+        }
+    }
+}
+
+fn default_decay() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_rtt() -> Duration {
+    Duration::from_millis(30)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -387,9 +447,52 @@ fn default_connect_timeout() -> Duration {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Discovery {
-    /// Fixed `ip:port` endpoints.
+    /// Fixed endpoints: `ip:port`, or `{ address: ip:port, weight: N }`.
     #[serde(rename = "static", default)]
-    pub static_endpoints: Option<Vec<Located<String>>>,
+    pub static_endpoints: Option<Vec<Located<StaticEndpoint>>>,
+}
+
+/// One static endpoint and its weight (default 1).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StaticEndpoint {
+    pub address: String,
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for StaticEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = StaticEndpoint;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`ip:port` or `{ address: ip:port, weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StaticEndpoint, E> {
+                Ok(StaticEndpoint {
+                    address: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StaticEndpoint, A::Error> {
+                let (mut address, mut weight) = (None, 1);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "address" => address = Some(map.next_value::<String>()?),
+                        "weight" => weight = map.next_value::<u32>()?,
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["address", "weight"]));
+                        }
+                    }
+                }
+                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
+                Ok(StaticEndpoint { address, weight })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Upstream protocol.
@@ -408,6 +511,18 @@ pub enum Protocol {
 pub enum BalancerKind {
     #[default]
     RoundRobin,
+    /// nginx's smooth weighted round robin.
+    WeightedRoundRobin,
+    /// Power of two random choices on in-flight requests (weighted).
+    LeastRequest,
+    /// Power of two choices on peak-EWMA latency × pending requests (linkerd).
+    P2cEwma,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on a ring (ketama); needs `hash_key`.
+    RingHash,
+    /// Maglev consistent hashing; needs `hash_key`.
+    Maglev,
 }
 
 /// Upstream connection pool settings.

@@ -66,7 +66,19 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         match &cluster.discovery.static_endpoints {
             Some(endpoints) => {
                 for (j, ep) in endpoints.iter().enumerate() {
-                    c.socket_addr(ep, &format!("{path}.discovery.static[{j}]"));
+                    let loc = Located {
+                        value: ep.address.clone(),
+                        line: ep.line,
+                        column: ep.column,
+                    };
+                    c.socket_addr(&loc, &format!("{path}.discovery.static[{j}]"));
+                    if ep.weight == 0 {
+                        c.at(
+                            ep,
+                            format!("{path}.discovery.static[{j}].weight"),
+                            "must be at least 1",
+                        );
+                    }
                 }
             }
             None => c.at(
@@ -74,6 +86,63 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 format!("{path}.discovery"),
                 "no discovery source: set `static: [ip:port, ...]`",
             ),
+        }
+        let hashing = matches!(
+            cluster.balancer.value,
+            crate::BalancerKind::RingHash | crate::BalancerKind::Maglev
+        );
+        match (&cluster.hash_key, hashing) {
+            (None, true) => c.at(
+                &cluster.balancer,
+                format!("{path}.hash_key"),
+                "ring_hash and maglev need `hash_key` (client_ip, header:<name> or cookie:<name>)",
+            ),
+            (Some(k), false) => c.at(
+                k,
+                format!("{path}.hash_key"),
+                "only ring_hash and maglev use a hash key",
+            ),
+            (Some(k), true) => {
+                let ok = k.value == "client_ip"
+                    || k.value
+                        .strip_prefix("header:")
+                        .is_some_and(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).is_ok())
+                    || k.value
+                        .strip_prefix("cookie:")
+                        .is_some_and(|n| !n.trim().is_empty());
+                if !ok {
+                    c.at(
+                        k,
+                        format!("{path}.hash_key"),
+                        format!(
+                            "`{}`: use client_ip, header:<name> or cookie:<name>",
+                            k.value
+                        ),
+                    );
+                }
+            }
+            (None, false) => {}
+        }
+        if cluster.balancer.value == crate::BalancerKind::Maglev
+            && !is_prime(cluster.maglev_table_size)
+        {
+            c.at(
+                cluster,
+                format!("{path}.maglev_table_size"),
+                format!("{} is not a prime", cluster.maglev_table_size),
+            );
+        }
+        if cluster.ewma.decay.is_zero() {
+            c.at(
+                cluster,
+                format!("{path}.ewma.decay"),
+                "must be greater than 0",
+            );
+        }
+        if let Some(b) = &cluster.circuit_breaker {
+            for (field, message) in crate::resilience::check_breaker(b) {
+                c.at(b, format!("{path}.circuit_breaker.{field}"), message);
+            }
         }
         if cluster.connect_timeout.is_zero() {
             c.at(
@@ -159,6 +228,16 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 );
             }
             validate_route(&mut c, route, &rpath, &cluster_names);
+            if let Some(r) = &route.retry {
+                for (field, message) in crate::resilience::check_retry(r) {
+                    c.at(r, format!("{rpath}.retry.{field}"), message);
+                }
+            }
+            if let Some(r) = &route.rate_limit {
+                for (field, message) in crate::resilience::check_rate_limit(r) {
+                    c.at(r, format!("{rpath}.rate_limit.{field}"), message);
+                }
+            }
             if let Some(fault) = &route.fault {
                 let rule = fault.value.to_rule(
                     &listener.name.value,
@@ -380,4 +459,11 @@ fn check_cluster_ref(
     if !clusters.contains(name.value.as_str()) {
         c.at(name, path, format!("unknown cluster `{}`", name.value));
     }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }

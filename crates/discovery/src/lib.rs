@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 /// A configured discovery source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// A fixed list of addresses from the config file.
-    Static(Vec<SocketAddr>),
+    /// A fixed list of addresses (with weights) from the config file.
+    Static(Vec<(SocketAddr, u32)>),
 }
 
 impl Source {
@@ -21,10 +21,10 @@ impl Source {
         let list = discovery.static_endpoints.as_deref().unwrap_or_default();
         let addrs = list
             .iter()
-            .filter_map(|s| match s.value.parse() {
-                Ok(a) => Some(a),
+            .filter_map(|s| match s.address.parse() {
+                Ok(a) => Some((a, s.weight.max(1))),
                 Err(_) => {
-                    tracing::warn!(cluster, endpoint = %s.value, "skipping invalid static endpoint");
+                    tracing::warn!(cluster, endpoint = %s.address, "skipping invalid static endpoint");
                     None
                 }
             })
@@ -39,8 +39,8 @@ impl Source {
         }
     }
 
-    /// The endpoints known now.
-    pub fn current(&self) -> Vec<SocketAddr> {
+    /// The endpoints known now, with their weights.
+    pub fn current(&self) -> Vec<(SocketAddr, u32)> {
         match self {
             Source::Static(addrs) => addrs.clone(),
         }
@@ -52,9 +52,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn static_source_lists_configured_addresses() {
+    fn static_source_lists_configured_addresses_and_weights() {
         let cfg: otlp_mesh_config::Config = otlp_mesh_config::parse_str(
-            "clusters:\n  - name: a\n    discovery: { static: [127.0.0.1:1, '[::1]:2'] }\n",
+            "clusters:\n  - name: a\n    discovery: { static: [127.0.0.1:1, { address: '[::1]:2', weight: 3 }] }\n",
             "t.yaml",
         )
         .unwrap();
@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(src.kind(), "static");
         assert_eq!(
             src.current(),
-            vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()]
+            vec![
+                ("127.0.0.1:1".parse().unwrap(), 1),
+                ("[::1]:2".parse().unwrap(), 3)
+            ]
         );
     }
 }

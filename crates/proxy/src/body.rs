@@ -148,3 +148,59 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// Boxed error of the body sent upstream (only built on the error path).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// The request body as the upstream pools take it: streamed once, or through the retry
+    /// layer's replay buffer.
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        Plain { #[pin] inner: RequestBody },
+        Replay { #[pin] inner: otlp_mesh_resilience::retry::ReplayBody<RequestBody> },
+    }
+}
+
+impl UpstreamBody {
+    /// For requests that are never retried.
+    pub fn plain(req: http::Request<RequestBody>) -> http::Request<UpstreamBody> {
+        req.map(|inner| UpstreamBody::Plain { inner })
+    }
+
+    /// For attempts made by the retry layer.
+    pub fn replay(
+        req: http::Request<otlp_mesh_resilience::retry::ReplayBody<RequestBody>>,
+    ) -> http::Request<UpstreamBody> {
+        req.map(|inner| UpstreamBody::Replay { inner })
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            UpstreamBodyProj::Plain { inner } => inner.poll_frame(cx).map_err(Into::into),
+            UpstreamBodyProj::Replay { inner } => inner.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Plain { inner } => inner.is_end_stream(),
+            UpstreamBody::Replay { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Plain { inner } => inner.size_hint(),
+            UpstreamBody::Replay { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,24 +1,31 @@
-//! Clusters: an endpoint set, a balancer and an upstream connection pool, exposed as a tower service.
+//! Clusters: an endpoint set, a balancer, an optional circuit breaker and an upstream
+//! connection pool, exposed as a tower service.
 
-use crate::body::{ProxyBody, RequestBody, RequestBodyError};
+use crate::body::{ProxyBody, RequestBodyError, UpstreamBody};
 use crate::error::ProxyError;
 use crate::h2pool::{H2Error, H2Pool};
 use arc_swap::ArcSwap;
 use http::{Request, Response, Uri};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use otlp_mesh_balance::{Balancer, EndpointSet, InFlight, RoundRobin};
-use otlp_mesh_config::{BalancerKind, ClusterConfig, Protocol};
+use otlp_mesh_balance::{
+    Algorithm, Balancer, Clock, EndpointOptions, EndpointSet, InFlight, MaglevConfig, Outcome,
+    PickContext, RingHashConfig, SlowStart, hash_key,
+};
+use otlp_mesh_config::{BalancerKind, BreakerPolicy, ClusterConfig, Protocol};
 use otlp_mesh_discovery::Source;
+use otlp_mesh_resilience::breaker::{BreakerConfig, CircuitBreakerLayer, ErrorRate};
+use otlp_mesh_resilience::{Conditions, FailureKind};
 use otlp_mesh_telemetry::ClusterMetrics;
 use pin_project_lite::pin_project;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-type Http1Pool = Client<HttpConnector, RequestBody>;
+type Http1Pool = Client<HttpConnector, UpstreamBody>;
 
 /// Upstream connections: HTTP/1.1 pooled by endpoint authority, or one h2 connection per endpoint.
 // One per cluster and never moved after construction, so the size difference costs nothing.
@@ -29,26 +36,126 @@ enum Pool {
     H2(Arc<H2Pool>),
 }
 
-/// A named group of endpoints with its balancer, connection pool and counters.
+/// Where the key of a hashing balancer comes from.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl HashKey {
+    fn parse(s: &str) -> Option<HashKey> {
+        if s == "client_ip" {
+            return Some(HashKey::ClientIp);
+        }
+        if let Some(h) = s.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(h.trim().as_bytes())
+                .ok()
+                .map(HashKey::Header);
+        }
+        s.strip_prefix("cookie:")
+            .map(|c| HashKey::Cookie(c.trim().to_string()))
+    }
+
+    /// The request's key, or `None` (the balancer then picks at random).
+    fn of<B>(&self, req: &Request<B>) -> Option<u64> {
+        match self {
+            HashKey::ClientIp => req.extensions().get::<ClientIp>().map(|ip| match ip.0 {
+                IpAddr::V4(v4) => hash_key(&v4.octets()),
+                IpAddr::V6(v6) => hash_key(&v6.octets()),
+            }),
+            HashKey::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
+            HashKey::Cookie(name) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then(|| hash_key(v.as_bytes()))
+                }),
+        }
+    }
+}
+
+/// The client's address, attached to requests whose cluster or rate limit keys on it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// A named group of endpoints with its balancer, breaker, connection pool and counters.
 #[derive(Debug)]
 pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
     endpoints: ArcSwap<EndpointSet>,
     balancer: Box<dyn Balancer>,
+    algorithm: Algorithm,
+    hash_key: Option<HashKey>,
+    clock: Clock,
     source: Source,
     pool: Pool,
+    breaker: Option<CircuitBreakerLayer>,
     pub metrics: Arc<ClusterMetrics>,
+}
+
+fn algorithm(config: &ClusterConfig) -> Algorithm {
+    match config.balancer.value {
+        BalancerKind::RoundRobin => Algorithm::RoundRobin,
+        BalancerKind::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+        BalancerKind::LeastRequest => Algorithm::LeastRequest,
+        BalancerKind::P2cEwma => Algorithm::PeakEwma,
+        BalancerKind::Random => Algorithm::Random,
+        BalancerKind::RingHash => Algorithm::RingHash(RingHashConfig {
+            min_ring_size: config.min_ring_size,
+            ..RingHashConfig::default()
+        }),
+        BalancerKind::Maglev => Algorithm::Maglev(MaglevConfig {
+            table_size: usize::try_from(config.maglev_table_size).unwrap_or(65_537),
+        }),
+    }
+}
+
+/// The resilience crate's breaker settings for a cluster's `circuit_breaker` config.
+fn breaker_config(name: &str, p: &BreakerPolicy) -> BreakerConfig {
+    let limit = |n: u32| (n > 0).then_some(n);
+    BreakerConfig {
+        name: name.to_string(),
+        max_active: limit(p.max_requests),
+        max_pending: limit(p.max_pending),
+        max_retries: limit(p.max_retries),
+        consecutive_failures: limit(p.consecutive_failures),
+        error_rate: p.error_rate.as_ref().map(|r| ErrorRate {
+            threshold: r.threshold / 100.0,
+            min_requests: r.min_requests,
+            window: r.window.into(),
+            ..ErrorRate::default()
+        }),
+        open_base: p.open_for.into(),
+        open_max: p.max_open_for.into(),
+        half_open_probes: p.half_open_probes,
+        failure_on: p
+            .on
+            .as_ref()
+            .and_then(|on| Conditions::parse(on).ok())
+            .unwrap_or_else(Conditions::default_breaker),
+    }
 }
 
 impl Cluster {
     /// Builds a cluster from config: resolves its discovery source and creates its pool.
     pub fn new(config: &ClusterConfig, metrics: Arc<ClusterMetrics>) -> Self {
         let source = Source::from_config(&config.name.value, &config.discovery);
-        let endpoints = EndpointSet::from_addrs(source.current());
-        let balancer: Box<dyn Balancer> = match config.balancer {
-            BalancerKind::RoundRobin => Box::new(RoundRobin::default()),
+        let clock = Clock::system();
+        let options = EndpointOptions {
+            ewma_decay: config.ewma.decay.into(),
+            default_rtt: config.ewma.default_rtt.into(),
         };
+        let endpoints = EndpointSet::from_weighted(source.current(), options, clock.now());
+        let algorithm = algorithm(config);
+        let balancer = algorithm.build(SlowStart::new(config.slow_start.into()));
+        balancer.prepare(&endpoints);
         let pool = match config.protocol {
             Protocol::H2 => Pool::H2(Arc::new(H2Pool::new(config.connect_timeout.into()))),
             Protocol::Http1 => {
@@ -65,13 +172,24 @@ impl Cluster {
                 Pool::Http1(builder.build(connector))
             }
         };
+        let breaker = config
+            .circuit_breaker
+            .as_ref()
+            .map(|p| CircuitBreakerLayer::new(breaker_config(&config.name.value, p)));
         Cluster {
             name: config.name.value.clone(),
             config: config.clone(),
             endpoints: ArcSwap::from_pointee(endpoints),
             balancer,
+            hash_key: config
+                .hash_key
+                .as_ref()
+                .and_then(|k| HashKey::parse(&k.value)),
+            algorithm,
+            clock,
             source,
             pool,
+            breaker,
             metrics,
         }
     }
@@ -89,16 +207,44 @@ impl Cluster {
         self.source.kind()
     }
 
+    /// The circuit breaker, when the cluster has one.
+    pub fn breaker(&self) -> Option<&CircuitBreakerLayer> {
+        self.breaker.as_ref()
+    }
+
+    /// Whether requests to this cluster need the client address attached.
+    pub fn needs_client_ip(&self) -> bool {
+        matches!(self.hash_key, Some(HashKey::ClientIp))
+    }
+
+    /// The clock endpoint statistics are kept on.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Sends a request (whose URI holds the path and query) to an endpoint picked by the balancer.
-    pub fn call(self: &Arc<Self>, mut req: Request<RequestBody>) -> ClusterFuture {
+    pub fn call(self: &Arc<Self>, mut req: Request<UpstreamBody>) -> ClusterFuture {
         let set = self.endpoints.load();
-        let Some(endpoint) = self.balancer.pick(&set) else {
+        let now = self.clock.now();
+        let mut ctx = PickContext::new(now);
+        if self.algorithm.uses_key()
+            && let Some(key) = self.hash_key.as_ref().and_then(|k| k.of(&req))
+        {
+            ctx = ctx.with_key(key);
+        }
+        let Some(pick) = self.balancer.pick(&set, &ctx) else {
             self.metrics
                 .no_endpoint_total
                 .fetch_add(1, Ordering::Relaxed);
             return ClusterFuture::failed(ProxyError::NoEndpoints(self.name.clone()));
         };
-        let guard = endpoint.start();
+        if pick.panic {
+            self.metrics
+                .panic_picks_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let endpoint = pick.endpoint;
+        let guard = endpoint.start_at(&self.clock, now);
         let inner = match &self.pool {
             Pool::Http1(client) => {
                 // The HTTP/1.1 pool connects to the URI's authority; the Host header carries the name.
@@ -150,8 +296,12 @@ fn set_upstream_uri<B>(
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
     *req.uri_mut() = Uri::from_parts(parts)
-        .map_err(|e| ProxyError::Upstream(format!("bad upstream uri: {e}")))?;
+        .map_err(|e| upstream_error(format!("bad upstream uri: {e}"), FailureKind::Other))?;
     Ok(())
+}
+
+fn upstream_error(message: String, kind: FailureKind) -> ProxyError {
+    ProxyError::Upstream { message, kind }
 }
 
 type H2Future =
@@ -181,11 +331,11 @@ impl Future for Upstream {
     }
 }
 
-/// The cluster as a tower service, so per-route layers (timeout, and later retry, breaker) wrap it.
+/// The cluster as a tower service, so per-route layers (timeout, retry, breaker, faults) wrap it.
 #[derive(Clone, Debug)]
 pub struct ClusterService(pub Arc<Cluster>);
 
-impl tower::Service<Request<RequestBody>> for ClusterService {
+impl tower::Service<Request<UpstreamBody>> for ClusterService {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
     type Future = ClusterFuture;
@@ -194,7 +344,7 @@ impl tower::Service<Request<RequestBody>> for ClusterService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<RequestBody>) -> ClusterFuture {
+    fn call(&mut self, req: Request<UpstreamBody>) -> ClusterFuture {
         self.0.call(req)
     }
 }
@@ -233,9 +383,9 @@ impl Future for ClusterFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| ProxyError::Upstream("polled after completion".into())))),
+            StateProj::Failed { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                upstream_error("polled after completion".into(), FailureKind::Other)
+            }))),
             StateProj::Pending {
                 inner,
                 guard,
@@ -249,16 +399,27 @@ impl Future for ClusterFuture {
                     .metrics
                     .active_requests
                     .fetch_sub(1, Ordering::Relaxed);
-                let Some(guard) = guard.take() else {
-                    return Poll::Ready(Err(ProxyError::Upstream(
+                let Some(mut guard) = guard.take() else {
+                    return Poll::Ready(Err(upstream_error(
                         "polled after completion".into(),
+                        FailureKind::Other,
                     )));
                 };
                 Poll::Ready(match result {
-                    Ok(resp) => Ok(resp.map(|b| ProxyBody::upstream(b, guard))),
+                    Ok(resp) => {
+                        // Latency is recorded at the response head: a long body is not a slow endpoint.
+                        let outcome = if resp.status().is_server_error() {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        guard.complete(outcome);
+                        Ok(resp.map(|b| ProxyBody::upstream(b, guard)))
+                    }
                     Err(e) => {
+                        guard.complete(Outcome::Failure);
                         guard.endpoint().record_failure();
-                        Err(classify(e, guard, cluster))
+                        Err(classify(e, &guard, cluster))
                     }
                 })
             }
@@ -267,7 +428,7 @@ impl Future for ClusterFuture {
 }
 
 /// Turns a pool error into the proxy error the client should see.
-fn classify(e: UpstreamError, guard: InFlight, cluster: &Cluster) -> ProxyError {
+fn classify(e: UpstreamError, guard: &InFlight, cluster: &Cluster) -> ProxyError {
     let endpoint = guard.endpoint().addr.to_string();
     let connect_failed = |reason: String| {
         cluster
@@ -285,14 +446,35 @@ fn classify(e: UpstreamError, guard: InFlight, cluster: &Cluster) -> ProxyError 
         UpstreamError::Http1(e) => e,
         UpstreamError::H2(e) => e,
     };
+    let mut kind = FailureKind::Other;
     let mut source = Some(err);
     while let Some(err) = source {
         if let Some(RequestBodyError::TooLarge(t)) = err.downcast_ref::<RequestBodyError>() {
             return ProxyError::BodyTooLarge(t.0);
         }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            kind = match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) => FailureKind::RefusedStream,
+                _ => FailureKind::Reset,
+            };
+        } else if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+            && kind == FailureKind::Other
+        {
+            kind = FailureKind::Reset;
+        } else if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            kind = FailureKind::Reset;
+        }
         source = err.source();
     }
-    ProxyError::Upstream(format!("{endpoint}: {}", root_cause(err)))
+    upstream_error(format!("{endpoint}: {}", root_cause(err)), kind)
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -3,7 +3,7 @@
 //! Unlike the HTTP/1.1 pool (keyed by URI authority), this pool is keyed by endpoint address, so
 //! the request URI keeps the client's authority and the upstream sees the right `:authority`.
 
-use crate::body::RequestBody;
+use crate::body::UpstreamBody as RequestBody;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response};
 use hyper::body::Incoming;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod h2pool;
 pub mod headers;
 pub mod listener;
+pub mod metrics;
 pub mod router;
 pub mod service;
 
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     /// Listener name → bound address.
     pub listeners: BTreeMap<String, SocketAddr>,
+    /// Listener name → its live per-request state (routes, retry and rate-limit layers).
+    pub states: BTreeMap<String, Arc<arc_swap::ArcSwap<ListenerState>>>,
 }
 
 /// Runs listeners for the current config and swaps in new configs.
@@ -171,10 +174,15 @@ impl Proxy {
         }
 
         let addrs = listeners.iter().map(|(n, h)| (n.clone(), h.addr)).collect();
+        let states = listeners
+            .iter()
+            .map(|(n, h)| (n.clone(), h.state.clone()))
+            .collect();
         self.snapshot.store(Some(Arc::new(Snapshot {
             loaded,
             clusters,
             listeners: addrs,
+            states,
         })));
         Ok(())
     }

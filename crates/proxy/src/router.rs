@@ -52,6 +52,8 @@ impl SegmentIndex {
 #[derive(Debug)]
 pub struct Route<T> {
     pub name: String,
+    /// Position in the listener's route list.
+    pub index: usize,
     path: PathMatch,
     methods: Option<Vec<Method>>,
     headers: Vec<(HeaderName, ValueMatcher)>,
@@ -163,7 +165,7 @@ impl<T> RouteTable<T> {
                 .as_ref()
                 .map(|n| n.value.clone())
                 .unwrap_or_else(|| format!("{}/{i}", listener.name.value));
-            let route = Route::compile(name, rc, &mut resolve)
+            let route = Route::compile(name, i, rc, &mut resolve)
                 .map_err(|e| format!("listener `{}` route {i}: {e}", listener.name.value))?;
             routes.push(route);
         }
@@ -209,6 +211,7 @@ impl<T> RouteTable<T> {
 impl<T> Route<T> {
     fn compile(
         name: String,
+        index: usize,
         rc: &RouteConfig,
         resolve: &mut impl FnMut(&str, &str) -> Option<T>,
     ) -> Result<Self, String> {
@@ -294,6 +297,7 @@ impl<T> Route<T> {
         };
         Ok(Route {
             name,
+            index,
             path,
             methods,
             headers,

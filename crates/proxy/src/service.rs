@@ -1,7 +1,7 @@
 //! The per-request path: route, transform headers, call the cluster stack, transform the response.
 
-use crate::body::{ProxyBody, RequestBody};
-use crate::cluster::{Cluster, ClusterService};
+use crate::body::{ProxyBody, RequestBody, UpstreamBody};
+use crate::cluster::{ClientIp, Cluster, ClusterService};
 use crate::error::ProxyError;
 use crate::headers::{self, FORWARDED, VIA, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::router::{Route, RouteTable};
@@ -10,6 +10,13 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use otlp_mesh_chaos::{Fault, FaultBody, FaultRegistry, FaultReset, FaultScope, FaultTarget};
 use otlp_mesh_config::{ListenerConfig, Protocol};
+use otlp_mesh_resilience::Conditions;
+use otlp_mesh_resilience::ratelimit::{
+    KeyExtractor, RateLimitConfig, RateLimitLayer, RateLimitStats,
+};
+use otlp_mesh_resilience::retry::{
+    Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
+};
 use otlp_mesh_resilience::timeout::Timeout;
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
 use std::net::SocketAddr;
@@ -17,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tower::util::{Either, MapRequest};
 
 /// The body of every response the proxy sends: upstream or proxy-made, possibly fault-wrapped
 /// (once per fault layer: request scope outside the timeout, attempt scope inside).
@@ -29,6 +37,107 @@ pub struct Target {
     pub metrics: Arc<RouteMetrics>,
     request_faults: Arc<FaultTarget>,
     attempt_faults: Arc<FaultTarget>,
+    /// The route's retry policy towards this cluster (it shares the cluster breaker's retry limit).
+    pub retry: Option<RetryLayer>,
+}
+
+/// How a route's rate limit keys requests.
+#[derive(Clone, Debug)]
+pub enum RouteKey {
+    /// One bucket for the route.
+    Route,
+    ClientIp,
+    Header(http::HeaderName),
+}
+
+impl<B> KeyExtractor<B> for RouteKey {
+    fn key(&self, req: &Request<B>, mut state: &mut dyn std::hash::Hasher) -> bool {
+        use std::hash::Hash;
+        match self {
+            RouteKey::Route => false,
+            RouteKey::ClientIp => match req.extensions().get::<ClientIp>() {
+                Some(ip) => {
+                    ip.0.hash(&mut state);
+                    true
+                }
+                None => false,
+            },
+            RouteKey::Header(name) => match req.headers().get(name) {
+                Some(v) => {
+                    state.write(v.as_bytes());
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+}
+
+/// A route's rate limiter and its counters.
+#[derive(Debug)]
+pub struct RouteLimit {
+    pub layer: RateLimitLayer<RouteKey>,
+    pub key: RouteKey,
+    pub stats: Arc<RateLimitStats>,
+    pub config: RateLimitConfig,
+}
+
+fn retry_layer(p: &otlp_mesh_config::RetryPolicy, cluster: &Cluster) -> RetryLayer {
+    let config = RetryConfig {
+        max_attempts: p.attempts,
+        conditions: p
+            .on
+            .as_ref()
+            .and_then(|on| Conditions::parse(on).ok())
+            .unwrap_or_else(Conditions::default_retry),
+        per_try_timeout: p.per_try_timeout.map(Into::into),
+        backoff: Backoff {
+            base: p.backoff.base.into(),
+            max: p.backoff.max.into(),
+        },
+        retry_after_cap: (!p.retry_after_max.is_zero()).then(|| p.retry_after_max.into()),
+        budget: p.budget.as_ref().map(|b| BudgetConfig {
+            ratio: b.ratio,
+            min_per_sec: b.min_per_second,
+            window: b.window.into(),
+            ..BudgetConfig::default()
+        }),
+        replay_buffer: usize::try_from(p.buffer.0).unwrap_or(usize::MAX),
+        non_idempotent: match p.non_idempotent {
+            otlp_mesh_config::NonIdempotentPolicy::Never => NonIdempotent::Never,
+            otlp_mesh_config::NonIdempotentPolicy::Unprocessed => NonIdempotent::Unprocessed,
+            otlp_mesh_config::NonIdempotentPolicy::Always => NonIdempotent::Always,
+        },
+    };
+    let layer = RetryLayer::new(config).with_stats(Arc::new(RetryStats::default()));
+    match cluster.breaker() {
+        Some(b) => layer.with_retry_gate(b.retry_gate()),
+        None => layer,
+    }
+}
+
+fn route_limit(p: &otlp_mesh_config::RateLimitPolicy) -> RouteLimit {
+    let config = RateLimitConfig {
+        rate: p.rate,
+        per: p.per.into(),
+        burst: p.burst.unwrap_or(p.rate),
+        max_keys: p.max_keys,
+    };
+    let key = match p.key.as_deref() {
+        Some("client_ip") => RouteKey::ClientIp,
+        Some(k) => k
+            .strip_prefix("header:")
+            .and_then(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).ok())
+            .map_or(RouteKey::Route, RouteKey::Header),
+        None => RouteKey::Route,
+    };
+    let stats = Arc::new(RateLimitStats::default());
+    RouteLimit {
+        layer: RateLimitLayer::with_stats(config.clone(), key.clone(), stats.clone()),
+        key,
+        stats,
+        config,
+    }
 }
 
 /// Everything a listener needs per request, swapped as a whole on config reload.
@@ -42,6 +151,10 @@ pub struct ListenerState {
     pub metrics: Arc<ListenerMetrics>,
     no_route: Arc<RouteMetrics>,
     faults: FaultRegistry,
+    /// Rate limiter per route index (`None` for routes without one).
+    pub limits: Vec<Option<RouteLimit>>,
+    /// Per route index: whether the client address must travel with the request.
+    needs_client_ip: Vec<bool>,
 }
 
 impl ListenerState {
@@ -64,13 +177,37 @@ impl ListenerState {
                     header_faults,
                 })
             };
+            let retry = config
+                .routes
+                .iter()
+                .enumerate()
+                .find(|(i, r)| r.route_name(&name, *i) == route)
+                .and_then(|(_, r)| r.retry.as_ref())
+                .map(|p| retry_layer(p, c));
             Some(Target {
                 cluster: c.clone(),
                 metrics: registry.route(&name, route, cluster),
                 request_faults: fault_target(FaultScope::Request, config.header_faults.clone()),
                 attempt_faults: fault_target(FaultScope::Attempt, None),
+                retry,
             })
         })?;
+        let limits: Vec<Option<RouteLimit>> = config
+            .routes
+            .iter()
+            .map(|r| r.rate_limit.as_ref().map(|p| route_limit(p)))
+            .collect();
+        let needs_client_ip = routes
+            .routes()
+            .iter()
+            .map(|r| {
+                let limit_ip = limits
+                    .get(r.index)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|l| matches!(l.key, RouteKey::ClientIp));
+                limit_ip || r.targets().any(|(t, _)| t.cluster.needs_client_ip())
+            })
+            .collect();
         let header = |v: &Option<String>, prefix: &str| -> Result<Option<HeaderValue>, String> {
             v.as_ref()
                 .map(|s| HeaderValue::from_str(&format!("{prefix}{s}")).map_err(|e| e.to_string()))
@@ -82,6 +219,8 @@ impl ListenerState {
             metrics: registry.listener(&name),
             no_route: registry.route(&name, "", ""),
             faults: faults.clone(),
+            limits,
+            needs_client_ip,
             routes,
             config: config.clone(),
             name,
@@ -131,18 +270,43 @@ pub async fn handle(
         peer,
         target.cluster.config.protocol,
     );
+    if state
+        .needs_client_ip
+        .get(route.index)
+        .copied()
+        .unwrap_or(false)
+    {
+        parts.extensions.insert(ClientIp(peer.ip().to_canonical()));
+    }
     let upstream = Request::from_parts(parts, RequestBody::new(body, limit));
-    // Built per request from shared parts (Arc clones, no allocation): outer to inner.
-    let attempt = Fault::new(
-        ClusterService(target.cluster.clone()),
-        state.faults.clone(),
-        target.attempt_faults.clone(),
-    );
-    let stack = Fault::new(
-        Timeout::new(attempt, route.timeout),
+    // Built per request from shared parts (Arc clones, no allocation), outer to inner:
+    // rate limit ▸ fault (request) ▸ timeout ▸ retry ▸ fault (attempt) ▸ breaker ▸ cluster.
+    let cluster = ClusterService(target.cluster.clone());
+    let guarded = match target.cluster.breaker() {
+        Some(b) => Either::Left(b.layer_service(cluster)),
+        None => Either::Right(cluster),
+    };
+    let attempt = Fault::new(guarded, state.faults.clone(), target.attempt_faults.clone());
+    type ToUpstream<B> = fn(Request<B>) -> Request<UpstreamBody>;
+    let attempts = match &target.retry {
+        Some(r) => Either::Left(r.layer_service(MapRequest::new(
+            attempt,
+            UpstreamBody::replay as ToUpstream<_>,
+        ))),
+        None => Either::Right(MapRequest::new(
+            attempt,
+            UpstreamBody::plain as ToUpstream<_>,
+        )),
+    };
+    let faulted = Fault::new(
+        Timeout::new(attempts, route.timeout),
         state.faults.clone(),
         target.request_faults.clone(),
     );
+    let stack = match state.limits.get(route.index).and_then(Option::as_ref) {
+        Some(limit) => Either::Left(limit.layer.layer_service(faulted)),
+        None => Either::Right(faulted),
+    };
     match stack.oneshot(upstream).await {
         Ok(mut resp) => {
             // Answer in the client's protocol version, not the upstream's (e.g. HTTP/1.0).

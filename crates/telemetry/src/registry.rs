@@ -73,6 +73,8 @@ pub struct ClusterMetrics {
     pub connect_errors_total: AtomicU64,
     pub timeouts_total: AtomicU64,
     pub no_endpoint_total: AtomicU64,
+    /// Picks made in panic mode (no healthy endpoint: balanced over all).
+    pub panic_picks_total: AtomicU64,
 }
 
 /// All metric series of the process; series are shared across config reloads by their labels.
@@ -206,7 +208,7 @@ impl Registry {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let families: [ClusterFamily; 5] = [
+        let families: [ClusterFamily; 6] = [
             (
                 "otlp_mesh_upstream_requests_total",
                 "counter",
@@ -236,6 +238,12 @@ impl Registry {
                 "counter",
                 "Requests refused because the cluster had no endpoint, by cluster.",
                 |c| c.no_endpoint_total.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "otlp_mesh_upstream_panic_picks_total",
+                "counter",
+                "Endpoint picks made with no healthy endpoint (balanced over all), by cluster.",
+                |c| c.panic_picks_total.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in families {

@@ -8,6 +8,7 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
+    /// A layer applying `timeout` to every request (`None`: no deadline).
     pub fn new(timeout: Option<Duration>) -> Self {
         TimeoutLayer { timeout }
     }

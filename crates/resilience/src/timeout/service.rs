@@ -10,6 +10,7 @@ pub struct Timeout<S> {
 }
 
 impl<S> Timeout<S> {
+    /// Wraps `inner` with a deadline of `timeout` per request (`None`: no deadline).
     pub fn new(inner: S, timeout: Option<Duration>) -> Self {
         Timeout { inner, timeout }
     }
@@ -29,7 +30,6 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let sleep = self.timeout.map(|d| (tokio::time::sleep(d), d));
-        ResponseFuture::new(self.inner.call(req), sleep)
+        ResponseFuture::new(self.inner.call(req), self.timeout)
     }
 }
