@@ -517,3 +517,72 @@ clusters:
         .expect("no fault once the rule is deleted");
     drop(mesh);
 }
+
+/// Errors the proxy makes itself reach gRPC clients as gRPC statuses, not bare HTTP errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_reach_grpc_clients_as_grpc_statuses() {
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:
+  - name: edge
+    bind: {edge}
+    routes:
+      - match: {{ path_prefix: /test.Echo/ }}
+        cluster: empty
+clusters:
+  - name: empty
+    protocol: h2
+    discovery: {{ static: [] }}
+",
+        prelude(admin),
+    );
+    let _mesh = Mesh::start(admin, &yaml).await;
+    let mut grpc = client(edge).await;
+    let err = unary(&mut grpc, tonic::Request::new(EchoRequest::default()))
+        .await
+        .expect_err("no endpoints");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("no endpoints"), "{err:?}");
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary(
+            tonic::Request::new(EchoRequest::default()),
+            PathAndQuery::from_static("/other.Service/Method"),
+            client_codec(),
+        )
+        .await
+        .expect_err("no route");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+}
+
+/// A gRPC client's `grpc-timeout` shortens the route timeout, and expiry is DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_header_bounds_the_request() {
+    let up = Upstream::echo("slow").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes: [ {{ cluster: up, timeout: 30s }} ]\nclusters:\n  - {{ name: up, discovery: {{ static: [{}] }} }}\n",
+        prelude(admin),
+        up.addr
+    );
+    let _mesh = Mesh::start(admin, &yaml).await;
+    let start = std::time::Instant::now();
+    let r = send(
+        &h2c_client(),
+        http::Request::post(format!("http://{edge}/test.Echo/Unary"))
+            .header("content-type", "application/grpc")
+            .header("grpc-timeout", "300m")
+            .header("x-echo-delay-ms", "5000")
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("4"), "{:?}", r.headers);
+    assert_eq!(r.header("x-mesh-error"), Some("upstream_timeout"));
+}

@@ -111,6 +111,42 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client gets for this error (codes per the gRPC spec).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::NoRoute => 12,   // UNIMPLEMENTED
+            ProxyError::Timeout(_) => 4, // DEADLINE_EXCEEDED
+            ProxyError::BodyTooLarge(_) | ProxyError::RateLimited(_) => 8, // RESOURCE_EXHAUSTED
+            ProxyError::NoEndpoints(_)
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Overloaded(_)
+            | ProxyError::CircuitOpen(_)
+            | ProxyError::FaultReset(_) => 14, // UNAVAILABLE
+        }
+    }
+
+    /// A gRPC trailers-only response (HTTP 200, `grpc-status`, `grpc-message`), so gRPC
+    /// clients see a proper status instead of an HTTP error they must translate.
+    pub fn into_grpc_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        let message = otlp_mesh_chaos::encode_grpc_message(&format!("otlp-mesh: {self}"));
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+        h.insert("x-mesh-error", HeaderValue::from_static(self.code()));
+        resp
+    }
+
     /// A short text/plain response naming the reason.
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut body = self.to_string();

@@ -238,14 +238,16 @@ pub async fn handle(
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
+    let grpc = is_grpc(&parts.headers);
     let Some(route) = state.routes.find(&parts) else {
         state.no_route.record(404, start.elapsed());
-        return Ok(finish_error(&state, ProxyError::NoRoute));
+        return Ok(finish_error(&state, grpc, ProxyError::NoRoute));
     };
     let Some(target) = route.pick_target() else {
         state.no_route.record(503, start.elapsed());
         return Ok(finish_error(
             &state,
+            grpc,
             ProxyError::NoEndpoints(route.name.clone()),
         ));
     };
@@ -259,7 +261,7 @@ pub async fn handle(
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             target.metrics.record(413, start.elapsed());
-            return Ok(finish_error(&state, ProxyError::BodyTooLarge(limit)));
+            return Ok(finish_error(&state, grpc, ProxyError::BodyTooLarge(limit)));
         }
     }
 
@@ -278,6 +280,12 @@ pub async fn handle(
     {
         parts.extensions.insert(ClientIp(peer.ip().to_canonical()));
     }
+    // A gRPC client's own deadline may only shorten the route's.
+    let client_deadline = if grpc {
+        grpc_timeout(&parts.headers)
+    } else {
+        None
+    };
     let upstream = Request::from_parts(parts, RequestBody::new(body, limit));
     // Built per request from shared parts (Arc clones, no allocation), outer to inner:
     // rate limit ▸ fault (request) ▸ timeout ▸ retry ▸ fault (attempt) ▸ breaker ▸ cluster.
@@ -299,7 +307,7 @@ pub async fn handle(
         )),
     };
     let faulted = Fault::new(
-        Timeout::new(attempts, route.timeout),
+        Timeout::new(attempts, effective_timeout(route.timeout, client_deadline)),
         state.faults.clone(),
         target.request_faults.clone(),
     );
@@ -334,7 +342,7 @@ pub async fn handle(
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
             target.metrics.record(e.status().as_u16(), start.elapsed());
-            Ok(finish_error(&state, e))
+            Ok(finish_error(&state, grpc, e))
         }
     }
 }
@@ -398,8 +406,84 @@ fn finish_headers(state: &ListenerState, headers: &mut http::HeaderMap) {
     }
 }
 
-fn finish_error(state: &ListenerState, e: ProxyError) -> Response<ResponseBody> {
-    let mut resp = e.into_response();
+fn finish_error(state: &ListenerState, grpc: bool, e: ProxyError) -> Response<ResponseBody> {
+    let mut resp = if grpc {
+        e.into_grpc_response()
+    } else {
+        e.into_response()
+    };
     finish_headers(state, resp.headers_mut());
     resp.map(|b| FaultBody::inner(FaultBody::inner(b)))
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`), when present and valid.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n.checked_mul(3600)?),
+        b"M" => Duration::from_secs(n.checked_mul(60)?),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The route timeout, shortened by the client's deadline.
+fn effective_timeout(
+    route: Option<std::time::Duration>,
+    client: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    match (route, client) {
+        (Some(r), Some(c)) => Some(r.min(c)),
+        (r, c) => r.or(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn h(v: &str) -> http::HeaderMap {
+        let mut m = http::HeaderMap::new();
+        m.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
+        m
+    }
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(grpc_timeout(&h("100m")), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout(&h("2S")), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&h("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout(&h("99999999n")),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(&h(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_deadline_only_shortens() {
+        let s = |n| Some(Duration::from_secs(n));
+        assert_eq!(effective_timeout(s(15), s(2)), s(2));
+        assert_eq!(effective_timeout(s(1), s(2)), s(1));
+        assert_eq!(effective_timeout(None, s(2)), s(2));
+        assert_eq!(effective_timeout(s(15), None), s(15));
+    }
 }
