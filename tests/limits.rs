@@ -328,6 +328,31 @@ async fn slow_header_block_is_cut_off() {
     );
 }
 
+/// The header-read timeout also closes an idle keep-alive connection waiting for its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let up = Upstream::echo("up").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let limits = "    limits: { header_read_timeout: 1s }\n";
+    let yaml = one_route(admin, edge, limits, "", &static_cluster("up", &[up.addr]));
+    let _mesh = Mesh::start(admin, &yaml).await;
+
+    let mut stream = TcpStream::connect(edge).await.unwrap();
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let (resp, closed) = read_until_close(&mut stream, Duration::from_secs(6)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:.200}");
+    assert!(closed, "idle keep-alive connection still open after 6 s");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_before_answering_is_502() {
     let up = RawUpstream::start(|mut s: TcpStream| async move {
