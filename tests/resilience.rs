@@ -194,7 +194,7 @@ async fn the_breaker_opens_and_fails_fast_without_reaching_the_upstream() {
     assert_eq!(
         metric(
             &m,
-            "otlp_mesh_circuit_breaker_state{cluster=\"up\",state=\"open\"}"
+            "otlp_mesh_circuit_breaker_state{cluster=\"up\",priority=\"default\",state=\"open\"}"
         ),
         Some(1.0),
         "{m}"
@@ -202,7 +202,7 @@ async fn the_breaker_opens_and_fails_fast_without_reaching_the_upstream() {
     assert_eq!(
         metric(
             &m,
-            "otlp_mesh_circuit_breaker_rejected_open_total{cluster=\"up\"}"
+            "otlp_mesh_circuit_breaker_rejected_open_total{cluster=\"up\",priority=\"default\"}"
         ),
         Some(20.0),
         "{m}"
@@ -309,4 +309,50 @@ async fn bad_resilience_config_is_reported_with_fields() {
     ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_priority_routes_have_their_own_thresholds() {
+    let up = Upstream::echo("up").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes:\n      - {{ name: high, match: {{ path_prefix: /high }}, cluster: up, priority: high }}\n      - {{ name: low, cluster: up }}\nclusters:\n  - name: up\n    discovery: {{ static: [{}] }}\n    circuit_breaker:\n      max_requests: 1\n      consecutive_failures: 0\n      high_priority: {{ max_requests: 4, consecutive_failures: 0 }}\n",
+        prelude(admin),
+        up.addr
+    );
+    let mesh = Mesh::start(admin, &yaml).await;
+    let client = h1_client();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            send(
+                &client,
+                Request::get(format!("http://{edge}/low"))
+                    .header("x-echo-delay-ms", "800")
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    get(&client, &format!("http://{edge}/low"))
+        .await
+        .assert_mesh_error(503, "overloaded");
+    assert_eq!(
+        get(&client, &format!("http://{edge}/high")).await.status,
+        200,
+        "high priority has room"
+    );
+    assert_eq!(slow.await.unwrap().status, 200);
+    let clusters = mesh.admin_get("/clusters").await.json();
+    let breakers = &clusters["clusters"][0]["circuit_breakers"];
+    assert_eq!(
+        breakers["default"]["counters"]["overloaded_active"], 1,
+        "{clusters}"
+    );
+    assert_eq!(
+        breakers["high"]["counters"]["overloaded_active"], 0,
+        "{clusters}"
+    );
 }

@@ -198,23 +198,31 @@ async fn clusters(State(s): State<AdminState>) -> Response {
                 })
                 .collect();
             let health = set.health(now);
-            let breaker = c.breaker().map(|b| {
-                let h = b.handle();
-                let mut counters = serde_json::Map::new();
-                h.stats().for_each(|k, v| {
-                    counters.insert(k.to_string(), json!(v));
-                });
-                json!({
-                    "state": h.state().as_str(),
-                    "since_seconds": h.since().elapsed().as_secs_f64(),
-                    "open_for_seconds": h.open_until().map(|t| t.saturating_duration_since(tokio::time::Instant::now()).as_secs_f64()),
-                    "active_requests": h.active_requests(),
-                    "pending_requests": h.pending_requests(),
-                    "active_retries": h.active_retries(),
-                    "consecutive_failures": h.consecutive_failures(),
-                    "counters": counters,
+            let breakers: serde_json::Map<String, Value> = c
+                .breakers()
+                .map(|(priority, b)| {
+                    let h = b.handle();
+                    let mut counters = serde_json::Map::new();
+                    h.stats().for_each(|k, v| {
+                        counters.insert(k.to_string(), json!(v));
+                    });
+                    let open_for = h
+                        .open_until()
+                        .map(|t| t.saturating_duration_since(tokio::time::Instant::now()).as_secs_f64());
+                    let v = json!({
+                        "state": h.state().as_str(),
+                        "since_seconds": h.since().elapsed().as_secs_f64(),
+                        "open_for_seconds": open_for,
+                        "active_requests": h.active_requests(),
+                        "pending_requests": h.pending_requests(),
+                        "active_retries": h.active_retries(),
+                        "consecutive_failures": h.consecutive_failures(),
+                        "counters": counters,
+                    });
+                    (priority.to_string(), v)
                 })
-            });
+                .collect();
+            let breaker = breakers.get("default").cloned();
             json!({
                 "name": c.name,
                 "protocol": c.config.protocol,
@@ -224,6 +232,7 @@ async fn clusters(State(s): State<AdminState>) -> Response {
                 "healthy_endpoints": health.available,
                 "panic": health.panic,
                 "circuit_breaker": breaker,
+                "circuit_breakers": breakers,
                 "endpoints": endpoints,
             })
         })

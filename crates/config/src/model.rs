@@ -199,6 +199,18 @@ pub struct RouteConfig {
     /// Local rate limit; over it clients get 429.
     #[serde(default)]
     pub rate_limit: Option<Located<RateLimitPolicy>>,
+    /// Which circuit-breaker thresholds of the cluster apply: `default` or `high`.
+    #[serde(default)]
+    pub priority: RoutePriority,
+}
+
+/// Routing priority (selects the cluster's circuit-breaker thresholds, as in Envoy).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutePriority {
+    #[default]
+    Default,
+    High,
 }
 
 impl RouteConfig {

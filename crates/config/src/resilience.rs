@@ -133,6 +133,9 @@ pub struct BreakerPolicy {
     /// and gRPC server-side codes.
     #[serde(default)]
     pub on: Option<Vec<String>>,
+    /// Separate thresholds and state for routes with `priority: high` (Envoy's high priority).
+    #[serde(default)]
+    pub high_priority: Option<Box<BreakerPolicy>>,
 }
 
 /// Error-rate condition of a circuit breaker.
@@ -312,6 +315,17 @@ pub(crate) fn check_breaker(p: &BreakerPolicy) -> Vec<(String, String)> {
     }
     if p.half_open_probes == 0 {
         out.push(("half_open_probes".into(), "must be at least 1".into()));
+    }
+    if let Some(high) = &p.high_priority {
+        if high.high_priority.is_some() {
+            out.push((
+                "high_priority.high_priority".into(),
+                "priorities do not nest".into(),
+            ));
+        }
+        for (field, message) in check_breaker(high) {
+            out.push((format!("high_priority.{field}"), message));
+        }
     }
     out
 }

@@ -12,7 +12,7 @@ use otlp_mesh_balance::{
     Algorithm, Balancer, Clock, EndpointOptions, EndpointSet, InFlight, MaglevConfig, Outcome,
     PickContext, RingHashConfig, SlowStart, hash_key,
 };
-use otlp_mesh_config::{BalancerKind, BreakerPolicy, ClusterConfig, Protocol};
+use otlp_mesh_config::{BalancerKind, BreakerPolicy, ClusterConfig, Protocol, RoutePriority};
 use otlp_mesh_discovery::Source;
 use otlp_mesh_resilience::breaker::{BreakerConfig, CircuitBreakerLayer, ErrorRate};
 use otlp_mesh_resilience::{Conditions, FailureKind};
@@ -97,6 +97,7 @@ pub struct Cluster {
     source: Source,
     pool: Pool,
     breaker: Option<CircuitBreakerLayer>,
+    breaker_high: Option<CircuitBreakerLayer>,
     pub metrics: Arc<ClusterMetrics>,
 }
 
@@ -176,6 +177,13 @@ impl Cluster {
             .circuit_breaker
             .as_ref()
             .map(|p| CircuitBreakerLayer::new(breaker_config(&config.name.value, p)));
+        let breaker_high = config
+            .circuit_breaker
+            .as_ref()
+            .and_then(|p| p.high_priority.as_deref())
+            .map(|p| {
+                CircuitBreakerLayer::new(breaker_config(&format!("{}/high", config.name.value), p))
+            });
         Cluster {
             name: config.name.value.clone(),
             config: config.clone(),
@@ -190,6 +198,7 @@ impl Cluster {
             source,
             pool,
             breaker,
+            breaker_high,
             metrics,
         }
     }
@@ -207,9 +216,19 @@ impl Cluster {
         self.source.kind()
     }
 
-    /// The circuit breaker, when the cluster has one.
-    pub fn breaker(&self) -> Option<&CircuitBreakerLayer> {
-        self.breaker.as_ref()
+    /// The circuit breaker for routes of this priority, when the cluster has one
+    /// (high-priority routes use the default breaker unless `high_priority` is configured).
+    pub fn breaker(&self, priority: RoutePriority) -> Option<&CircuitBreakerLayer> {
+        match priority {
+            RoutePriority::High => self.breaker_high.as_ref().or(self.breaker.as_ref()),
+            RoutePriority::Default => self.breaker.as_ref(),
+        }
+    }
+
+    /// Every breaker with its priority label, for `/clusters` and `/metrics`.
+    pub fn breakers(&self) -> impl Iterator<Item = (&'static str, &CircuitBreakerLayer)> {
+        let default = self.breaker.iter().map(|b| ("default", b));
+        default.chain(self.breaker_high.iter().map(|b| ("high", b)))
     }
 
     /// Whether requests to this cluster need the client address attached.

@@ -84,7 +84,10 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
     let breakers: Vec<_> = snap
         .clusters
         .values()
-        .filter_map(|c| c.breaker().map(|b| (c.name.as_str(), b.handle())))
+        .flat_map(|c| {
+            c.breakers()
+                .map(|(priority, b)| (c.name.as_str(), priority, b.handle()))
+        })
         .collect();
     if breakers.is_empty() {
         return;
@@ -92,9 +95,9 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
     w.family(
         "otlp_mesh_circuit_breaker_state",
         "gauge",
-        "1 for the breaker's current state (closed, open, half_open), by cluster.",
+        "1 for the breaker's current state (closed, open, half_open), by cluster and priority.",
     );
-    for (cluster, h) in &breakers {
+    for (cluster, priority, h) in &breakers {
         let current = h.state();
         for state in [
             CircuitState::Closed,
@@ -103,7 +106,11 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
         ] {
             w.sample(
                 "otlp_mesh_circuit_breaker_state",
-                &[("cluster", cluster), ("state", state.as_str())],
+                &[
+                    ("cluster", cluster),
+                    ("priority", priority),
+                    ("state", state.as_str()),
+                ],
                 u8::from(state == current),
             );
         }
@@ -120,25 +127,37 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
         }),
     ];
     for (name, get) in gauges {
-        w.family(name, "gauge", "Breaker concurrency gauges, by cluster.");
-        for (cluster, h) in &breakers {
-            w.sample(name, &[("cluster", cluster)], get(h));
+        w.family(
+            name,
+            "gauge",
+            "Breaker concurrency gauges, by cluster and priority.",
+        );
+        for (cluster, priority, h) in &breakers {
+            w.sample(
+                name,
+                &[("cluster", cluster), ("priority", priority)],
+                get(h),
+            );
         }
     }
-    let mut counters: BTreeMap<&'static str, Vec<(&str, u64)>> = BTreeMap::new();
-    for (cluster, h) in &breakers {
-        h.stats()
-            .for_each(|counter, v| counters.entry(counter).or_default().push((cluster, v)));
+    let mut counters: BTreeMap<&'static str, Vec<(&str, &str, u64)>> = BTreeMap::new();
+    for (cluster, priority, h) in &breakers {
+        h.stats().for_each(|counter, v| {
+            counters
+                .entry(counter)
+                .or_default()
+                .push((cluster, priority, v))
+        });
     }
     for (counter, rows) in counters {
         let name = format!("otlp_mesh_circuit_breaker_{counter}_total");
         w.family(
             &name,
             "counter",
-            "Circuit-breaker transitions and outcomes, by cluster.",
+            "Circuit-breaker transitions and outcomes, by cluster and priority.",
         );
-        for (cluster, v) in rows {
-            w.sample(&name, &[("cluster", cluster)], v);
+        for (cluster, priority, v) in rows {
+            w.sample(&name, &[("cluster", cluster), ("priority", priority)], v);
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Route<T> {
     pub name: String,
     /// Position in the listener's route list.
     pub index: usize,
+    /// Selects the cluster's circuit-breaker thresholds.
+    pub priority: otlp_mesh_config::RoutePriority,
     path: PathMatch,
     methods: Option<Vec<Method>>,
     headers: Vec<(HeaderName, ValueMatcher)>,
@@ -298,6 +300,7 @@ impl<T> Route<T> {
         Ok(Route {
             name,
             index,
+            priority: rc.priority,
             path,
             methods,
             headers,

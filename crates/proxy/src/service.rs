@@ -82,7 +82,11 @@ pub struct RouteLimit {
     pub config: RateLimitConfig,
 }
 
-fn retry_layer(p: &otlp_mesh_config::RetryPolicy, cluster: &Cluster) -> RetryLayer {
+fn retry_layer(
+    p: &otlp_mesh_config::RetryPolicy,
+    cluster: &Cluster,
+    priority: otlp_mesh_config::RoutePriority,
+) -> RetryLayer {
     let config = RetryConfig {
         max_attempts: p.attempts,
         conditions: p
@@ -110,7 +114,7 @@ fn retry_layer(p: &otlp_mesh_config::RetryPolicy, cluster: &Cluster) -> RetryLay
         },
     };
     let layer = RetryLayer::new(config).with_stats(Arc::new(RetryStats::default()));
-    match cluster.breaker() {
+    match cluster.breaker(priority) {
         Some(b) => layer.with_retry_gate(b.retry_gate()),
         None => layer,
     }
@@ -182,8 +186,7 @@ impl ListenerState {
                 .iter()
                 .enumerate()
                 .find(|(i, r)| r.route_name(&name, *i) == route)
-                .and_then(|(_, r)| r.retry.as_ref())
-                .map(|p| retry_layer(p, c));
+                .and_then(|(_, r)| r.retry.as_ref().map(|p| retry_layer(p, c, r.priority)));
             Some(Target {
                 cluster: c.clone(),
                 metrics: registry.route(&name, route, cluster),
@@ -290,7 +293,7 @@ pub async fn handle(
     // Built per request from shared parts (Arc clones, no allocation), outer to inner:
     // rate limit ▸ fault (request) ▸ timeout ▸ retry ▸ fault (attempt) ▸ breaker ▸ cluster.
     let cluster = ClusterService(target.cluster.clone());
-    let guarded = match target.cluster.breaker() {
+    let guarded = match target.cluster.breaker(route.priority) {
         Some(b) => Either::Left(b.layer_service(cluster)),
         None => Either::Right(cluster),
     };
