@@ -193,19 +193,7 @@ pub struct DelayHistogramSnapshot {
     pub sum_ms: f64,
 }
 
-/// Escapes a Prometheus label value.
-pub(crate) fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(crate) use otlp_mesh_telemetry::escape_label;
 
 /// `# HELP` and `# TYPE` lines of a family.
 pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {

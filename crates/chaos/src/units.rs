@@ -6,82 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A duration written as a number and a unit: `500us`, `250ms`, `1.5s`, `5m`, `1h` (or `0`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
-pub struct FaultDuration(pub Duration);
-
-impl FaultDuration {
-    /// A duration of `ms` milliseconds.
-    pub const fn from_millis(ms: u64) -> Self {
-        FaultDuration(Duration::from_millis(ms))
-    }
-}
-
-impl From<Duration> for FaultDuration {
-    fn from(d: Duration) -> Self {
-        FaultDuration(d)
-    }
-}
-
-impl From<FaultDuration> for Duration {
-    fn from(d: FaultDuration) -> Self {
-        d.0
-    }
-}
-
-impl FromStr for FaultDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "0" {
-            return Ok(FaultDuration(Duration::ZERO));
-        }
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| {
-                format!("duration `{s}` needs a unit: us, ms, s, m or h (e.g. `250ms`)")
-            })?;
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("duration `{s}` does not start with a number"))?;
-        let nanos_per = match unit.trim() {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            other => {
-                return Err(format!(
-                    "duration `{s}` has unknown unit `{other}`: use us, ms, s, m or h"
-                ));
-            }
-        };
-        let nanos = n * nanos_per;
-        if !nanos.is_finite() || !(0.0..=1e9 * 3600.0 * 24.0 * 365.0).contains(&nanos) {
-            return Err(format!("duration `{s}` is out of range (0 to 1 year)"));
-        }
-        Ok(FaultDuration(Duration::from_nanos(nanos as u64)))
-    }
-}
-
-impl fmt::Display for FaultDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = self.0.as_nanos();
-        if nanos == 0 {
-            write!(f, "0s")
-        } else if nanos.is_multiple_of(1_000_000_000) {
-            write!(f, "{}s", self.0.as_secs())
-        } else if nanos.is_multiple_of(1_000_000) {
-            write!(f, "{}ms", self.0.as_millis())
-        } else if nanos.is_multiple_of(1_000) {
-            write!(f, "{}us", self.0.as_micros())
-        } else {
-            write!(f, "{nanos}ns")
-        }
-    }
-}
+/// A duration as written in config (`500us`, `250ms`, `1.5s`, `5m`, `1h` or `0`): the same type
+/// the rest of the config uses.
+pub use otlp_mesh_units::Duration as FaultDuration;
 
 /// Bytes per second: a whole number, or a size with a unit per second (`64KiB`, `1MB`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
@@ -89,30 +16,11 @@ pub struct ByteRate(pub u64);
 
 impl FromStr for ByteRate {
     type Err = String;
+    /// Parsed like a config size (`65536`, `64KiB`, `1MB`), read as bytes per second.
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("rate `{s}` does not start with a whole number"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "rate `{s}` has unknown unit `{other}`: use B, KiB, MiB, GiB, KB, MB or GB"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteRate)
-            .ok_or_else(|| format!("rate `{s}` is too large"))
+        s.parse::<otlp_mesh_units::ByteSize>()
+            .map(|b| ByteRate(b.0))
+            .map_err(|e| e.replacen("size", "rate", 1))
     }
 }
 
@@ -125,12 +33,6 @@ impl fmt::Display for ByteRate {
 impl Serialize for ByteRate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
-    }
-}
-
-impl Serialize for FaultDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
@@ -160,7 +62,6 @@ macro_rules! string_or_number_de {
     };
 }
 
-string_or_number_de!(FaultDuration, "a duration such as `250ms` or `2s`");
 string_or_number_de!(ByteRate, "bytes per second, such as `65536` or `64KiB`");
 
 /// Parses an RFC 3339 timestamp (`2025-06-01T12:00:00Z`, `2025-06-01T14:00:00.5+02:00`).

@@ -10,7 +10,6 @@ mod mask;
 pub mod model;
 pub mod reload;
 pub mod resilience;
-pub mod units;
 mod validate;
 
 pub use error::{ConfigError, LoadError};
@@ -18,8 +17,12 @@ pub use load::{LoadedConfig, load_file, parse_str};
 pub use located::Located;
 pub use mask::masked_json;
 pub use model::*;
+pub use otlp_mesh_units::{ByteSize, Duration, ValueMatch};
 pub use resilience::{
     BackoffPolicy, BreakerPolicy, BudgetPolicy, ErrorRatePolicy, NonIdempotentPolicy,
     RateLimitPolicy, RetryPolicy,
 };
-pub use units::{ByteSize, Duration};
+/// Durations and sizes as written in config (re-exported from `otlp-mesh-units`).
+pub mod units {
+    pub use otlp_mesh_units::{ByteSize, Duration};
+}

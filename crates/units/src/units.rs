@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A duration written as a number and a unit: `500us`, `250ms`, `2s`, `5m`, `1h` (or `0`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
@@ -17,6 +17,12 @@ impl Duration {
     }
     pub fn is_zero(&self) -> bool {
         self.0.is_zero()
+    }
+}
+
+impl From<std::time::Duration> for Duration {
+    fn from(d: std::time::Duration) -> Self {
+        Duration(d)
     }
 }
 
