@@ -4,8 +4,8 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use otlp_mesh_balance::{
-    Algorithm, Clock, Endpoint, EndpointOptions, EndpointSet, MaglevConfig, Outcome, PickContext,
-    RingHashConfig, SlowStart, Timestamp,
+    Adaptive, AdaptiveConfig, Algorithm, Balancer, Clock, Endpoint, EndpointOptions, EndpointSet,
+    MaglevConfig, Outcome, PickContext, RingHashConfig, SlowStart, Timestamp,
 };
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -71,6 +71,56 @@ fn pick(c: &mut Criterion) {
     }
 }
 
+/// Adaptive pick overhead against its delegate, plus its per-request record and per-interval
+/// evaluation, at 1 000 endpoints.
+fn adaptive(c: &mut Criterion) {
+    let now = Timestamp::ZERO + Duration::from_secs(1);
+    let mut group = c.benchmark_group("adaptive");
+    let set = set(1_000, false);
+    for first in [Algorithm::RoundRobin, Algorithm::PeakEwma] {
+        let delegate = first.build(SlowStart::OFF);
+        delegate.prepare(&set);
+        // The first candidate is the initial one: this adaptive picks through `first`.
+        let adaptive = Adaptive::new(
+            AdaptiveConfig {
+                candidates: vec![first.clone(), Algorithm::LeastRequest],
+                ..AdaptiveConfig::default()
+            },
+            SlowStart::OFF,
+        );
+        adaptive.prepare(&set);
+        let ctx = PickContext::new(now);
+        group.bench_function(BenchmarkId::new("delegate", first.name()), |b| {
+            b.iter(|| black_box(delegate.pick(black_box(&set), &ctx).map(|p| p.endpoint)))
+        });
+        group.bench_function(BenchmarkId::new("adaptive", first.name()), |b| {
+            b.iter(|| black_box(adaptive.pick(black_box(&set), &ctx).map(|p| p.endpoint)))
+        });
+    }
+    let adaptive = Adaptive::new(AdaptiveConfig::default(), SlowStart::OFF);
+    adaptive.prepare(&set);
+    adaptive.evaluate(&set, now);
+    let mut i = 0usize;
+    group.bench_function("record", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1_000;
+            adaptive.record(
+                black_box(&set.endpoints()[i]),
+                Duration::from_micros(700),
+                Outcome::Success,
+            )
+        })
+    });
+    let mut t = now;
+    group.bench_function("evaluate", |b| {
+        b.iter(|| {
+            t = t + Duration::from_millis(100);
+            black_box(adaptive.evaluate(&set, t))
+        })
+    });
+    group.finish();
+}
+
 fn per_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_request");
     let clock = Clock::system();
@@ -118,6 +168,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(700))
         .measurement_time(Duration::from_secs(2));
-    targets = pick, per_request, prepare
+    targets = pick, adaptive, per_request, prepare
 }
 criterion_main!(benches);

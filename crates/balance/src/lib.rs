@@ -10,6 +10,7 @@
 //! `pick.endpoint.start_at(&clock, now)` → `guard.complete(outcome)` at response headers →
 //! drop the guard when the body is done.
 
+mod adaptive;
 mod clock;
 mod endpoint;
 mod hash;
@@ -23,6 +24,7 @@ mod select;
 mod slow_start;
 mod weighted_round_robin;
 
+pub use adaptive::{Adaptive, AdaptiveConfig, CandidateScore, Switch};
 pub use clock::{Clock, ManualClock, Timestamp};
 pub use endpoint::{
     Endpoint, EndpointOptions, EndpointSet, EndpointStats, InFlight, Outcome, SetHealth,
@@ -106,6 +108,11 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
 
     /// The endpoint for the next request, or `None` when the set is empty.
     fn pick<'a>(&self, set: &'a EndpointSet, ctx: &PickContext) -> Option<Pick<'a>>;
+
+    /// The adaptive balancer behind this one, if it is one (to record completions and evaluate).
+    fn as_adaptive(&self) -> Option<&Adaptive> {
+        None
+    }
 }
 
 /// A load-balancing algorithm and its parameters, as configured for a cluster.
@@ -126,6 +133,8 @@ pub enum Algorithm {
     RingHash(RingHashConfig),
     /// Maglev consistent hashing on the request key.
     Maglev(MaglevConfig),
+    /// Switches between candidate algorithms by measured latency and errors.
+    Adaptive(AdaptiveConfig),
 }
 
 /// Error for an algorithm that cannot be built as configured.
@@ -142,7 +151,7 @@ impl std::error::Error for InvalidAlgorithm {}
 
 impl Algorithm {
     /// Config names of all algorithms, in [`Algorithm::from_name`] spelling.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "round_robin",
         "weighted_round_robin",
         "least_request",
@@ -150,6 +159,7 @@ impl Algorithm {
         "random",
         "ring_hash",
         "maglev",
+        "adaptive",
     ];
 
     /// The algorithm with this config name and default parameters.
@@ -162,6 +172,7 @@ impl Algorithm {
             "random" => Algorithm::Random,
             "ring_hash" => Algorithm::RingHash(RingHashConfig::default()),
             "maglev" => Algorithm::Maglev(MaglevConfig::default()),
+            "adaptive" => Algorithm::Adaptive(AdaptiveConfig::default()),
             _ => return None,
         })
     }
@@ -176,6 +187,7 @@ impl Algorithm {
             Algorithm::Random => "random",
             Algorithm::RingHash(_) => "ring_hash",
             Algorithm::Maglev(_) => "maglev",
+            Algorithm::Adaptive(_) => "adaptive",
         }
     }
 
@@ -189,6 +201,7 @@ impl Algorithm {
         match self {
             Algorithm::Maglev(c) => c.validate(),
             Algorithm::RingHash(c) => c.validate(),
+            Algorithm::Adaptive(c) => c.validate(),
             _ => Ok(()),
         }
     }
@@ -205,6 +218,7 @@ impl Algorithm {
             Algorithm::Random => Box::new(Random::new(slow_start)),
             Algorithm::RingHash(c) => Box::new(RingHash::new(*c)),
             Algorithm::Maglev(c) => Box::new(Maglev::new(*c)),
+            Algorithm::Adaptive(c) => Box::new(Adaptive::new(c.clone(), slow_start)),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the file, line, column and field path, so `otlp-mesh validate` can list every problem at once.
 
 mod error;
+pub mod health;
 mod load;
 mod located;
 mod mask;
@@ -13,6 +14,10 @@ pub mod resilience;
 mod validate;
 
 pub use error::{ConfigError, LoadError};
+pub use health::{
+    FailurePercentagePolicy, GrpcCheckPolicy, HealthCheckPolicy, HttpCheckPolicy, OutlierPolicy,
+    SuccessRatePolicy, TcpCheckPolicy,
+};
 pub use load::{LoadedConfig, load_file, parse_str};
 pub use located::Located;
 pub use mask::masked_json;

@@ -345,12 +345,21 @@ pub struct ClusterConfig {
     /// Ring size of `ring_hash` (at least this many points). Default 1024.
     #[serde(default = "default_ring_size")]
     pub min_ring_size: usize,
+    /// Settings of `balancer: adaptive`.
+    #[serde(default)]
+    pub adaptive: Option<Located<AdaptiveBalancerConfig>>,
     /// Lookup table size of `maglev` (a prime). Default 65537.
     #[serde(default = "default_maglev_size")]
     pub maglev_table_size: u64,
     /// Concurrency thresholds and the open/half-open breaker. Default: off.
     #[serde(default)]
     pub circuit_breaker: Option<Located<BreakerPolicy>>,
+    /// Active health check (HTTP, gRPC or TCP). Default: off.
+    #[serde(default)]
+    pub health_check: Option<Located<crate::health::HealthCheckPolicy>>,
+    /// Passive outlier detection and the panic threshold. Default: off.
+    #[serde(default)]
+    pub outlier_detection: Option<Located<crate::health::OutlierPolicy>>,
     /// Default `2s`.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
@@ -404,6 +413,188 @@ pub struct Discovery {
     /// Fixed endpoints: `ip:port`, or `{ address: ip:port, weight: N }`.
     #[serde(rename = "static", default)]
     pub static_endpoints: Option<Vec<Located<StaticEndpoint>>>,
+    /// DNS names re-resolved on their TTL (A/AAAA or SRV).
+    #[serde(default)]
+    pub dns: Option<Located<DnsDiscovery>>,
+    /// A watched YAML/JSON file listing endpoints.
+    #[serde(default)]
+    pub file: Option<Located<FileDiscovery>>,
+    /// Endpoint JSON under an etcd v3 key prefix (watched).
+    #[serde(default)]
+    pub etcd: Option<Located<EtcdDiscovery>>,
+    /// Consul health API with blocking queries.
+    #[serde(default)]
+    pub consul: Option<Located<ConsulDiscovery>>,
+    /// Kubernetes EndpointSlices of a service (watched).
+    #[serde(default)]
+    pub kubernetes: Option<Located<KubernetesDiscovery>>,
+}
+
+/// DNS record type a `dns` source resolves.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsRecordType {
+    /// A and AAAA records of `host:port`.
+    #[default]
+    A,
+    /// SRV records of `_service._proto.name` (targets, ports and weights).
+    Srv,
+}
+
+/// `discovery.dns`: a name re-resolved on its TTL clamped to `[min_ttl, max_ttl]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    /// `host:port` for `type: a`; the SRV name for `type: srv`.
+    pub name: String,
+    /// Record type. Default `a`.
+    #[serde(rename = "type", default)]
+    pub record_type: DnsRecordType,
+    /// Shortest re-resolve interval. Default 5s.
+    #[serde(default = "default_dns_min_ttl")]
+    pub min_ttl: Duration,
+    /// Longest re-resolve interval. Default 5m.
+    #[serde(default = "default_dns_max_ttl")]
+    pub max_ttl: Duration,
+}
+
+fn default_dns_min_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_dns_max_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `discovery.file`: a YAML or JSON list of `{address, weight, metadata}`, polled for changes.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    /// Path of the endpoints file.
+    pub path: String,
+    /// How often the file is checked. Default 1s.
+    #[serde(default = "default_file_interval")]
+    pub interval: Duration,
+}
+
+fn default_file_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `discovery.etcd`: endpoint JSON values under a key prefix, via etcd's v3 JSON gateway.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdDiscovery {
+    /// Client URLs (`http://host:port`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// Key prefix, e.g. `/services/orders/`.
+    pub prefix: String,
+}
+
+/// `discovery.consul`: `/v1/health/service/NAME` blocking queries.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulDiscovery {
+    /// Agent URL. Default `http://127.0.0.1:8500`.
+    #[serde(default = "default_consul_address")]
+    pub address: String,
+    /// Service name.
+    pub service: String,
+    /// Only instances with this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Datacenter (default: the agent's).
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// ACL token sent as `X-Consul-Token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Only instances whose checks pass. Default true.
+    #[serde(default = "default_true_discovery")]
+    pub passing: bool,
+    /// Longest blocking-query wait. Default 60s.
+    #[serde(default = "default_consul_wait")]
+    pub wait: Duration,
+}
+
+fn default_consul_address() -> String {
+    "http://127.0.0.1:8500".to_string()
+}
+fn default_true_discovery() -> bool {
+    true
+}
+fn default_consul_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `discovery.kubernetes`: the EndpointSlices of a service, listed then watched.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDiscovery {
+    /// Service name.
+    pub service: String,
+    /// Namespace. Default `default`.
+    #[serde(default = "default_k8s_namespace")]
+    pub namespace: String,
+    /// Endpoint port: a port name or number (default: the slice's only port).
+    #[serde(default)]
+    pub port: Option<PortRef>,
+    /// API server URL (default: in-cluster `KUBERNETES_SERVICE_HOST`/`_PORT`, else the
+    /// kubeconfig's current context).
+    #[serde(default)]
+    pub api_server: Option<String>,
+    /// Kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`); used when no
+    /// `api_server` is set and not running in a cluster.
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
+    /// Bearer token file (default: the in-cluster service-account token, if present).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// CA bundle for `https` API servers.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_k8s_namespace() -> String {
+    "default".to_string()
+}
+
+/// A port given by name (`http`) or number (`8080`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// A port number.
+    Number(u16),
+    /// A port name.
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for PortRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = PortRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port name or number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRef, E> {
+                Ok(match v.parse::<u16>() {
+                    Ok(n) => PortRef::Number(n),
+                    Err(_) => PortRef::Name(v.to_string()),
+                })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRef, E> {
+                u16::try_from(v)
+                    .map(PortRef::Number)
+                    .map_err(|_| E::custom("port must be 1..=65535"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRef, E> {
+                u16::try_from(v)
+                    .map(PortRef::Number)
+                    .map_err(|_| E::custom("port must be 1..=65535"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One static endpoint and its weight (default 1).
@@ -477,6 +668,73 @@ pub enum BalancerKind {
     RingHash,
     /// Maglev consistent hashing; needs `hash_key`.
     Maglev,
+    /// Measures latency and errors and switches among candidate algorithms with hysteresis.
+    Adaptive,
+}
+
+/// Settings of `balancer: adaptive`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveBalancerConfig {
+    /// Algorithms it chooses among; the first is where it starts. Default
+    /// `[round_robin, least_request, p2c_ewma, weighted_round_robin]`.
+    #[serde(default = "default_candidates")]
+    pub candidates: Vec<Located<BalancerKind>>,
+    /// Sliding window of latency and error measurements. Default `30s`.
+    #[serde(default = "default_adaptive_window")]
+    pub window: Duration,
+    /// How often candidates are scored. Default `1s`.
+    #[serde(default = "default_adaptive_interval")]
+    pub evaluation_interval: Duration,
+    /// Least time on one algorithm before switching again. Default `10s`.
+    #[serde(default = "default_adaptive_dwell")]
+    pub min_dwell: Duration,
+    /// Required relative score improvement to switch (0.2 = 20 %). Default 0.2.
+    #[serde(default = "default_adaptive_improvement")]
+    pub min_improvement: f64,
+    /// Requests in the window before any switch. Default 100.
+    #[serde(default = "default_adaptive_samples")]
+    pub min_samples: u64,
+}
+
+impl Default for AdaptiveBalancerConfig {
+    fn default() -> Self {
+        AdaptiveBalancerConfig {
+            candidates: default_candidates(),
+            window: default_adaptive_window(),
+            evaluation_interval: default_adaptive_interval(),
+            min_dwell: default_adaptive_dwell(),
+            min_improvement: default_adaptive_improvement(),
+            min_samples: default_adaptive_samples(),
+        }
+    }
+}
+
+fn default_candidates() -> Vec<Located<BalancerKind>> {
+    [
+        BalancerKind::RoundRobin,
+        BalancerKind::LeastRequest,
+        BalancerKind::P2cEwma,
+        BalancerKind::WeightedRoundRobin,
+    ]
+    .into_iter()
+    .map(Located::new)
+    .collect()
+}
+fn default_adaptive_window() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_adaptive_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_adaptive_dwell() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_adaptive_improvement() -> f64 {
+    0.2
+}
+fn default_adaptive_samples() -> u64 {
+    100
 }
 
 /// Upstream connection pool settings.

@@ -63,7 +63,133 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 format!("duplicate cluster name `{}`", cluster.name.value),
             );
         }
-        match &cluster.discovery.static_endpoints {
+        let d = &cluster.discovery;
+        let sources = [
+            d.static_endpoints.is_some(),
+            d.dns.is_some(),
+            d.file.is_some(),
+            d.etcd.is_some(),
+            d.consul.is_some(),
+            d.kubernetes.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if sources > 1 {
+            c.at(
+                cluster,
+                format!("{path}.discovery"),
+                "set exactly one discovery source (static, dns, file, etcd, consul or kubernetes)",
+            );
+        }
+        if let Some(dns) = &d.dns {
+            let p = format!("{path}.discovery.dns");
+            let name = dns.name.trim();
+            match dns.record_type {
+                crate::DnsRecordType::A => {
+                    let ok = name
+                        .rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+                    if !ok {
+                        c.at(
+                            dns,
+                            format!("{p}.name"),
+                            format!("`{name}` must be host:port"),
+                        );
+                    }
+                }
+                crate::DnsRecordType::Srv => {
+                    if name.is_empty() || name.contains(':') {
+                        c.at(
+                            dns,
+                            format!("{p}.name"),
+                            format!("`{name}` must be an SRV name like _http._tcp.example.com"),
+                        );
+                    }
+                }
+            }
+            if dns.min_ttl.is_zero() || dns.min_ttl.0 > dns.max_ttl.0 {
+                c.at(
+                    dns,
+                    format!("{p}.min_ttl"),
+                    "must be above 0 and at most max_ttl",
+                );
+            }
+        }
+        if let Some(file) = &d.file {
+            if file.path.trim().is_empty() {
+                c.at(
+                    file,
+                    format!("{path}.discovery.file.path"),
+                    "must not be empty",
+                );
+            }
+            if file.interval.is_zero() {
+                c.at(
+                    file,
+                    format!("{path}.discovery.file.interval"),
+                    "must be above 0",
+                );
+            }
+        }
+        if let Some(etcd) = &d.etcd {
+            let p = format!("{path}.discovery.etcd");
+            if etcd.endpoints.is_empty() {
+                c.at(
+                    etcd,
+                    format!("{p}.endpoints"),
+                    "list at least one etcd client URL",
+                );
+            }
+            for (k, ep) in etcd.endpoints.iter().enumerate() {
+                if !ep.starts_with("http://") || ep.len() <= "http://".len() {
+                    c.at(
+                        etcd,
+                        format!("{p}.endpoints[{k}]"),
+                        format!("`{ep}` must be an http:// URL (https is not supported yet)"),
+                    );
+                }
+            }
+            if etcd.prefix.is_empty() {
+                c.at(etcd, format!("{p}.prefix"), "must not be empty");
+            }
+        }
+        if let Some(consul) = &d.consul {
+            let p = format!("{path}.discovery.consul");
+            if !consul.address.starts_with("http://") {
+                c.at(
+                    consul,
+                    format!("{p}.address"),
+                    format!("`{}` must be an http:// URL", consul.address),
+                );
+            }
+            if consul.service.trim().is_empty() {
+                c.at(consul, format!("{p}.service"), "must not be empty");
+            }
+        }
+        if let Some(k8s) = &d.kubernetes {
+            let p = format!("{path}.discovery.kubernetes");
+            if k8s.service.trim().is_empty() {
+                c.at(k8s, format!("{p}.service"), "must not be empty");
+            }
+            if k8s.namespace.trim().is_empty() {
+                c.at(k8s, format!("{p}.namespace"), "must not be empty");
+            }
+            if let Some(api) = &k8s.api_server
+                && !api.starts_with("http://")
+                && !api.starts_with("https://")
+            {
+                c.at(
+                    k8s,
+                    format!("{p}.api_server"),
+                    format!("`{api}` must be a URL"),
+                );
+            }
+            if matches!(k8s.port, Some(crate::PortRef::Number(0))) {
+                c.at(k8s, format!("{p}.port"), "must be 1..=65535");
+            }
+        }
+        match &d.static_endpoints {
             Some(endpoints) => {
                 for (j, ep) in endpoints.iter().enumerate() {
                     let loc = Located {
@@ -81,11 +207,12 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                     }
                 }
             }
-            None => c.at(
+            None if sources == 0 => c.at(
                 cluster,
                 format!("{path}.discovery"),
-                "no discovery source: set `static: [ip:port, ...]`",
+                "no discovery source: set one of static, dns, file, etcd, consul or kubernetes",
             ),
+            None => {}
         }
         let hashing = matches!(
             cluster.balancer.value,
@@ -132,6 +259,49 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 format!("{} is not a prime", cluster.maglev_table_size),
             );
         }
+        if let Some(a) = &cluster.adaptive {
+            if cluster.balancer.value != crate::BalancerKind::Adaptive {
+                c.at(
+                    a,
+                    format!("{path}.adaptive"),
+                    "only `balancer: adaptive` uses these settings",
+                );
+            }
+            use crate::BalancerKind::*;
+            for (k, cand) in a.candidates.iter().enumerate() {
+                if !matches!(
+                    cand.value,
+                    RoundRobin | WeightedRoundRobin | LeastRequest | P2cEwma | Random
+                ) {
+                    c.at(
+                        cand,
+                        format!("{path}.adaptive.candidates[{k}]"),
+                        "candidates are round_robin, weighted_round_robin, least_request, p2c_ewma and random",
+                    );
+                }
+            }
+            if a.candidates.is_empty() {
+                c.at(
+                    a,
+                    format!("{path}.adaptive.candidates"),
+                    "must list at least one algorithm",
+                );
+            }
+            if !(0.0..=10.0).contains(&a.min_improvement) || !a.min_improvement.is_finite() {
+                c.at(
+                    a,
+                    format!("{path}.adaptive.min_improvement"),
+                    "must be between 0 and 10",
+                );
+            }
+            if a.evaluation_interval.is_zero() || a.window.0 < a.evaluation_interval.0 {
+                c.at(
+                    a,
+                    format!("{path}.adaptive.window"),
+                    "must be at least evaluation_interval (> 0)",
+                );
+            }
+        }
         if cluster.ewma.decay.is_zero() {
             c.at(
                 cluster,
@@ -142,6 +312,16 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         if let Some(b) = &cluster.circuit_breaker {
             for (field, message) in crate::resilience::check_breaker(b) {
                 c.at(b, format!("{path}.circuit_breaker.{field}"), message);
+            }
+        }
+        if let Some(h) = &cluster.health_check {
+            for (field, message) in crate::health::check_health(h) {
+                c.at(h, format!("{path}.health_check.{field}"), message);
+            }
+        }
+        if let Some(o) = &cluster.outlier_detection {
+            for (field, message) in crate::health::check_outlier(o) {
+                c.at(o, format!("{path}.outlier_detection.{field}"), message);
             }
         }
         if cluster.connect_timeout.is_zero() {

@@ -15,6 +15,11 @@ use otlp_mesh_balance::{
 use otlp_mesh_config::{BalancerKind, BreakerPolicy, ClusterConfig, Protocol, RoutePriority};
 use otlp_mesh_discovery::Source;
 use otlp_mesh_resilience::breaker::{BreakerConfig, CircuitBreakerLayer, ErrorRate};
+use otlp_mesh_resilience::health::{CheckKind, HealthCheckConfig, HealthStats, StatusRanges};
+use otlp_mesh_resilience::outlier::{
+    FailurePercentage, Observation, OutlierConfig, OutlierDetector, OutlierStats, PanicGuard,
+    SuccessRate,
+};
 use otlp_mesh_resilience::{Conditions, FailureKind};
 use otlp_mesh_telemetry::ClusterMetrics;
 use pin_project_lite::pin_project;
@@ -89,7 +94,7 @@ pub struct ClientIp(pub IpAddr);
 pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
-    endpoints: ArcSwap<EndpointSet>,
+    endpoints: Arc<ArcSwap<EndpointSet>>,
     balancer: Box<dyn Balancer>,
     algorithm: Algorithm,
     hash_key: Option<HashKey>,
@@ -98,6 +103,7 @@ pub struct Cluster {
     pool: Pool,
     breaker: Option<CircuitBreakerLayer>,
     breaker_high: Option<CircuitBreakerLayer>,
+    health: HealthControl,
     pub metrics: Arc<ClusterMetrics>,
 }
 
@@ -112,9 +118,40 @@ fn algorithm(config: &ClusterConfig) -> Algorithm {
             min_ring_size: config.min_ring_size,
             ..RingHashConfig::default()
         }),
+        BalancerKind::Adaptive => Algorithm::Adaptive(adaptive_config(config)),
         BalancerKind::Maglev => Algorithm::Maglev(MaglevConfig {
             table_size: usize::try_from(config.maglev_table_size).unwrap_or(65_537),
         }),
+    }
+}
+
+/// The balance crate's adaptive settings for a cluster's `adaptive` config (defaults when absent).
+fn adaptive_config(config: &ClusterConfig) -> otlp_mesh_balance::AdaptiveConfig {
+    let defaults = otlp_mesh_balance::AdaptiveConfig::default();
+    let Some(a) = &config.adaptive else {
+        return defaults;
+    };
+    let candidates = a
+        .candidates
+        .iter()
+        .filter_map(|k| match k.value {
+            BalancerKind::RoundRobin => Some(Algorithm::RoundRobin),
+            BalancerKind::WeightedRoundRobin => Some(Algorithm::WeightedRoundRobin),
+            BalancerKind::LeastRequest => Some(Algorithm::LeastRequest),
+            BalancerKind::P2cEwma => Some(Algorithm::PeakEwma),
+            BalancerKind::Random => Some(Algorithm::Random),
+            // Validation refuses the rest as candidates.
+            _ => None,
+        })
+        .collect();
+    otlp_mesh_balance::AdaptiveConfig {
+        candidates,
+        window: a.window.into(),
+        evaluation_interval: a.evaluation_interval.into(),
+        min_dwell: a.min_dwell.into(),
+        min_improvement: a.min_improvement,
+        min_samples: a.min_samples,
+        ..defaults
     }
 }
 
@@ -184,10 +221,13 @@ impl Cluster {
             .map(|p| {
                 CircuitBreakerLayer::new(breaker_config(&format!("{}/high", config.name.value), p))
             });
+        let endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
+        let health = HealthControl::start(config, &endpoints, &clock);
         Cluster {
             name: config.name.value.clone(),
             config: config.clone(),
-            endpoints: ArcSwap::from_pointee(endpoints),
+            endpoints,
+            health,
             balancer,
             hash_key: config
                 .hash_key
@@ -201,6 +241,21 @@ impl Cluster {
             breaker_high,
             metrics,
         }
+    }
+
+    /// Active health-check counters, when the cluster has a `health_check`.
+    pub fn health_stats(&self) -> Option<&HealthStats> {
+        self.health.checks.as_deref()
+    }
+
+    /// Outlier-detection counters, when the cluster has `outlier_detection`.
+    pub fn outlier_stats(&self) -> Option<&OutlierStats> {
+        self.health.outlier.as_deref().map(OutlierDetector::stats)
+    }
+
+    /// The panic threshold's state, when the cluster has `outlier_detection`.
+    pub fn panic_guard(&self) -> Option<&PanicGuard> {
+        self.health.panic.as_deref()
     }
 
     /// The endpoint set in use now.
@@ -433,12 +488,25 @@ impl Future for ClusterFuture {
                             Outcome::Success
                         };
                         guard.complete(outcome);
+                        cluster.health.observe(
+                            guard.endpoint().addr,
+                            Observation::Status(resp.status().as_u16()),
+                        );
                         Ok(resp.map(|b| ProxyBody::upstream(b, guard)))
                     }
                     Err(e) => {
                         guard.complete(Outcome::Failure);
                         guard.endpoint().record_failure();
-                        Err(classify(e, &guard, cluster))
+                        let err = classify(e, &guard, cluster);
+                        let seen = match &err {
+                            ProxyError::ConnectFailed { .. } => Some(Observation::ConnectFailure),
+                            ProxyError::Upstream { .. } => Some(Observation::TransportError),
+                            _ => None,
+                        };
+                        if let Some(seen) = seen {
+                            cluster.health.observe(guard.endpoint().addr, seen);
+                        }
+                        Err(err)
                     }
                 })
             }
@@ -504,4 +572,129 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     last
+}
+
+/// A cluster's health control loops (active checks, outlier detection) and what the data path
+/// and `/metrics` read of them. The loops hold the endpoint set, not the cluster; dropping the
+/// cluster drops this and stops them.
+#[derive(Debug, Default)]
+struct HealthControl {
+    checks: Option<Arc<HealthStats>>,
+    outlier: Option<Arc<OutlierDetector>>,
+    panic: Option<Arc<PanicGuard>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HealthControl {
+    /// Spawns the loops the config asks for (none outside a Tokio runtime, e.g. in unit tests).
+    fn start(config: &ClusterConfig, endpoints: &Arc<ArcSwap<EndpointSet>>, clock: &Clock) -> Self {
+        let mut control = HealthControl::default();
+        let name = &config.name.value;
+        if config.health_check.is_none() && config.outlier_detection.is_none() {
+            return control;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(cluster = %name, "no runtime: health checks and outlier detection are off");
+            return control;
+        }
+        let panic = config
+            .outlier_detection
+            .as_ref()
+            .map(|o| Arc::new(PanicGuard::new(name.clone(), o.panic_threshold)));
+        if let Some(o) = &config.outlier_detection {
+            let (detector, triggers) =
+                OutlierDetector::new(outlier_config(name, o), &endpoints.load());
+            control.tasks.push(otlp_mesh_resilience::outlier::spawn(
+                detector.clone(),
+                triggers,
+                endpoints.clone(),
+                clock.clone(),
+                panic.clone(),
+            ));
+            control.outlier = Some(detector);
+        }
+        if let Some(h) = &config.health_check
+            && let Some(checks) = health_config(name, h)
+        {
+            let stats = Arc::new(HealthStats::default());
+            control.tasks.push(otlp_mesh_resilience::health::spawn(
+                checks,
+                endpoints.clone(),
+                clock.clone(),
+                stats.clone(),
+                panic.clone(),
+            ));
+            control.checks = Some(stats);
+        }
+        control.panic = panic;
+        control
+    }
+
+    /// Feeds the outlier detector (a map lookup and a few atomics).
+    fn observe(&self, addr: std::net::SocketAddr, seen: Observation) {
+        if let Some(d) = &self.outlier {
+            d.observe(addr, seen);
+        }
+    }
+}
+
+impl Drop for HealthControl {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The resilience crate's outlier settings for a cluster's `outlier_detection` config.
+fn outlier_config(name: &str, o: &otlp_mesh_config::OutlierPolicy) -> OutlierConfig {
+    let on = |n: u32| (n > 0).then_some(n);
+    OutlierConfig {
+        cluster: name.to_string(),
+        consecutive_5xx: on(o.consecutive_5xx),
+        consecutive_gateway_errors: on(o.consecutive_gateway_errors),
+        interval: o.interval.into(),
+        base_ejection_time: o.base_ejection_time.into(),
+        max_ejection_time: o.max_ejection_time.into(),
+        max_ejection_percent: o.max_ejection_percent,
+        success_rate: o.success_rate.as_ref().map(|s| SuccessRate {
+            minimum_hosts: s.minimum_hosts,
+            request_volume: s.request_volume,
+            stdev_factor: s.stdev_factor,
+        }),
+        failure_percentage: o.failure_percentage.as_ref().map(|f| FailurePercentage {
+            threshold: f.threshold,
+            minimum_hosts: f.minimum_hosts,
+            request_volume: f.request_volume,
+        }),
+    }
+}
+
+/// The resilience crate's check settings for a cluster's `health_check` config (validated, so
+/// `None` only on a bug: the cluster then runs without checks).
+fn health_config(name: &str, h: &otlp_mesh_config::HealthCheckPolicy) -> Option<HealthCheckConfig> {
+    let kind = if let Some(http) = &h.http {
+        CheckKind::Http {
+            path: http.path.clone(),
+            host: http.host.clone(),
+            expected: StatusRanges::parse(&http.expected).ok()?,
+        }
+    } else if let Some(g) = &h.grpc {
+        CheckKind::Grpc {
+            service: g.service.clone(),
+            authority: g.authority.clone(),
+        }
+    } else {
+        CheckKind::Tcp
+    };
+    Some(HealthCheckConfig {
+        cluster: name.to_string(),
+        kind,
+        interval: h.interval.into(),
+        timeout: h.timeout.into(),
+        jitter: h.jitter / 100.0,
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+        port: h.port,
+    })
 }

@@ -11,6 +11,7 @@ type BreakerGauge = fn(&otlp_mesh_resilience::breaker::BreakerHandle) -> u32;
 
 /// Appends retry, circuit-breaker and rate-limit series for the snapshot's listeners and clusters.
 pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
+    render_health(snap, w);
     // counter name → rows of (labels, value); written as one family per counter.
     let mut retry: BTreeMap<&'static str, Vec<([String; 4], u64)>> = BTreeMap::new();
     let mut limits: BTreeMap<&'static str, Vec<([String; 2], u64)>> = BTreeMap::new();
@@ -158,6 +159,116 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
         );
         for (cluster, priority, v) in rows {
             w.sample(&name, &[("cluster", cluster), ("priority", priority)], v);
+        }
+    }
+}
+
+/// Active health-check, outlier-detection and panic-threshold series, by cluster.
+fn render_health(snap: &Snapshot, w: &mut PromWriter) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let checked: Vec<_> = snap
+        .clusters
+        .values()
+        .filter_map(|c| c.health_stats().map(|s| (c.name.as_str(), s)))
+        .collect();
+    if !checked.is_empty() {
+        let name = "otlp_mesh_health_checks_total";
+        w.family(
+            name,
+            "counter",
+            "Active health checks, by cluster and result.",
+        );
+        for (c, s) in &checked {
+            w.sample(
+                name,
+                &[("cluster", c), ("result", "passed")],
+                s.checks_passed.load(Relaxed),
+            );
+            w.sample(
+                name,
+                &[("cluster", c), ("result", "failed")],
+                s.checks_failed.load(Relaxed),
+            );
+        }
+        let name = "otlp_mesh_health_transitions_total";
+        w.family(
+            name,
+            "counter",
+            "Endpoints marked healthy or unhealthy by active checks, by cluster.",
+        );
+        for (c, s) in &checked {
+            w.sample(
+                name,
+                &[("cluster", c), ("to", "healthy")],
+                s.became_healthy.load(Relaxed),
+            );
+            w.sample(
+                name,
+                &[("cluster", c), ("to", "unhealthy")],
+                s.became_unhealthy.load(Relaxed),
+            );
+        }
+        let name = "otlp_mesh_health_unhealthy_endpoints";
+        w.family(
+            name,
+            "gauge",
+            "Endpoints failing active health checks now, by cluster.",
+        );
+        for (c, s) in &checked {
+            w.sample(name, &[("cluster", c)], s.unhealthy.load(Relaxed));
+        }
+    }
+    let detected: Vec<_> = snap
+        .clusters
+        .values()
+        .filter_map(|c| c.outlier_stats().map(|s| (c.name.as_str(), s)))
+        .collect();
+    if !detected.is_empty() {
+        let name = "otlp_mesh_outlier_ejections_total";
+        w.family(name, "counter", "Outlier ejections, by cluster and reason.");
+        for (c, s) in &detected {
+            s.for_each_ejection(|reason, v| {
+                w.sample(name, &[("cluster", c), ("reason", reason)], v)
+            });
+        }
+        let name = "otlp_mesh_outlier_ejections_overflow_total";
+        w.family(
+            name,
+            "counter",
+            "Ejections skipped because max_ejection_percent was reached, by cluster.",
+        );
+        for (c, s) in &detected {
+            w.sample(name, &[("cluster", c)], s.ejections_overflow.load(Relaxed));
+        }
+        let name = "otlp_mesh_outlier_ejected_endpoints";
+        w.family(name, "gauge", "Endpoints ejected now, by cluster.");
+        for (c, s) in &detected {
+            w.sample(name, &[("cluster", c)], s.ejected.load(Relaxed));
+        }
+    }
+    let guarded: Vec<_> = snap
+        .clusters
+        .values()
+        .filter_map(|c| c.panic_guard().map(|g| (c.name.as_str(), g)))
+        .collect();
+    if !guarded.is_empty() {
+        let name = "otlp_mesh_cluster_panic_mode";
+        w.family(
+            name,
+            "gauge",
+            "1 while the panic threshold forces balancing over all endpoints, by cluster.",
+        );
+        for (c, g) in &guarded {
+            w.sample(name, &[("cluster", c)], u8::from(g.is_active()));
+        }
+        let name = "otlp_mesh_cluster_panic_entered_total";
+        w.family(
+            name,
+            "counter",
+            "Times the panic threshold was crossed, by cluster.",
+        );
+        for (c, g) in &guarded {
+            w.sample(name, &[("cluster", c)], g.entered_total());
         }
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod health;
+pub mod outlier;
 pub mod ratelimit;
 pub mod retry;
 pub mod timeout;
