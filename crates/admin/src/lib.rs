@@ -233,6 +233,8 @@ async fn clusters(State(s): State<AdminState>) -> Response {
                 "panic": health.panic,
                 "circuit_breaker": breaker,
                 "circuit_breakers": breakers,
+                "discovery_status": c.discovery().snapshot(),
+                "adaptive": c.adaptive().map(|a| adaptive_json(a, now)),
                 "endpoints": endpoints,
             })
         })
@@ -371,4 +373,38 @@ async fn chaos_enable_all(State(s): State<AdminState>) -> Response {
     s.proxy.faults().enable_all();
     tracing::info!("fault injection enabled");
     Json(json!({"enabled": true})).into_response()
+}
+
+/// The adaptive balancer's choice, candidate scores and last switch, for `/clusters`.
+fn adaptive_json(a: &otlp_mesh_balance::Adaptive, now: otlp_mesh_balance::Timestamp) -> Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let scores: Vec<Value> = a
+        .scores()
+        .iter()
+        .map(|c| {
+            json!({
+                "algorithm": c.name,
+                "active": c.active,
+                "estimated_p99_ms": ms(c.estimated_p99),
+                "estimated_mean_ms": ms(c.estimated_mean),
+                "estimated_error_rate": c.estimated_error_rate,
+                "score": c.score,
+                "observed_p99_ms": c.observed_p99.map(ms),
+                "observed_error_rate": c.observed_error_rate,
+                "samples": c.samples,
+            })
+        })
+        .collect();
+    json!({
+        "current": a.current(),
+        "candidates": a.candidates(),
+        "switches": a.switches(),
+        "scores": scores,
+        "last_switch": a.last_switch().map(|sw| json!({
+            "from": sw.from,
+            "to": sw.to,
+            "reason": sw.reason,
+            "seconds_ago": now.saturating_duration_since(sw.at).as_secs_f64(),
+        })),
+    })
 }

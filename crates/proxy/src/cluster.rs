@@ -13,7 +13,7 @@ use otlp_mesh_balance::{
     PickContext, RingHashConfig, SlowStart, hash_key,
 };
 use otlp_mesh_config::{BalancerKind, BreakerPolicy, ClusterConfig, Protocol, RoutePriority};
-use otlp_mesh_discovery::Source;
+use otlp_mesh_discovery::SourceStatus;
 use otlp_mesh_resilience::breaker::{BreakerConfig, CircuitBreakerLayer, ErrorRate};
 use otlp_mesh_resilience::health::{CheckKind, HealthCheckConfig, HealthStats, StatusRanges};
 use otlp_mesh_resilience::outlier::{
@@ -95,11 +95,11 @@ pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
     endpoints: Arc<ArcSwap<EndpointSet>>,
-    balancer: Box<dyn Balancer>,
+    balancer: Arc<dyn Balancer>,
     algorithm: Algorithm,
     hash_key: Option<HashKey>,
     clock: Clock,
-    source: Source,
+    discovery: Arc<SourceStatus>,
     pool: Pool,
     breaker: Option<CircuitBreakerLayer>,
     breaker_high: Option<CircuitBreakerLayer>,
@@ -184,16 +184,22 @@ fn breaker_config(name: &str, p: &BreakerPolicy) -> BreakerConfig {
 impl Cluster {
     /// Builds a cluster from config: resolves its discovery source and creates its pool.
     pub fn new(config: &ClusterConfig, metrics: Arc<ClusterMetrics>) -> Self {
-        let source = Source::from_config(&config.name.value, &config.discovery);
+        let name = &config.name.value;
+        let discovered = otlp_mesh_discovery::spawn(name, &config.discovery);
+        let initial = discovered.updates.borrow().clone();
         let clock = Clock::system();
         let options = EndpointOptions {
             ewma_decay: config.ewma.decay.into(),
             default_rtt: config.ewma.default_rtt.into(),
         };
-        let endpoints = EndpointSet::from_weighted(source.current(), options, clock.now());
+        let endpoints = EndpointSet::from_weighted(initial.iter().copied(), options, clock.now());
         let algorithm = algorithm(config);
-        let balancer = algorithm.build(SlowStart::new(config.slow_start.into()));
+        let balancer: Arc<dyn Balancer> =
+            Arc::from(algorithm.build(SlowStart::new(config.slow_start.into())));
         balancer.prepare(&endpoints);
+        if let Some(a) = balancer.as_adaptive() {
+            a.set_cluster(name);
+        }
         let pool = match config.protocol {
             Protocol::H2 => Pool::H2(Arc::new(H2Pool::new(config.connect_timeout.into()))),
             Protocol::Http1 => {
@@ -222,7 +228,25 @@ impl Cluster {
                 CircuitBreakerLayer::new(breaker_config(&format!("{}/high", config.name.value), p))
             });
         let endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
-        let health = HealthControl::start(config, &endpoints, &clock);
+        let mut health = HealthControl::start(config, &endpoints, &clock);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            health.tasks.push(tokio::spawn(follow_discovery(
+                name.clone(),
+                discovered.updates,
+                endpoints.clone(),
+                balancer.clone(),
+                clock.clone(),
+            )));
+            if let Some(a) = balancer.as_adaptive() {
+                let every = a.config().evaluation_interval;
+                health.tasks.push(tokio::spawn(evaluate_adaptive(
+                    Arc::downgrade(&balancer),
+                    endpoints.clone(),
+                    clock.clone(),
+                    every,
+                )));
+            }
+        }
         Cluster {
             name: config.name.value.clone(),
             config: config.clone(),
@@ -235,7 +259,7 @@ impl Cluster {
                 .and_then(|k| HashKey::parse(&k.value)),
             algorithm,
             clock,
-            source,
+            discovery: discovered.status,
             pool,
             breaker,
             breaker_high,
@@ -258,6 +282,24 @@ impl Cluster {
         self.health.panic.as_deref()
     }
 
+    /// The discovery source's state (kind, health, updates, last error).
+    pub fn discovery(&self) -> &SourceStatus {
+        &self.discovery
+    }
+
+    /// The adaptive balancer, when the cluster uses `balancer: adaptive`.
+    pub fn adaptive(&self) -> Option<&otlp_mesh_balance::Adaptive> {
+        self.balancer.as_adaptive()
+    }
+
+    /// Completes an attempt's in-flight record (and feeds the adaptive balancer's windows).
+    fn complete(&self, guard: &mut InFlight, outcome: Outcome) {
+        match self.balancer.as_adaptive() {
+            Some(a) => a.complete(guard, outcome, self.clock.now()),
+            None => guard.complete(outcome),
+        }
+    }
+
     /// The endpoint set in use now.
     pub fn endpoints(&self) -> Arc<EndpointSet> {
         self.endpoints.load_full()
@@ -268,7 +310,7 @@ impl Cluster {
     }
 
     pub fn discovery_kind(&self) -> &'static str {
-        self.source.kind()
+        self.discovery.kind()
     }
 
     /// The circuit breaker for routes of this priority, when the cluster has one
@@ -429,6 +471,19 @@ pin_project! {
         #[pin]
         state: State,
     }
+
+    impl PinnedDrop for ClusterFuture {
+        // Dropped before the response head (route timeout, client gone): settle the counters
+        // and let the adaptive balancer see the attempt, which it would otherwise never learn of.
+        fn drop(this: Pin<&mut Self>) {
+            if let StateProj::Pending { guard, cluster, .. } = this.project().state.project()
+                && let Some(mut guard) = guard.take()
+            {
+                cluster.metrics.active_requests.fetch_sub(1, Ordering::Relaxed);
+                cluster.complete(&mut guard, Outcome::Cancelled);
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -487,7 +542,7 @@ impl Future for ClusterFuture {
                         } else {
                             Outcome::Success
                         };
-                        guard.complete(outcome);
+                        cluster.complete(&mut guard, outcome);
                         cluster.health.observe(
                             guard.endpoint().addr,
                             Observation::Status(resp.status().as_u16()),
@@ -495,7 +550,7 @@ impl Future for ClusterFuture {
                         Ok(resp.map(|b| ProxyBody::upstream(b, guard)))
                     }
                     Err(e) => {
-                        guard.complete(Outcome::Failure);
+                        cluster.complete(&mut guard, Outcome::Failure);
                         guard.endpoint().record_failure();
                         let err = classify(e, &guard, cluster);
                         let seen = match &err {
@@ -697,4 +752,48 @@ fn health_config(name: &str, h: &otlp_mesh_config::HealthCheckPolicy) -> Option<
         unhealthy_threshold: h.unhealthy_threshold,
         port: h.port,
     })
+}
+
+/// Applies each endpoint list discovery publishes; ends when the source is gone (static sources
+/// publish nothing) or the cluster is dropped (the task is aborted).
+async fn follow_discovery(
+    cluster: String,
+    mut updates: tokio::sync::watch::Receiver<otlp_mesh_discovery::Endpoints>,
+    endpoints: Arc<ArcSwap<EndpointSet>>,
+    balancer: Arc<dyn Balancer>,
+    clock: Clock,
+) {
+    while updates.changed().await.is_ok() {
+        let list = updates.borrow_and_update().clone();
+        let current = endpoints.load_full();
+        if current.has_same_endpoints(list.iter().copied()) {
+            continue;
+        }
+        // `update` keeps the stats (and in-flight counts) of endpoints that stay.
+        let next = current.update(list.iter().copied(), clock.now());
+        balancer.prepare(&next);
+        endpoints.store(Arc::new(next));
+        tracing::info!(%cluster, endpoints = list.len(), "endpoints updated from discovery");
+    }
+}
+
+/// Scores the adaptive balancer's candidates every `every`, off the request path.
+async fn evaluate_adaptive(
+    balancer: std::sync::Weak<dyn Balancer>,
+    endpoints: Arc<ArcSwap<EndpointSet>>,
+    clock: Clock,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(balancer) = balancer.upgrade() else {
+            return;
+        };
+        if let Some(a) = balancer.as_adaptive() {
+            // A switch is logged by the balancer itself; counters are read by /metrics.
+            let _ = a.evaluate(&endpoints.load(), clock.now());
+        }
+    }
 }

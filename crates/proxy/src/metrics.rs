@@ -11,6 +11,7 @@ type BreakerGauge = fn(&otlp_mesh_resilience::breaker::BreakerHandle) -> u32;
 
 /// Appends retry, circuit-breaker and rate-limit series for the snapshot's listeners and clusters.
 pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
+    render_discovery_and_adaptive(snap, w);
     render_health(snap, w);
     // counter name → rows of (labels, value); written as one family per counter.
     let mut retry: BTreeMap<&'static str, Vec<([String; 4], u64)>> = BTreeMap::new();
@@ -164,6 +165,90 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
 }
 
 /// Active health-check, outlier-detection and panic-threshold series, by cluster.
+/// Discovery source state and adaptive-balancer choice per cluster.
+fn render_discovery_and_adaptive(snap: &Snapshot, w: &mut PromWriter) {
+    let clusters: Vec<_> = snap.clusters.values().collect();
+    let gauges: [(&str, &str, &str); 4] = [
+        (
+            "otlp_mesh_discovery_healthy",
+            "gauge",
+            "1 while the cluster's discovery source answers, by cluster and kind.",
+        ),
+        (
+            "otlp_mesh_discovery_endpoints",
+            "gauge",
+            "Endpoints the discovery source last published.",
+        ),
+        (
+            "otlp_mesh_discovery_updates_total",
+            "counter",
+            "Endpoint sets published by the discovery source.",
+        ),
+        (
+            "otlp_mesh_discovery_failures_total",
+            "counter",
+            "Failed discovery fetches (the last known set stays).",
+        ),
+    ];
+    for (name, kind, help) in gauges {
+        w.family(name, kind, help);
+        for c in &clusters {
+            let st = c.discovery();
+            let v = match name {
+                "otlp_mesh_discovery_healthy" => u64::from(st.healthy()),
+                "otlp_mesh_discovery_endpoints" => st.endpoints(),
+                "otlp_mesh_discovery_updates_total" => st.updates(),
+                _ => st.failures(),
+            };
+            w.sample(
+                name,
+                &[("cluster", c.name.as_str()), ("kind", st.kind())],
+                v,
+            );
+        }
+    }
+    let adaptive: Vec<_> = clusters
+        .iter()
+        .filter_map(|c| c.adaptive().map(|a| (c.name.as_str(), a)))
+        .collect();
+    if adaptive.is_empty() {
+        return;
+    }
+    w.family(
+        "otlp_mesh_adaptive_switches_total",
+        "counter",
+        "Algorithm switches of the adaptive balancer, by cluster.",
+    );
+    for (cluster, a) in &adaptive {
+        w.sample(
+            "otlp_mesh_adaptive_switches_total",
+            &[("cluster", cluster)],
+            a.switches(),
+        );
+    }
+    w.family(
+        "otlp_mesh_adaptive_active",
+        "gauge",
+        "1 for the algorithm the adaptive balancer uses now, by cluster and algorithm.",
+    );
+    w.family(
+        "otlp_mesh_adaptive_estimated_p99_seconds",
+        "gauge",
+        "Estimated p99 latency of each candidate algorithm, by cluster and algorithm.",
+    );
+    for (cluster, a) in &adaptive {
+        for score in a.scores() {
+            let labels = [("cluster", *cluster), ("algorithm", score.name)];
+            w.sample("otlp_mesh_adaptive_active", &labels, u8::from(score.active));
+            w.sample(
+                "otlp_mesh_adaptive_estimated_p99_seconds",
+                &labels,
+                score.estimated_p99.as_secs_f64(),
+            );
+        }
+    }
+}
+
 fn render_health(snap: &Snapshot, w: &mut PromWriter) {
     use std::sync::atomic::Ordering::Relaxed;
     let checked: Vec<_> = snap

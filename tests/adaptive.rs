@@ -1,0 +1,116 @@
+//! The adaptive balancer through the real binary: one endpoint of three turns slow under steady
+//! load; the cluster moves off round robin to a latency-aware algorithm, the clients' p99 drops,
+//! and it does not flap back while the condition holds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use http::{Request, Response};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+async fn state(m: &Mesh) -> serde_json::Value {
+    m.admin_get("/clusters").await.json()["clusters"][0]["adaptive"].clone()
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_off_round_robin_when_an_endpoint_turns_slow_and_stays() {
+    let slow = Arc::new(AtomicBool::new(false));
+    let s = slow.clone();
+    let a = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let slow = s.load(Ordering::Relaxed);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+            Response::new(full("a"))
+        }
+    })
+    .await;
+    let b = Upstream::echo("b").await;
+    let c = Upstream::echo("c").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes: [ {{ cluster: up }} ]\nclusters:\n  - name: up\n    balancer: adaptive\n    adaptive: {{ window: 3s, evaluation_interval: 100ms, min_dwell: 1s, min_samples: 50 }}\n    discovery: {{ static: [{}, {}, {}] }}\n",
+        prelude(admin),
+        a.addr,
+        b.addr,
+        c.addr
+    );
+    let mesh = Mesh::start(admin, &yaml).await;
+    assert_eq!(state(&mesh).await["current"], "round_robin");
+
+    // Four clients in a loop; collect latencies for `d`.
+    async fn load(edge: std::net::SocketAddr, d: Duration) -> Vec<Duration> {
+        let tasks = (0..4).map(|_| async move {
+            let client = h1_client();
+            let mut out = Vec::new();
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                let t = Instant::now();
+                let r = get(&client, &format!("http://{edge}/")).await;
+                assert_eq!(r.status, 200);
+                out.push(t.elapsed());
+            }
+            out
+        });
+        futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    load(edge, Duration::from_millis(1500)).await;
+    slow.store(true, Ordering::Relaxed);
+    let before = load(edge, Duration::from_millis(800)).await;
+    let mut switched = false;
+    for _ in 0..100 {
+        let st = state(&mesh).await;
+        if st["current"] != "round_robin" {
+            switched = true;
+            break;
+        }
+        load(edge, Duration::from_millis(200)).await;
+    }
+    let st = state(&mesh).await;
+    assert!(switched, "never left round robin: {st}");
+    let chosen = st["current"].as_str().unwrap().to_string();
+    assert!(
+        ["p2c_ewma", "least_request"].contains(&chosen.as_str()),
+        "{st}"
+    );
+    assert!(
+        st["last_switch"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{st}"
+    );
+
+    let after = load(edge, Duration::from_millis(2500)).await;
+    let (p_before, p_after) = (p99(before), p99(after));
+    assert!(
+        p_after < p_before,
+        "p99 before {p_before:?}, after {p_after:?}"
+    );
+    let st = state(&mesh).await;
+    assert_eq!(
+        st["current"],
+        chosen.as_str(),
+        "flapped while the endpoint is still slow: {st}"
+    );
+    assert_eq!(st["switches"], 1, "{st}");
+    let m = mesh.metrics().await;
+    assert_eq!(
+        metric(&m, "otlp_mesh_adaptive_switches_total{cluster=\"up\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
