@@ -199,3 +199,31 @@ async fn routing_follows_etcd_keys() {
     })
     .await;
 }
+
+/// etcd unreachable at start: the proxy starts and gets ready (degraded), answers 503 for the
+/// cluster, and reports the failing source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_at_start_degrades_the_cluster_not_the_process() {
+    let nowhere = free_addr();
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = mesh_yaml(
+        admin,
+        edge,
+        &format!("{{ etcd: {{ endpoints: [\"http://{nowhere}\"], prefix: \"/x/\" }} }}"),
+    );
+    let mesh = Mesh::start(admin, &yaml).await;
+    assert_eq!(answer(edge).await, "status 503");
+    let clusters = mesh.admin_get("/clusters").await.json();
+    let st = &clusters["clusters"][0]["discovery_status"];
+    assert_eq!(st["kind"], "etcd", "{clusters}");
+    assert_eq!(st["healthy"], false, "{clusters}");
+    let m = mesh.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_discovery_healthy{cluster=\"up\",kind=\"etcd\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+}

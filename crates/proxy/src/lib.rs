@@ -66,9 +66,19 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// True once a config is applied and until draining starts.
+    /// True once a config is applied and every cluster's discovery has answered once (with
+    /// endpoints or an error: a source that is down at start degrades the cluster, not the
+    /// process), and until draining starts.
     pub fn is_ready(&self) -> bool {
-        self.snapshot.load().is_some() && !self.draining.load(Ordering::Relaxed)
+        let snapshot = self.snapshot.load();
+        let Some(snap) = snapshot.as_ref() else {
+            return false;
+        };
+        let discovered = snap.clusters.values().all(|c| {
+            let d = c.discovery();
+            d.kind() == "static" || d.refreshes() + d.failures() > 0
+        });
+        discovered && !self.draining.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
