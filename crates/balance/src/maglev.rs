@@ -10,7 +10,6 @@ use crate::{Balancer, Endpoint, EndpointSet, InvalidAlgorithm, Pick, PickContext
 use std::sync::Arc;
 
 /// Table slots walked past an unavailable owner before scanning the set.
-const MAX_WALK: usize = 64;
 const EMPTY: u32 = u32::MAX;
 
 /// Maglev parameters.
@@ -184,17 +183,7 @@ impl Balancer for Maglev {
         }
         // Neighbouring slots belong to effectively random endpoints, so a down endpoint's
         // keys spread evenly, and each key's fallback is stable while health is.
-        for step in 1..m.min(MAX_WALK) {
-            if let Some(ep) = eps.get(table.owner((slot + step) % m))
-                && ep.is_available(ctx.now)
-            {
-                return Some(Pick::healthy(ep));
-            }
-        }
-        match set.scan_available(reduce(h, eps.len()), ctx.now) {
-            Some(i) => eps.get(i).map(Pick::healthy),
-            None => Some(Pick::panic(first)),
-        }
+        crate::select::walk_to_available(set, first, slot, m, |i| table.owner(i), h, ctx.now)
     }
 }
 

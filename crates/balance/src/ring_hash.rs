@@ -4,12 +4,11 @@
 //! number; a key goes to the owner of the first point at or after the key's hash. Adding or
 //! removing an endpoint only moves the keys that land on its points (≈ 1/N).
 
-use crate::hash::{hash_addr, mix64, reduce};
+use crate::hash::{hash_addr, mix64};
 use crate::{Balancer, Endpoint, EndpointSet, InvalidAlgorithm, Pick, PickContext};
 use std::sync::Arc;
 
 /// Ring points walked past an unavailable owner before scanning the set.
-const MAX_WALK: usize = 64;
 
 /// Ring size parameters.
 ///
@@ -206,18 +205,7 @@ impl Balancer for RingHash {
         }
         // Clockwise to the next available owner, as ketama does: the key's new home is stable
         // while health is, and a down endpoint's keys spread over many others.
-        let len = ring.len();
-        for step in 1..len.min(MAX_WALK) {
-            if let Some(ep) = eps.get(ring.owner((pos + step) % len))
-                && ep.is_available(ctx.now)
-            {
-                return Some(Pick::healthy(ep));
-            }
-        }
-        match set.scan_available(reduce(h, eps.len()), ctx.now) {
-            Some(i) => eps.get(i).map(Pick::healthy),
-            None => Some(Pick::panic(first)),
-        }
+        crate::select::walk_to_available(set, first, pos, ring.len(), |i| ring.owner(i), h, ctx.now)
     }
 }
 
