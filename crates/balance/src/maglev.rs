@@ -9,7 +9,6 @@ use crate::hash::{hash_addr, mix64, reduce};
 use crate::{Balancer, Endpoint, EndpointSet, InvalidAlgorithm, Pick, PickContext};
 use std::sync::Arc;
 
-/// Table slots walked past an unavailable owner before scanning the set.
 const EMPTY: u32 = u32::MAX;
 
 /// Maglev parameters.

@@ -8,8 +8,6 @@ use crate::hash::{hash_addr, mix64};
 use crate::{Balancer, Endpoint, EndpointSet, InvalidAlgorithm, Pick, PickContext};
 use std::sync::Arc;
 
-/// Ring points walked past an unavailable owner before scanning the set.
-
 /// Ring size parameters.
 ///
 /// The ring gets `points_per_endpoint × N` points, raised to `min_ring_size` and capped at

@@ -132,6 +132,35 @@ pub(crate) fn select_two<'a>(
     Some((a, (ib != ia).then_some(b)))
 }
 
+/// Longest walk along a hash table (ring or Maglev) before scanning the whole set.
+const MAX_WALK: usize = 64;
+
+/// For hashing balancers whose first choice is unavailable: the next available owner along the
+/// table from `start` (stable while health is, and a down endpoint's keys spread over many
+/// others), else any available endpoint, else `first` in panic mode.
+pub(crate) fn walk_to_available<'a>(
+    set: &'a EndpointSet,
+    first: &'a Arc<Endpoint>,
+    start: usize,
+    len: usize,
+    owner: impl Fn(usize) -> usize,
+    hash: u64,
+    now: Timestamp,
+) -> Option<Pick<'a>> {
+    let eps = set.endpoints();
+    for step in 1..len.min(MAX_WALK) {
+        if let Some(ep) = eps.get(owner((start + step) % len))
+            && ep.is_available(now)
+        {
+            return Some(Pick::healthy(ep));
+        }
+    }
+    match set.scan_available(crate::hash::reduce(hash, eps.len()), now) {
+        Some(i) => eps.get(i).map(Pick::healthy),
+        None => Some(Pick::panic(first)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,34 +195,5 @@ mod tests {
                 "{i}: {got} vs {expected}"
             );
         }
-    }
-}
-
-/// Longest walk along a hash table (ring or Maglev) before scanning the whole set.
-const MAX_WALK: usize = 64;
-
-/// For hashing balancers whose first choice is unavailable: the next available owner along the
-/// table from `start` (stable while health is, and a down endpoint's keys spread over many
-/// others), else any available endpoint, else `first` in panic mode.
-pub(crate) fn walk_to_available<'a>(
-    set: &'a EndpointSet,
-    first: &'a Arc<Endpoint>,
-    start: usize,
-    len: usize,
-    owner: impl Fn(usize) -> usize,
-    hash: u64,
-    now: Timestamp,
-) -> Option<Pick<'a>> {
-    let eps = set.endpoints();
-    for step in 1..len.min(MAX_WALK) {
-        if let Some(ep) = eps.get(owner((start + step) % len))
-            && ep.is_available(now)
-        {
-            return Some(Pick::healthy(ep));
-        }
-    }
-    match set.scan_available(crate::hash::reduce(hash, eps.len()), now) {
-        Some(i) => eps.get(i).map(Pick::healthy),
-        None => Some(Pick::panic(first)),
     }
 }
