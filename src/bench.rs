@@ -48,6 +48,14 @@ pub struct BenchArgs {
     /// Append the report as a CSV row to this file (header written when the file is new).
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Write a self-contained HTML report (summary, latency distribution, throughput over time;
+    /// with --history also trends across runs) to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Append the report as one JSON line to this file (created if missing); --html plots the
+    /// throughput and p99 of its newest 1000 runs.
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Compare with an earlier JSON report; exit 2 when a figure is worse than --threshold.
     #[arg(long)]
     baseline: Option<PathBuf>,
@@ -110,6 +118,7 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         rate: args.rate,
         timeout: args.timeout.into(),
         pids: args.pid.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,6 +147,29 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
             writeln!(f, "{}", Report::csv_header()).map_err(|e| e.to_string())?;
         }
         writeln!(f, "{}", report.to_csv_row()).map_err(|e| e.to_string())?;
+    }
+    if let Some(p) = &args.history {
+        otlp_mesh_bench::history::append(p, &report)
+            .map_err(|e| format!("cannot append to {}: {e}", p.display()))?;
+    }
+    if let Some(p) = &args.html {
+        let history = match &args.history {
+            Some(h) => {
+                let read = otlp_mesh_bench::history::read(h, otlp_mesh_bench::history::MAX_RUNS)
+                    .map_err(|e| format!("cannot read {}: {e}", h.display()))?;
+                if read.skipped > 0 {
+                    eprintln!(
+                        "otlp-mesh bench: skipped {} unreadable line(s) of {}",
+                        read.skipped,
+                        h.display()
+                    );
+                }
+                Some(read.runs)
+            }
+            None => None,
+        };
+        let page = otlp_mesh_bench::html::render(&report, history.as_deref());
+        std::fs::write(p, page).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     }
     if let Some(base) = baseline {
         let cmp = compare(&base, &report, args.threshold);

@@ -1,5 +1,7 @@
-//! `otlp-mesh bench` against an in-process server: the JSON report's fields and counts, the
-//! open-loop mode, and the baseline comparison's exit status.
+//! `otlp-mesh bench` against an in-process server: the JSON report's fields and counts (with the
+//! throughput timeline and latency distribution), the open-loop mode, the baseline comparison's
+//! exit status (also against a report from before the timeline existed), and the HTML report
+//! with the run history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -79,6 +81,19 @@ async fn closed_loop_report_counts_every_request_the_server_saw() {
         u64::from(std::process::id())
     );
     assert!(r["processes"][0]["rss_peak_bytes"].as_u64().unwrap() > 0);
+    // Completions per 100 ms: ten buckets for 1 s, adding up to every counted request.
+    let timeline: Vec<u64> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(timeline.len(), 10, "{timeline:?}");
+    assert_eq!(timeline.iter().sum::<u64>(), requests, "{timeline:?}");
+    assert_eq!(r["timeline_bucket_ms"], 100);
+    let dist = r["latency_distribution"].as_array().unwrap();
+    assert_eq!(dist.last().unwrap()["percentile"], 100.0);
+    assert_eq!(dist.last().unwrap()["value_us"].as_u64().unwrap(), max);
     let csv = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.starts_with("url,protocol,mode"));
@@ -150,6 +165,15 @@ async fn baseline_comparison_exits_2_on_a_regression() {
     // A synthetic baseline ten times faster than anything this run can reach.
     let mut base = read_json(&json);
     base["throughput_rps"] = serde_json::json!(base["throughput_rps"].as_f64().unwrap() * 10.0);
+    // Written by an older version: none of the timeline and distribution fields.
+    for k in [
+        "timeline",
+        "timeline_bucket_ms",
+        "latency_distribution",
+        "unix_time_s",
+    ] {
+        base.as_object_mut().unwrap().remove(k).unwrap();
+    }
     let base_path = dir.path().join("base.json");
     std::fs::write(&base_path, base.to_string()).unwrap();
     let mut p = tokio::task::spawn_blocking(move || {
@@ -169,6 +193,67 @@ async fn baseline_comparison_exits_2_on_a_regression() {
     .unwrap();
     assert_eq!(p.exit_code(), Some(2), "{}", p.stderr());
     assert!(p.stderr().contains("REGRESSION"), "{}", p.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_report_with_history_of_two_runs() {
+    let up = Upstream::echo("bench").await;
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("r.html");
+    let history = dir.path().join("runs.jsonl");
+    let json = dir.path().join("r.json");
+    let url = format!("http://{}/", up.addr);
+    for _ in 0..2 {
+        let mut p = tokio::task::spawn_blocking({
+            let (html, history, json, url) =
+                (html.clone(), history.clone(), json.clone(), url.clone());
+            move || {
+                bench(&[
+                    &url,
+                    "-c",
+                    "2",
+                    "-d",
+                    "300ms",
+                    "--warmup",
+                    "0",
+                    "--html",
+                    html.to_str().unwrap(),
+                    "--history",
+                    history.to_str().unwrap(),
+                    "--json",
+                    json.to_str().unwrap(),
+                ])
+            }
+        })
+        .await
+        .unwrap();
+        assert!(p.status_success(), "bench failed: {}", p.stderr());
+    }
+    let lines = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    for l in lines.lines() {
+        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(r["requests"].as_u64().unwrap() > 0);
+    }
+    // The page describes the second run (the last --json).
+    let r = read_json(&json);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    let requests = r["requests"].as_u64().unwrap();
+    let throughput = format!(">{:.1}<", r["throughput_rps"].as_f64().unwrap());
+    let p99 = format!(">{}<", r["latency"]["p99_us"].as_u64().unwrap());
+    for needle in [format!(">{requests}<"), throughput, p99] {
+        assert!(page.contains(&needle), "missing {needle}");
+    }
+    assert!(page.contains("Trend over 2 recorded runs"));
+    assert_eq!(page.matches(r#"class="trend-throughput""#).count(), 2);
+    assert_eq!(page.matches(r#"class="trend-p99""#).count(), 2);
+    assert!(page.contains("<svg") && !page.contains("<script"));
+    let rest = page.replace(&url, "");
+    assert!(
+        !rest.contains("http://") && !rest.contains("https://"),
+        "external reference in the page"
+    );
 }
 
 #[test]

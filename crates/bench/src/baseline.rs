@@ -154,6 +154,10 @@ mod tests {
             },
             latency_uncorrected: None,
             processes: vec![],
+            unix_time_s: 0,
+            timeline_bucket_ms: 100,
+            timeline: vec![],
+            latency_distribution: vec![],
         }
     }
 

@@ -54,6 +54,29 @@ impl Latency {
         self.0.mean()
     }
 
+    /// The latency distribution at log-spaced quantiles: every quarter "nine" from 0 % up to
+    /// 99.999 % (0, 43.8, 68.4, 82.2, 90, …, 99.999), then 100 % (the maximum). Empty when nothing
+    /// was recorded.
+    pub fn distribution(&self) -> Vec<DistributionPoint> {
+        if self.count() == 0 {
+            return Vec::new();
+        }
+        let mut points: Vec<DistributionPoint> = (0..=DISTRIBUTION_STEPS)
+            .map(|i| {
+                let q = 1.0 - 10f64.powf(-f64::from(i) / 4.0);
+                DistributionPoint {
+                    percentile: (q * 100.0 * 1e4).round() / 1e4,
+                    value_us: self.quantile_micros(q),
+                }
+            })
+            .collect();
+        points.push(DistributionPoint {
+            percentile: 100.0,
+            value_us: self.max_micros(),
+        });
+        points
+    }
+
     /// The standard percentiles reported by every run.
     pub fn summary(&self) -> Percentiles {
         Percentiles {
@@ -67,6 +90,16 @@ impl Latency {
             mean_us: self.mean_micros(),
         }
     }
+}
+
+/// Quarter-nine steps of [`Latency::distribution`]: 20 steps = five nines (99.999 %).
+const DISTRIBUTION_STEPS: u16 = 20;
+
+/// One point of a latency distribution: `percentile` (0..=100) and the latency at it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DistributionPoint {
+    pub percentile: f64,
+    pub value_us: u64,
 }
 
 /// Latency percentiles in microseconds.
@@ -144,6 +177,25 @@ mod tests {
         assert!((9_890..=9_910).contains(&s.p99_us), "{s:?}");
         assert!((9_980..=10_010).contains(&s.max_us), "{s:?}");
         assert_eq!(h.count(), 10_000);
+    }
+
+    #[test]
+    fn distribution_is_monotone_up_to_five_nines_and_the_max() {
+        assert!(Latency::new().distribution().is_empty());
+        let mut h = Latency::new();
+        for us in 1..=100_000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let d = h.distribution();
+        assert_eq!(d.len(), 22);
+        assert_eq!(d[0].percentile, 0.0);
+        assert_eq!(d[4].percentile, 90.0);
+        assert_eq!(d[20].percentile, 99.999);
+        assert_eq!(d[21].percentile, 100.0);
+        assert_eq!(d[21].value_us, h.max_micros());
+        assert!(d.windows(2).all(|w| w[0].percentile < w[1].percentile));
+        assert!(d.windows(2).all(|w| w[0].value_us <= w[1].value_us));
+        assert!((89_900..=90_100).contains(&d[4].value_us), "{d:?}");
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! `otlp-mesh bench`: an HTTP/1.1 and h2c load generator with HDR latency histograms,
 //! closed-loop and fixed-rate open-loop modes (with coordinated-omission correction),
-//! CPU and memory sampling of target processes, JSON/CSV reports and baseline comparison.
+//! CPU and memory sampling of target processes, JSON/CSV/HTML reports, a JSON Lines run history
+//! and baseline comparison.
 
 mod baseline;
 mod histogram;
+pub mod history;
+pub mod html;
 mod load;
 mod report;
 mod resources;
+pub mod timeline;
 
 pub use baseline::{Comparison, Delta, compare};
-pub use histogram::{Latency, OpenLoopRecorder};
+pub use histogram::{DistributionPoint, Latency, OpenLoopRecorder};
 pub use load::{BenchConfig, Protocol, run};
 pub use report::{Errors, ProcessUsage, Report};
 pub use resources::ProcessSampler;

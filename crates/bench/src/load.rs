@@ -3,10 +3,12 @@
 use crate::histogram::{Latency, OpenLoopRecorder};
 use crate::report::{Errors, Report};
 use crate::resources::ProcessSampler;
+use crate::timeline::Timeline;
 use bytes::Bytes;
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -41,6 +43,8 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Processes whose CPU time and memory are sampled.
     pub pids: Vec<u32>,
+    /// Print a progress line on stderr about once a second (runs longer than 5 s only).
+    pub progress: bool,
 }
 
 impl Default for BenchConfig {
@@ -58,6 +62,7 @@ impl Default for BenchConfig {
             rate: None,
             timeout: Duration::from_secs(10),
             pids: Vec::new(),
+            progress: false,
         }
     }
 }
@@ -177,6 +182,8 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
     let end = measure_from + cfg.duration;
     let mut tasks = tokio::task::JoinSet::new();
     let mut connect_errors = 0u64;
+    // Measured completions per 100 ms, shared by all workers (also read by the progress line).
+    let timeline = Arc::new(Timeline::new(cfg.duration));
     for _ in 0..cfg.connections {
         let conn = match Conn::open(&cfg).await {
             Ok(c) => c,
@@ -190,19 +197,25 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         tasks.spawn(worker(
             cfg.clone(),
             conn,
-            start,
-            measure_from,
-            end,
-            interval,
+            Window {
+                start,
+                measure_from,
+                end,
+                interval,
+            },
+            timeline.clone(),
         ));
         for s in extra {
             tasks.spawn(worker(
                 cfg.clone(),
                 Conn::H2(s),
-                start,
-                measure_from,
-                end,
-                interval,
+                Window {
+                    start,
+                    measure_from,
+                    end,
+                    interval,
+                },
+                timeline.clone(),
             ));
         }
     }
@@ -213,10 +226,24 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
     let mut sampler = ProcessSampler::new(&cfg.pids);
     tokio::time::sleep_until(measure_from).await;
     sampler.begin();
+    let show_progress = cfg.progress && cfg.duration > Duration::from_secs(5);
     let sampling = async {
+        let mut next_progress = measure_from + Duration::from_secs(1);
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(100)).await;
             sampler.sample_memory();
+            let now = Instant::now();
+            if show_progress && now >= next_progress && now < end {
+                next_progress += Duration::from_secs(1);
+                eprint!(
+                    "{}",
+                    progress_line(now - measure_from, cfg.duration, timeline.total())
+                );
+            }
+        }
+        if show_progress {
+            // Clear the progress line before the summary is printed.
+            eprint!("\r{:width$}\r", "", width = PROGRESS_WIDTH);
         }
     };
     let mut results = Vec::with_capacity(workers);
@@ -251,17 +278,51 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         &latency,
         interval.map(|_| &uncorrected),
         usage,
+        timeline.counts(),
     ))
+}
+
+const PROGRESS_WIDTH: usize = 72;
+
+/// `\r` and one progress line: elapsed of total, completions and the mean rate so far.
+fn progress_line(elapsed: Duration, total: Duration, completed: u64) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        completed as f64 / secs
+    } else {
+        0.0
+    };
+    let line = format!(
+        "  {:.0}s / {:.0}s  {} requests  {:.0} req/s",
+        secs,
+        total.as_secs_f64(),
+        completed,
+        rate
+    );
+    format!("\r{line:<width$}", width = PROGRESS_WIDTH)
+}
+
+/// When a worker runs and measures.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    interval: Option<Duration>,
 }
 
 async fn worker(
     cfg: BenchConfig,
     mut conn: Conn,
-    start: Instant,
-    measure_from: Instant,
-    end: Instant,
-    interval: Option<Duration>,
+    window: Window,
+    timeline: Arc<Timeline>,
 ) -> WorkerResult {
+    let Window {
+        start,
+        measure_from,
+        end,
+        interval,
+    } = window;
     let mut out = WorkerResult::default();
     // Stagger open-loop workers across one interval so they do not fire in lockstep.
     let mut open = interval.map(|i| {
@@ -286,6 +347,9 @@ async fn worker(
         let result = tokio::time::timeout(cfg.timeout, conn.send(request(&cfg))).await;
         let done = Instant::now();
         let measured = sent >= measure_from;
+        if measured {
+            timeline.record(done.saturating_duration_since(measure_from));
+        }
         match result {
             Ok(Ok(status)) => {
                 if measured {
@@ -349,4 +413,18 @@ fn fastrand_f64() -> f64 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     f64::from(nanos % 1000) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_starts_with_cr_and_has_a_fixed_width() {
+        let l = progress_line(Duration::from_secs(2), Duration::from_secs(10), 500);
+        assert!(l.starts_with('\r'));
+        assert!(l.contains("2s / 10s"), "{l}");
+        assert!(l.contains("250 req/s"), "{l}");
+        assert_eq!(l.chars().count(), PROGRESS_WIDTH + 1);
+    }
 }

@@ -1,6 +1,6 @@
 //! Benchmark results: the JSON shape, the terminal table and CSV.
 
-use crate::histogram::{Latency, Percentiles};
+use crate::histogram::{DistributionPoint, Latency, Percentiles};
 use crate::load::{BenchConfig, Protocol};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -66,9 +66,27 @@ pub struct Report {
     /// Open loop only: measured from the actual send time, for comparison.
     pub latency_uncorrected: Option<Percentiles>,
     pub processes: Vec<ProcessUsage>,
+    /// Seconds since the Unix epoch when the report was made (0 in reports from older versions).
+    #[serde(default)]
+    pub unix_time_s: u64,
+    /// Width of a [`Self::timeline`] bucket in milliseconds.
+    #[serde(default = "default_bucket_ms")]
+    pub timeline_bucket_ms: u64,
+    /// Completed requests (successes and failures) per bucket of the measured period, at most
+    /// [`crate::timeline::MAX_BUCKETS`]; requests completed just after the end are in the last bucket.
+    #[serde(default)]
+    pub timeline: Vec<u64>,
+    /// `latency` at log-spaced percentiles (0 … 99.999, then 100 = max).
+    #[serde(default)]
+    pub latency_distribution: Vec<DistributionPoint>,
+}
+
+fn default_bucket_ms() -> u64 {
+    crate::timeline::BUCKET_MS
 }
 
 impl Report {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: &BenchConfig,
         workers: usize,
@@ -77,6 +95,7 @@ impl Report {
         latency: &Latency,
         uncorrected: Option<&Latency>,
         mut processes: Vec<ProcessUsage>,
+        timeline: Vec<u64>,
     ) -> Self {
         let requests = ok + errors.total() - errors.connect;
         let secs = cfg.duration.as_secs_f64();
@@ -110,6 +129,13 @@ impl Report {
             latency: latency.summary(),
             latency_uncorrected: uncorrected.map(Latency::summary),
             processes,
+            unix_time_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            timeline_bucket_ms: crate::timeline::BUCKET_MS,
+            timeline,
+            latency_distribution: latency.distribution(),
         }
     }
 
@@ -219,5 +245,26 @@ fn us(v: u64) -> String {
         format!("{:.1}ms", v as f64 / 1000.0)
     } else {
         format!("{v}µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report written before the timeline and distribution existed still parses.
+    #[test]
+    fn old_reports_parse_with_empty_new_fields() {
+        let old = r#"{"url":"http://x/","protocol":"http1","mode":"closed","connections":1,
+            "workers":1,"duration_s":1.0,"target_rate":null,"requests":10,"ok":10,
+            "errors":{"connect":0,"timeout":0,"status_4xx":0,"status_5xx":0,"other":0},
+            "throughput_rps":10.0,"latency":{"p50_us":1,"p90_us":1,"p95_us":1,"p99_us":1,
+            "p999_us":1,"p9999_us":1,"max_us":1,"mean_us":1.0},"latency_uncorrected":null,
+            "processes":[]}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert!(r.timeline.is_empty());
+        assert!(r.latency_distribution.is_empty());
+        assert_eq!(r.timeline_bucket_ms, 100);
+        assert_eq!(r.unix_time_s, 0);
     }
 }

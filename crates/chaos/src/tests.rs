@@ -775,7 +775,8 @@ fn writes_under_concurrent_readers() {
                 let r = req("/api");
                 let mut rng = reg.rng();
                 let mut seen = [0u64; 2];
-                while !stop.load(Ordering::Relaxed) {
+                // At least one read per thread, however the threads are scheduled.
+                loop {
                     match reg.plan(&r, &t, &mut rng) {
                         None => seen[0] += 1,
                         Some(p) => {
@@ -783,6 +784,9 @@ fn writes_under_concurrent_readers() {
                             assert_eq!(p.abort_http_status(), Some(503));
                             seen[1] += 1;
                         }
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
                     }
                 }
                 seen
