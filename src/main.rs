@@ -2,6 +2,7 @@
 
 mod app;
 mod bench;
+mod compare;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,15 @@ enum Command {
     /// Generate HTTP/1.1 or h2c load against a URL and report latency percentiles, throughput,
     /// errors and the CPU and memory of given processes.
     Bench(Box<bench::BenchArgs>),
+    /// Measure otlp-mesh and each installed peer (nginx, haproxy, Envoy) in front of the same
+    /// upstream, side by side in one run, proxies and load pinned to different cores.
+    BenchCompare(compare::CompareArgs),
+    /// A minimal fast upstream for benchmarks (used by bench-compare).
+    #[command(hide = true)]
+    BenchUpstream {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+    },
     /// Run example services, the proxy in front of them and background traffic, on loopback.
     Demo {
         /// Proxy listener port (admin is on 9901 unless --admin-port says otherwise).
@@ -68,6 +78,8 @@ fn main() -> ExitCode {
         Command::Validate { config } => app::validate(&config),
         Command::Run { config, workers } => app::run_file(config, workers),
         Command::Bench(args) => bench::run(*args),
+        Command::BenchCompare(args) => compare::run(args),
+        Command::BenchUpstream { bind } => compare::upstream(bind),
         Command::Demo {
             port,
             admin_port,

@@ -265,3 +265,45 @@ fn bad_arguments_are_explained() {
     assert_ne!(p.exit_code(), Some(0));
     assert!(p.stderr().contains("unknown unit"), "{}", p.stderr());
 }
+
+/// `bench-compare` measures the direct upstream and otlp-mesh, and reports each peer as measured
+/// or skipped (never silently dropped).
+#[test]
+fn bench_compare_reports_every_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let mut p = Proc::spawn(&[
+        "bench-compare",
+        "-d",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "-c",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    p.wait_exit_blocking(Duration::from_secs(90));
+    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
+    let v = read_json(&json);
+    let targets = v["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["direct", "otlp-mesh", "nginx", "haproxy", "envoy"]);
+    for t in targets {
+        let status = t["status"].as_str().unwrap();
+        assert!(["measured", "skipped", "failed"].contains(&status), "{t}");
+        if t["name"] == "direct" || t["name"] == "otlp-mesh" {
+            assert_eq!(status, "measured", "{t}");
+            assert!(t["report"]["requests"].as_u64().unwrap() > 0, "{t}");
+        }
+        if status != "measured" {
+            assert!(t["reason"].as_str().is_some_and(|r| !r.is_empty()), "{t}");
+        }
+    }
+    let mesh = &targets[1]["report"]["processes"][0];
+    assert!(mesh["cpu_us_per_request"].as_f64().unwrap() > 0.0, "{mesh}");
+    assert!(p.stdout().contains("cpu/mesh"), "{}", p.stdout());
+}

@@ -1,0 +1,440 @@
+//! `otlp-mesh bench-compare`: the proxy and each installed peer (nginx, haproxy, Envoy) in front
+//! of the same fast upstream, measured one after another in one run with the same generator.
+//!
+//! Cores: every proxy runs alone on `--proxy-core`; the generator and the upstream share
+//! `--load-core`. The configs are `bench/configs/*` (embedded), so anyone can rerun them by hand.
+
+use otlp_mesh_bench::Report;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const NGINX: &str = include_str!("../bench/configs/nginx.conf");
+const HAPROXY: &str = include_str!("../bench/configs/haproxy.cfg");
+const ENVOY: &str = include_str!("../bench/configs/envoy.yaml");
+const MESH: &str = include_str!("../bench/configs/otlp-mesh.yaml");
+
+/// Arguments of `otlp-mesh bench-compare`.
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Measured duration per target.
+    #[arg(long, short = 'd', default_value = "10s")]
+    duration: otlp_mesh_config::Duration,
+    /// Warm-up per target, excluded from results.
+    #[arg(long, default_value = "2s")]
+    warmup: otlp_mesh_config::Duration,
+    /// Connections (HTTP/1.1 keep-alive).
+    #[arg(long, short = 'c', default_value_t = 50)]
+    connections: usize,
+    /// Open loop at this total rate (added latency at a fixed load); closed loop when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Core for the proxies under test.
+    #[arg(long, default_value_t = 0)]
+    proxy_core: usize,
+    /// Core for the generator and the upstream.
+    #[arg(long, default_value_t = 1)]
+    load_core: usize,
+    /// Write every target's report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A process started for the run; killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One measured (or skipped) target.
+#[derive(serde::Serialize)]
+struct Outcome {
+    name: &'static str,
+    /// `measured`, `skipped` (not installed) or `failed`.
+    status: &'static str,
+    reason: Option<String>,
+    report: Option<Report>,
+}
+
+fn free_addr() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+fn find(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .find(|f| f.is_file())
+        })
+        .unwrap_or(None)
+}
+
+fn pinned(core: usize, program: &Path, args: &[String]) -> Result<Proc, String> {
+    Command::new("taskset")
+        .arg("-c")
+        .arg(core.to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Proc)
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))
+}
+
+/// Waits (at most 10 s) until `addr` accepts connections or the process exits.
+fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            return Err(format!("exited with {status} before listening"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("not listening on {addr} after 10 s"))
+}
+
+fn fill(template: &str, pairs: &[(&str, String)]) -> String {
+    pairs.iter().fold(template.to_string(), |t, (k, v)| {
+        t.replace(&format!("{{{k}}}"), v)
+    })
+}
+
+/// Runs `otlp-mesh bench` pinned to the load core against `addr`, sampling `pid`.
+fn measure(
+    me: &Path,
+    args: &CompareArgs,
+    addr: SocketAddr,
+    pid: Option<u32>,
+) -> Result<Report, String> {
+    let mut cmd = vec![
+        "bench".to_string(),
+        format!("http://{addr}/"),
+        "-c".into(),
+        args.connections.to_string(),
+        "-d".into(),
+        args.duration.to_string(),
+        "--warmup".into(),
+        args.warmup.to_string(),
+        "--json".into(),
+        "-".into(),
+    ];
+    if let Some(r) = args.rate {
+        cmd.extend(["--rate".into(), r.to_string()]);
+    }
+    if let Some(p) = pid {
+        cmd.extend(["--pid".into(), p.to_string()]);
+    }
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(args.load_core.to_string())
+        .arg(me)
+        .args(&cmd)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the generator: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "generator failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("generator output is not a report: {e}"))
+}
+
+/// Runs the comparison; exit 1 when it cannot run at all (no taskset, no upstream).
+pub fn run(args: CompareArgs) -> ExitCode {
+    match run_inner(&args) {
+        Ok(outcomes) => {
+            print_table(&outcomes);
+            if let Some(path) = &args.json {
+                let json = serde_json::json!({ "targets": outcomes });
+                if let Err(e) = std::fs::write(path, json.to_string()) {
+                    eprintln!(
+                        "otlp-mesh bench-compare: cannot write {}: {e}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("otlp-mesh bench-compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(args: &CompareArgs) -> Result<Vec<Outcome>, String> {
+    find("taskset").ok_or("needs `taskset` (util-linux) to pin processes to cores")?;
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("otlp-mesh-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let result = compare_in(&me, &dir, args);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>, String> {
+    let upstream = free_addr()?;
+    let mut up = pinned(
+        args.load_core,
+        me,
+        &[
+            "bench-upstream".into(),
+            "--bind".into(),
+            upstream.to_string(),
+        ],
+    )?;
+    wait_listening(&mut up, upstream).map_err(|e| format!("upstream: {e}"))?;
+    eprintln!(
+        "upstream on {upstream} (core {}); proxies on core {}",
+        args.load_core, args.proxy_core
+    );
+
+    let mut outcomes = Vec::new();
+    let direct = measure(me, args, upstream, None);
+    outcomes.push(outcome("direct", direct));
+
+    type Start = fn(&Path, &Path, SocketAddr, SocketAddr) -> Result<(PathBuf, Vec<String>), String>;
+    let peers: [(&'static str, Option<PathBuf>, Start); 4] = [
+        (
+            "otlp-mesh",
+            Some(me.to_path_buf()),
+            |me, dir, listen, up| {
+                let cfg = dir.join("otlp-mesh.yaml");
+                let admin = free_addr()?;
+                write(
+                    &cfg,
+                    &fill(
+                        MESH,
+                        &[
+                            ("admin", admin.to_string()),
+                            ("listen", listen.to_string()),
+                            ("upstream", up.to_string()),
+                        ],
+                    ),
+                )?;
+                let args = [
+                    "--log-level",
+                    "warn",
+                    "run",
+                    "--config",
+                    &cfg.display().to_string(),
+                    "--workers",
+                    "1",
+                ];
+                Ok((
+                    me.to_path_buf(),
+                    args.iter().map(ToString::to_string).collect(),
+                ))
+            },
+        ),
+        ("nginx", find("nginx"), |bin, dir, listen, up| {
+            let cfg = dir.join("nginx.conf");
+            write(
+                &cfg,
+                &fill(
+                    NGINX,
+                    &[
+                        ("dir", dir.display().to_string()),
+                        ("listen", listen.to_string()),
+                        ("upstream", up.to_string()),
+                    ],
+                ),
+            )?;
+            Ok((
+                bin.to_path_buf(),
+                vec![
+                    "-p".into(),
+                    dir.display().to_string(),
+                    "-c".into(),
+                    cfg.display().to_string(),
+                ],
+            ))
+        }),
+        ("haproxy", find("haproxy"), |bin, dir, listen, up| {
+            let cfg = dir.join("haproxy.cfg");
+            write(
+                &cfg,
+                &fill(
+                    HAPROXY,
+                    &[("listen", listen.to_string()), ("upstream", up.to_string())],
+                ),
+            )?;
+            Ok((
+                bin.to_path_buf(),
+                vec!["-f".into(), cfg.display().to_string()],
+            ))
+        }),
+        ("envoy", find("envoy"), |bin, dir, listen, up| {
+            let cfg = dir.join("envoy.yaml");
+            let pairs = [
+                ("listen_host", listen.ip().to_string()),
+                ("listen_port", listen.port().to_string()),
+                ("upstream_host", up.ip().to_string()),
+                ("upstream_port", up.port().to_string()),
+            ];
+            write(&cfg, &fill(ENVOY, &pairs))?;
+            let args = [
+                "-c",
+                &cfg.display().to_string(),
+                "--concurrency",
+                "1",
+                "--log-level",
+                "error",
+                "--disable-hot-restart",
+            ];
+            Ok((
+                bin.to_path_buf(),
+                args.iter().map(ToString::to_string).collect(),
+            ))
+        }),
+    ];
+    for (name, bin, start) in peers {
+        let Some(bin) = bin else {
+            outcomes.push(Outcome {
+                name,
+                status: "skipped",
+                reason: Some(format!("`{name}` is not installed")),
+                report: None,
+            });
+            continue;
+        };
+        let listen = free_addr()?;
+        let result = start(&bin, dir, listen, upstream).and_then(|(program, argv)| {
+            let mut proc = pinned(args.proxy_core, &program, &argv)?;
+            wait_listening(&mut proc, listen)?;
+            let pid = proc.0.id();
+            // `taskset` execs the program, so the child's pid is the proxy's.
+            measure(me, args, listen, Some(pid))
+        });
+        outcomes.push(outcome(name, result));
+    }
+    drop(up);
+    Ok(outcomes)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn outcome(name: &'static str, r: Result<Report, String>) -> Outcome {
+    match r {
+        Ok(report) => Outcome {
+            name,
+            status: "measured",
+            reason: None,
+            report: Some(report),
+        },
+        Err(e) => Outcome {
+            name,
+            status: "failed",
+            reason: Some(e),
+            report: None,
+        },
+    }
+}
+
+fn print_table(outcomes: &[Outcome]) {
+    let mesh_cpu = outcomes
+        .iter()
+        .find(|o| o.name == "otlp-mesh")
+        .and_then(|o| o.report.as_ref())
+        .and_then(|r| r.processes.first())
+        .map(|p| p.cpu_us_per_request);
+    println!(
+        "{:<10} {:>12} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10}",
+        "target", "req/s", "p50", "p99", "p99.9", "cpu-µs/req", "rss-MiB", "cpu/mesh"
+    );
+    for o in outcomes {
+        let Some(r) = &o.report else {
+            println!(
+                "{:<10} {} ({})",
+                o.name,
+                o.status,
+                o.reason.as_deref().unwrap_or("")
+            );
+            continue;
+        };
+        let p = r.processes.first();
+        let cpu = p.map(|p| p.cpu_us_per_request);
+        println!(
+            "{:<10} {:>12.0} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10}",
+            o.name,
+            r.throughput_rps,
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            p.map_or("-".into(), |p| format!(
+                "{:.1}",
+                p.rss_peak_bytes as f64 / 1048576.0
+            )),
+            match (cpu, mesh_cpu) {
+                (Some(c), Some(m)) if m > 0.0 => format!("{:.2}×", c / m),
+                _ => "-".into(),
+            }
+        );
+    }
+    println!("(latencies in µs; cpu/mesh = the target's CPU per request divided by otlp-mesh's)");
+}
+
+/// `otlp-mesh bench-upstream`: a minimal fast HTTP/1.1 + h2c server answering a 20-byte body.
+pub fn upstream(bind: SocketAddr) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("otlp-mesh bench-upstream: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| format!("cannot bind {bind}: {e}"))?;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"hello from upstream\n",
+                        )),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otlp-mesh bench-upstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
