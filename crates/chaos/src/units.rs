@@ -1,7 +1,7 @@
 //! Units written in rules: durations (`250ms`, `1.5s`, as in the config file), byte rates
 //! (`65536`, `64KiB`) and RFC 3339 timestamps.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,33 +36,12 @@ impl Serialize for ByteRate {
     }
 }
 
-macro_rules! string_or_number_de {
-    ($t:ty, $what:literal) => {
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl de::Visitor<'_> for V {
-                    type Value = $t;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($what)
-                    }
-                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$t, E> {
-                        v.parse().map_err(E::custom)
-                    }
-                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$t, E> {
-                        v.to_string().parse().map_err(E::custom)
-                    }
-                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$t, E> {
-                        v.to_string().parse().map_err(E::custom)
-                    }
-                }
-                d.deserialize_any(V)
-            }
-        }
-    };
+impl<'de> Deserialize<'de> for ByteRate {
+    /// Written like a config size (`65536`, `64KiB`), read as bytes per second.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        otlp_mesh_units::ByteSize::deserialize(d).map(|b| ByteRate(b.0))
+    }
 }
-
-string_or_number_de!(ByteRate, "bytes per second, such as `65536` or `64KiB`");
 
 /// Parses an RFC 3339 timestamp (`2025-06-01T12:00:00Z`, `2025-06-01T14:00:00.5+02:00`).
 pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
