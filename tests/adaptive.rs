@@ -15,9 +15,9 @@ async fn state(m: &Mesh) -> serde_json::Value {
     m.admin_get("/clusters").await.json()["clusters"][0]["adaptive"].clone()
 }
 
-fn p99(mut v: Vec<Duration>) -> Duration {
+fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
     v.sort();
-    v[(v.len() * 99 / 100).min(v.len() - 1)]
+    v[(v.len() * p / 100).min(v.len() - 1)]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,15 +70,15 @@ async fn moves_off_round_robin_when_an_endpoint_turns_slow_and_stays() {
 
     load(edge, Duration::from_millis(1500)).await;
     slow.store(true, Ordering::Relaxed);
-    let before = load(edge, Duration::from_millis(800)).await;
+    // Latencies from the moment the endpoint turns slow until the balancer has switched.
+    let mut before = Vec::new();
     let mut switched = false;
     for _ in 0..100 {
-        let st = state(&mesh).await;
-        if st["current"] != "round_robin" {
+        before.extend(load(edge, Duration::from_millis(200)).await);
+        if state(&mesh).await["current"] != "round_robin" {
             switched = true;
             break;
         }
-        load(edge, Duration::from_millis(200)).await;
     }
     let st = state(&mesh).await;
     assert!(switched, "never left round robin: {st}");
@@ -94,11 +94,28 @@ async fn moves_off_round_robin_when_an_endpoint_turns_slow_and_stays() {
         "{st}"
     );
 
+    let slow_hits_before = a.hits();
     let after = load(edge, Duration::from_millis(2500)).await;
-    let (p_before, p_after) = (p99(before), p99(after));
+    let slow_share_after = (a.hits() - slow_hits_before) as f64 / after.len() as f64;
+    // Round robin sent a third of the requests to the slow endpoint; the chosen algorithm
+    // sends it (almost) none, so the clients' tail drops. The p99 is compared too; on a busy
+    // machine scheduling noise can reach it, so the share and the p90 are the firm checks.
     assert!(
-        p_after < p_before,
-        "p99 before {p_before:?}, after {p_after:?}"
+        slow_share_after < 0.05,
+        "slow endpoint still gets {slow_share_after:.3} of requests"
+    );
+    let (p90_before, p90_after) = (
+        percentile(before.clone(), 90),
+        percentile(after.clone(), 90),
+    );
+    assert!(
+        p90_after < p90_before,
+        "p90 before {p90_before:?}, after {p90_after:?}"
+    );
+    let (p99_before, p99_after) = (percentile(before, 99), percentile(after, 99));
+    assert!(
+        p99_after < p99_before || slow_share_after < 0.01,
+        "p99 before {p99_before:?}, after {p99_after:?}"
     );
     let st = state(&mesh).await;
     assert_eq!(

@@ -162,7 +162,7 @@ async fn routing_follows_etcd_keys() {
         edge,
         &format!("{{ etcd: {{ endpoints: [\"{url}\"], prefix: \"/services/up/\" }} }}"),
     );
-    let _mesh = Mesh::start(admin, &yaml).await;
+    let mesh = Mesh::start(admin, &yaml).await;
     eventually(
         "etcd endpoints applied",
         Duration::from_secs(10),
@@ -178,10 +178,19 @@ async fn routing_follows_etcd_keys() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // The put and the delete may arrive as two updates: wait until the set is exactly {b}.
+    let only_b = serde_json::json!([b.addr.to_string()]);
     eventually(
         "routing follows the watch",
         Duration::from_secs(10),
-        || async { answer(edge).await == "b" },
+        || async {
+            let clusters = mesh.admin_get("/clusters").await.json();
+            let addrs: Vec<serde_json::Value> = clusters["clusters"][0]["endpoints"]
+                .as_array()
+                .map(|eps| eps.iter().map(|e| e["address"].clone()).collect())
+                .unwrap_or_default();
+            serde_json::Value::Array(addrs) == only_b
+        },
     )
     .await;
     for _ in 0..10 {
