@@ -2,7 +2,6 @@
 //! active-fault gauge behind `max_active`, and their JSON / Prometheus renderings.
 
 use serde::Serialize;
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -193,34 +192,7 @@ pub struct DelayHistogramSnapshot {
     pub sum_ms: f64,
 }
 
-pub(crate) use otlp_mesh_telemetry::escape_label;
-
-/// `# HELP` and `# TYPE` lines of a family.
-pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// One sample line.
-pub(crate) fn sample(
-    out: &mut String,
-    name: &str,
-    labels: &[(&str, &str)],
-    value: impl std::fmt::Display,
-) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
+pub(crate) use otlp_mesh_telemetry::{write_family as family, write_sample as sample};
 
 #[cfg(test)]
 mod tests {

@@ -168,42 +168,41 @@ pub fn render_resilience(snap: &Snapshot, w: &mut PromWriter) {
 /// Discovery source state and adaptive-balancer choice per cluster.
 fn render_discovery_and_adaptive(snap: &Snapshot, w: &mut PromWriter) {
     let clusters: Vec<_> = snap.clusters.values().collect();
-    let gauges: [(&str, &str, &str); 4] = [
+    type Read = fn(&otlp_mesh_discovery::SourceStatus) -> u64;
+    let families: [(&str, &str, &str, Read); 4] = [
         (
             "otlp_mesh_discovery_healthy",
             "gauge",
             "1 while the cluster's discovery source answers, by cluster and kind.",
+            |st| u64::from(st.healthy()),
         ),
         (
             "otlp_mesh_discovery_endpoints",
             "gauge",
             "Endpoints the discovery source last published.",
+            |st| st.endpoints(),
         ),
         (
             "otlp_mesh_discovery_updates_total",
             "counter",
             "Endpoint sets published by the discovery source.",
+            |st| st.updates(),
         ),
         (
             "otlp_mesh_discovery_failures_total",
             "counter",
             "Failed discovery fetches (the last known set stays).",
+            |st| st.failures(),
         ),
     ];
-    for (name, kind, help) in gauges {
+    for (name, kind, help, read) in families {
         w.family(name, kind, help);
         for c in &clusters {
             let st = c.discovery();
-            let v = match name {
-                "otlp_mesh_discovery_healthy" => u64::from(st.healthy()),
-                "otlp_mesh_discovery_endpoints" => st.endpoints(),
-                "otlp_mesh_discovery_updates_total" => st.updates(),
-                _ => st.failures(),
-            };
             w.sample(
                 name,
                 &[("cluster", c.name.as_str()), ("kind", st.kind())],
-                v,
+                read(st),
             );
         }
     }

@@ -9,5 +9,5 @@ mod prometheus;
 mod registry;
 
 pub use histogram::{DURATION_BUCKETS_SECONDS, Histogram};
-pub use prometheus::{PromWriter, escape_label};
+pub use prometheus::{PromWriter, escape_label, write_family, write_sample};
 pub use registry::{ClusterMetrics, ListenerMetrics, Registry, RouteMetrics, StatusClass};

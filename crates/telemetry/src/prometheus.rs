@@ -14,6 +14,33 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
+/// Appends a family's `# HELP` and `# TYPE` lines to `out`.
+pub fn write_family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Appends one sample line to `out`; `labels` are (name, unescaped value) pairs.
+pub fn write_sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
 /// Writes metric families in the Prometheus text exposition format (version 0.0.4).
 #[derive(Debug, Default)]
 pub struct PromWriter {
@@ -27,24 +54,12 @@ impl PromWriter {
 
     /// Starts a family with its `# HELP` and `# TYPE` lines.
     pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        write_family(&mut self.out, name, kind, help);
     }
 
     /// Writes one sample; `labels` are (name, unescaped value) pairs.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
+        write_sample(&mut self.out, name, labels, value);
     }
 
     /// The text written so far, for renderers that write the format themselves.
