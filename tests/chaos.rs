@@ -281,6 +281,9 @@ async fn rules_change_under_load_without_collateral_failures() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // Requests already in flight keep the faults they were given (at most one per client task):
+    // let them land before counting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let before = injected.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
