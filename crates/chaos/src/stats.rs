@@ -192,7 +192,7 @@ pub struct DelayHistogramSnapshot {
     pub sum_ms: f64,
 }
 
-pub(crate) use otlp_mesh_telemetry::{write_family as family, write_sample as sample};
+pub(crate) use otlp_mesh_prom::{write_family as family, write_sample as sample};
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ mod mask;
 pub mod model;
 pub mod reload;
 pub mod resilience;
+pub mod telemetry;
 mod validate;
 
 pub use error::{ConfigError, LoadError};

@@ -1,7 +1,15 @@
 use serde::Serialize;
 use serde_json::Value;
 
-const SECRET_MARKERS: [&str; 5] = ["token", "password", "secret", "authorization", "api_key"];
+const SECRET_MARKERS: [&str; 7] = [
+    "token",
+    "password",
+    "secret",
+    "authorization",
+    "api_key",
+    "api-key",
+    "cookie",
+];
 
 /// Serializes a config to JSON with values under secret-looking keys replaced by `"***"`.
 pub fn masked_json<T: Serialize>(value: &T) -> Value {

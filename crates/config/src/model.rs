@@ -24,6 +24,9 @@ pub struct Config {
     pub clusters: Vec<Located<ClusterConfig>>,
     #[serde(default)]
     pub chaos: ChaosConfig,
+    /// The proxy's own spans, metrics and logs, and the OTLP pipeline; absent means none.
+    #[serde(default)]
+    pub telemetry: Option<Located<crate::telemetry::TelemetryConfig>>,
 }
 
 /// Fault-injection rules that are not tied to one route (see the `chaos` crate for the rule shape).

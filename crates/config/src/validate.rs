@@ -436,7 +436,170 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
             }
         }
     }
+    if let Some(t) = &config.telemetry {
+        validate_telemetry(&mut c, t);
+    }
     c.errors
+}
+
+fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::TelemetryConfig>) {
+    let ratio = &t.tracing.sampling_ratio;
+    if !(0.0..=1.0).contains(&ratio.value) {
+        c.at(
+            ratio,
+            "telemetry.tracing.sampling_ratio",
+            "must be between 0.0 and 1.0",
+        );
+    }
+    if let Some(r) = &t.receiver {
+        if r.grpc.is_none() && r.http.is_none() {
+            c.at(r, "telemetry.receiver", "set `grpc`, `http` or both");
+        }
+        if let Some(a) = &r.grpc {
+            c.socket_addr(a, "telemetry.receiver.grpc");
+        }
+        if let Some(a) = &r.http {
+            c.socket_addr(a, "telemetry.receiver.http");
+        }
+        if r.max_message_size.value.0 == 0 {
+            c.at(
+                &r.max_message_size,
+                "telemetry.receiver.max_message_size",
+                "must be above 0",
+            );
+        }
+        if r.max_decompressed_size.value.0 < r.max_message_size.value.0 {
+            c.at(
+                &r.max_decompressed_size,
+                "telemetry.receiver.max_decompressed_size",
+                "must be at least max_message_size",
+            );
+        }
+    }
+    let m = &t.memory_limit;
+    if m.soft.value.0 == 0 || m.soft.value.0 > m.hard.value.0 {
+        c.at(
+            &m.soft,
+            "telemetry.memory_limit.soft",
+            "must be above 0 and at most `hard`",
+        );
+    }
+    if t.batch.size.value == 0 {
+        c.at(&t.batch.size, "telemetry.batch.size", "must be above 0");
+    }
+    if t.batch.max_bytes.value.0 < 1024 {
+        c.at(
+            &t.batch.max_bytes,
+            "telemetry.batch.max_bytes",
+            "must be at least 1KiB",
+        );
+    }
+    if t.batch.timeout.value.is_zero() {
+        c.at(
+            &t.batch.timeout,
+            "telemetry.batch.timeout",
+            "must be above 0",
+        );
+    }
+    if let Some(p) = &t.processors.probabilistic_sampling {
+        if !(0.0..=1.0).contains(&p.value) {
+            c.at(
+                p,
+                "telemetry.processors.probabilistic_sampling",
+                "must be between 0.0 and 1.0",
+            );
+        }
+    }
+    for (i, rule) in t.processors.redaction.iter().enumerate() {
+        let path = format!("telemetry.processors.redaction[{i}]");
+        let r = &rule.value;
+        if r.key.is_none() && r.value.is_none() {
+            c.at(rule, &path, "set `key`, `value` or both");
+        }
+        if let Some(k) = &r.key {
+            check_regex(c, k, &format!("{path}.key"));
+        }
+        if let Some(v) = &r.value {
+            check_regex(c, v, &format!("{path}.value"));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, e) in t.exporters.iter().enumerate() {
+        let path = format!("telemetry.exporters[{i}]");
+        let name = e.name.clone().unwrap_or_else(|| format!("exporter-{i}"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            c.at(
+                e,
+                format!("{path}.name"),
+                "use letters, digits, `-` and `_` only",
+            );
+        } else if !names.insert(name.clone()) {
+            c.at(
+                e,
+                format!("{path}.name"),
+                format!("duplicate exporter name `{name}`"),
+            );
+        }
+        let target = match (&e.otlp_grpc, &e.otlp_http) {
+            (Some(g), None) => Some((g, "otlp_grpc")),
+            (None, Some(h)) => Some((h, "otlp_http")),
+            _ => {
+                c.at(e, &path, "set exactly one of `otlp_grpc` and `otlp_http`");
+                None
+            }
+        };
+        if let Some((ep, kind)) = target {
+            let url = &ep.endpoint;
+            let ok =
+                url.value.parse::<http::Uri>().ok().filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+            if ok.is_none() {
+                c.at(
+                    url,
+                    format!("{path}.{kind}.endpoint"),
+                    format!("`{}` is not an http:// or https:// URL", url.value),
+                );
+            }
+            for h in ep.headers.keys() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    c.at(
+                        ep,
+                        format!("{path}.{kind}.headers"),
+                        format!("`{h}` is not a header name"),
+                    );
+                }
+            }
+            if ep.timeout.value.is_zero() {
+                c.at(
+                    &ep.timeout,
+                    format!("{path}.{kind}.timeout"),
+                    "must be above 0",
+                );
+            }
+        }
+        let r = &e.retry;
+        if r.initial_interval.value.is_zero() || r.initial_interval.value > r.max_interval.value {
+            c.at(
+                &r.initial_interval,
+                format!("{path}.retry.initial_interval"),
+                "must be above 0 and at most max_interval",
+            );
+        }
+        if let Some(max) = &e.queue.max_bytes {
+            if max.value.0 < t.batch.max_bytes.value.0 {
+                c.at(
+                    max,
+                    format!("{path}.queue.max_bytes"),
+                    "must be at least telemetry.batch.max_bytes",
+                );
+            }
+        }
+    }
 }
 
 fn validate_route(

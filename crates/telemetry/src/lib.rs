@@ -1,13 +1,19 @@
-//! otlp-mesh telemetry: lock-free request metrics with Prometheus text exposition.
+//! otlp-mesh telemetry: lock-free request metrics with Prometheus text exposition, and the OTLP
+//! pipeline (receiver ▸ processors ▸ exporters and embedded store).
 //!
-//! Series are created when a config snapshot is built (under a registry mutex, off the data
-//! path) and handed to the router as `Arc`s; recording a request is a few relaxed atomic adds.
-//! The OTLP pipeline (spans, receiver, exporters, store) arrives with the telemetry issue.
+//! Request metric series are created when a config snapshot is built (under a registry mutex,
+//! off the data path) and handed to the router as `Arc`s; recording a request is a few relaxed
+//! atomic adds. OTLP data moves through the pipeline as encoded protobuf ([`otlp::Batch`]).
 
+pub mod export;
 mod histogram;
-mod prometheus;
+pub mod limiter;
+pub mod otlp;
 mod registry;
+pub mod store;
 
 pub use histogram::{DURATION_BUCKETS_SECONDS, Histogram};
-pub use prometheus::{PromWriter, escape_label, write_family, write_sample};
+pub use limiter::{MemoryLimiter, Priority};
+pub use otlp::{Batch, Signal};
+pub use otlp_mesh_prom::{PromWriter, escape_label, write_family, write_sample};
 pub use registry::{ClusterMetrics, ListenerMetrics, Registry, RouteMetrics, StatusClass};

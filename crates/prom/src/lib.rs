@@ -1,3 +1,5 @@
+//! Prometheus text exposition format: escaping, family headers and samples.
+
 use std::fmt::Write;
 
 /// Escapes a label value for the Prometheus text format.

@@ -1,0 +1,451 @@
+//! The `telemetry:` section: the proxy's own spans, metrics and access logs, the OTLP receiver,
+//! processors, exporters and the embedded store.
+
+use crate::{ByteSize, Duration, Located};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything telemetry; absent means the proxy records Prometheus metrics only.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `service.name` of the proxy's own telemetry. Default `otlp-mesh`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Extra resource attributes of the proxy's own telemetry.
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// Spans for proxied requests.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+    /// One OTLP log record per proxied request.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// RED metrics of proxied requests as OTLP metrics (they are always in Prometheus `/metrics`).
+    #[serde(default)]
+    pub metrics: OtlpMetricsConfig,
+    /// OTLP receiver for applications' telemetry; absent means none.
+    #[serde(default)]
+    pub receiver: Option<Located<ReceiverConfig>>,
+    /// Admission control: bytes of telemetry held in memory queues.
+    #[serde(default)]
+    pub memory_limit: MemoryLimitConfig,
+    /// How exporters group items into export requests.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Processors applied, in order, before the store and exporters.
+    #[serde(default)]
+    pub processors: ProcessorsConfig,
+    /// Embedded store of recent telemetry behind the `/api/*` query endpoints.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where telemetry goes.
+    #[serde(default)]
+    pub exporters: Vec<Located<ExporterConfig>>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            service_name: default_service_name(),
+            resource: BTreeMap::new(),
+            tracing: TracingConfig::default(),
+            access_log: AccessLogConfig::default(),
+            metrics: OtlpMetricsConfig::default(),
+            receiver: None,
+            memory_limit: MemoryLimitConfig::default(),
+            batch: BatchConfig::default(),
+            processors: ProcessorsConfig::default(),
+            store: StoreConfig::default(),
+            exporters: Vec::new(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "otlp-mesh".to_string()
+}
+
+/// Spans for proxied requests.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Default `true` when a `telemetry:` section exists.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Share of root requests (no incoming sampled flag) that are traced, 0.0–1.0. Default 1.0.
+    /// Requests with a parent follow the parent's sampled flag.
+    #[serde(default = "one")]
+    pub sampling_ratio: Located<f64>,
+    /// Header formats written to upstream requests. Incoming W3C and B3 are always read.
+    /// Default `[w3c]`.
+    #[serde(default = "default_propagation")]
+    pub propagation: Vec<Propagation>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: true,
+            sampling_ratio: one(),
+            propagation: default_propagation(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> Located<f64> {
+    Located::new(1.0)
+}
+
+fn default_propagation() -> Vec<Propagation> {
+    vec![Propagation::W3c]
+}
+
+/// A trace-context header format.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Propagation {
+    /// `traceparent` / `tracestate`.
+    W3c,
+    /// `b3: {trace}-{span}-{sampled}`.
+    B3,
+    /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`.
+    B3Multi,
+}
+
+/// One log record per request.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Send access logs through the pipeline as OTLP log records. Default `false`.
+    #[serde(default)]
+    pub otlp: bool,
+    /// Also print each as a JSON line on stdout. Default `false`.
+    #[serde(default)]
+    pub stdout: bool,
+}
+
+/// RED metrics as OTLP.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpMetricsConfig {
+    /// Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often cumulative metrics are taken. Default `10s`.
+    #[serde(default = "default_metrics_interval")]
+    pub interval: Located<Duration>,
+}
+
+impl Default for OtlpMetricsConfig {
+    fn default() -> Self {
+        OtlpMetricsConfig {
+            enabled: true,
+            interval: default_metrics_interval(),
+        }
+    }
+}
+
+fn default_metrics_interval() -> Located<Duration> {
+    Located::new(Duration::from_secs(10))
+}
+
+/// OTLP receiver.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// OTLP/gRPC listen address, e.g. `127.0.0.1:4317`; absent means none.
+    #[serde(default)]
+    pub grpc: Option<Located<String>>,
+    /// OTLP/HTTP listen address, e.g. `127.0.0.1:4318`; absent means none.
+    #[serde(default)]
+    pub http: Option<Located<String>>,
+    /// Largest request body as sent (compressed). Default `4MiB`.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: Located<ByteSize>,
+    /// Largest request body after decompression. Default `16MiB`.
+    #[serde(default = "default_max_decompressed")]
+    pub max_decompressed_size: Located<ByteSize>,
+}
+
+fn default_max_message() -> Located<ByteSize> {
+    Located::new(ByteSize(4 << 20))
+}
+
+fn default_max_decompressed() -> Located<ByteSize> {
+    Located::new(ByteSize(16 << 20))
+}
+
+/// Bytes of telemetry held in memory (exporter queues and receivers' in-flight requests).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryLimitConfig {
+    /// Above this, receivers refuse new data with a retryable status (gRPC UNAVAILABLE, HTTP 503 +
+    /// `Retry-After`). Default `64MiB`.
+    #[serde(default = "default_soft")]
+    pub soft: Located<ByteSize>,
+    /// Above this, the proxy's own telemetry is dropped (counted) too. Default `96MiB`.
+    #[serde(default = "default_hard")]
+    pub hard: Located<ByteSize>,
+}
+
+impl Default for MemoryLimitConfig {
+    fn default() -> Self {
+        MemoryLimitConfig {
+            soft: default_soft(),
+            hard: default_hard(),
+        }
+    }
+}
+
+fn default_soft() -> Located<ByteSize> {
+    Located::new(ByteSize(64 << 20))
+}
+
+fn default_hard() -> Located<ByteSize> {
+    Located::new(ByteSize(96 << 20))
+}
+
+/// Grouping of queued items into export requests.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Send when this many items (spans, data points, log records) are waiting. Default 8192.
+    #[serde(default = "default_batch_size")]
+    pub size: Located<u64>,
+    /// Send at least this often when anything waits. Default `200ms`.
+    #[serde(default = "default_batch_timeout")]
+    pub timeout: Located<Duration>,
+    /// Largest export request (encoded, before compression). Default `4MiB`.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: Located<ByteSize>,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            size: default_batch_size(),
+            timeout: default_batch_timeout(),
+            max_bytes: default_batch_bytes(),
+        }
+    }
+}
+
+fn default_batch_size() -> Located<u64> {
+    Located::new(8192)
+}
+
+fn default_batch_timeout() -> Located<Duration> {
+    Located::new(Duration::from_millis(200))
+}
+
+fn default_batch_bytes() -> Located<ByteSize> {
+    Located::new(ByteSize(4 << 20))
+}
+
+/// Processors; each is off unless configured.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorsConfig {
+    /// Resource attributes to set (insert or overwrite) on everything.
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// Keep this share of traces, decided on the trace id (consistent across services).
+    #[serde(default)]
+    pub probabilistic_sampling: Option<Located<f64>>,
+    /// Delete, hash or mask attribute values by key or value pattern.
+    #[serde(default)]
+    pub redaction: Vec<Located<RedactionRule>>,
+}
+
+/// One redaction rule: attributes whose key matches `key` (or whose string value matches `value`)
+/// get `action` applied.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionRule {
+    /// Regex on the attribute key.
+    #[serde(default)]
+    pub key: Option<Located<String>>,
+    /// Regex on string attribute values (and log bodies).
+    #[serde(default)]
+    pub value: Option<Located<String>>,
+    /// What to do with a match.
+    pub action: RedactionAction,
+}
+
+/// What redaction does to a matching attribute.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactionAction {
+    /// Remove the attribute.
+    Delete,
+    /// Replace the value with the hex SHA-256 of it.
+    Hash,
+    /// Replace the matching part with `****`.
+    Mask,
+}
+
+/// Embedded store of recent telemetry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Memory bound; the oldest data is evicted past it. Default `64MiB`.
+    #[serde(default = "default_store_bytes")]
+    pub max_bytes: Located<ByteSize>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            max_bytes: default_store_bytes(),
+        }
+    }
+}
+
+fn default_store_bytes() -> Located<ByteSize> {
+    Located::new(ByteSize(64 << 20))
+}
+
+/// One exporter: exactly one of `otlp_grpc` / `otlp_http`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterConfig {
+    /// Name in logs and metrics (and the queue directory). Default `exporter-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// OTLP/gRPC: `endpoint` is `http(s)://host:port`.
+    #[serde(default)]
+    pub otlp_grpc: Option<Located<OtlpEndpointConfig>>,
+    /// OTLP/HTTP protobuf: `endpoint` is the base URL; `/v1/traces` etc. are appended.
+    #[serde(default)]
+    pub otlp_http: Option<Located<OtlpEndpointConfig>>,
+    /// Retry of failed exports (per the OTLP specification's retryable statuses).
+    #[serde(default)]
+    pub retry: ExportRetryConfig,
+    /// The sending queue.
+    #[serde(default)]
+    pub queue: ExportQueueConfig,
+}
+
+/// Where and how to send.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpEndpointConfig {
+    /// Backend URL, `http://` or `https://`.
+    pub endpoint: Located<String>,
+    /// Default `gzip`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Extra request headers (e.g. auth tokens); masked in `/config`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per export request. Default `10s`.
+    #[serde(default = "default_export_timeout")]
+    pub timeout: Located<Duration>,
+    /// PEM file of CA certificates trusted for `https://` (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<Located<String>>,
+}
+
+fn default_export_timeout() -> Located<Duration> {
+    Located::new(Duration::from_secs(10))
+}
+
+/// Body compression.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+/// Exponential backoff with jitter between attempts of one export request.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRetryConfig {
+    /// Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// First wait. Default `1s`.
+    #[serde(default = "default_retry_initial")]
+    pub initial_interval: Located<Duration>,
+    /// Longest wait. Default `30s`.
+    #[serde(default = "default_retry_max")]
+    pub max_interval: Located<Duration>,
+    /// Give up on a request after this long (with the persistent queue, never: it stays queued).
+    /// Default `5m`.
+    #[serde(default = "default_retry_elapsed")]
+    pub max_elapsed_time: Located<Duration>,
+}
+
+impl Default for ExportRetryConfig {
+    fn default() -> Self {
+        ExportRetryConfig {
+            enabled: true,
+            initial_interval: default_retry_initial(),
+            max_interval: default_retry_max(),
+            max_elapsed_time: default_retry_elapsed(),
+        }
+    }
+}
+
+fn default_retry_initial() -> Located<Duration> {
+    Located::new(Duration::from_secs(1))
+}
+
+fn default_retry_max() -> Located<Duration> {
+    Located::new(Duration::from_secs(30))
+}
+
+fn default_retry_elapsed() -> Located<Duration> {
+    Located::new(Duration::from_secs(300))
+}
+
+/// The exporter's queue: in memory, or a write-ahead log on disk when `dir` is set.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQueueConfig {
+    /// Bound on queued bytes; when full, receivers answer with a retryable status. Default `64MiB`
+    /// in memory, `1GiB` on disk.
+    #[serde(default)]
+    pub max_bytes: Option<Located<ByteSize>>,
+    /// Directory of the persistent queue; nothing acknowledged is lost across restarts.
+    #[serde(default)]
+    pub dir: Option<Located<String>>,
+    /// When appends reach the disk. Default `always` (before the receiver answers).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for ExportQueueConfig {
+    fn default() -> Self {
+        ExportQueueConfig {
+            max_bytes: None,
+            dir: None,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+/// When the persistent queue calls fsync.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every append, before the sender is answered.
+    #[default]
+    Always,
+    /// At most every 100 ms (a power loss may lose the last interval; `kill -9` loses nothing).
+    Batched,
+    /// Leave it to the OS (`kill -9` loses nothing; a power loss may).
+    Never,
+}

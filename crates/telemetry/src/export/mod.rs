@@ -1,0 +1,1 @@
+//! OTLP exporters (to be written): gRPC and HTTP senders with spec retry, memory and persistent queues.

@@ -1,0 +1,1 @@
+//! Embedded store of recent telemetry (to be written).
