@@ -9,6 +9,9 @@ pub mod export;
 mod histogram;
 pub mod limiter;
 pub mod otlp;
+pub mod pipeline;
+pub mod processors;
+pub mod receiver;
 mod registry;
 pub mod store;
 
@@ -16,4 +19,5 @@ pub use histogram::{DURATION_BUCKETS_SECONDS, Histogram};
 pub use limiter::{MemoryLimiter, Priority};
 pub use otlp::{Batch, Signal};
 pub use otlp_mesh_prom::{PromWriter, escape_label, write_family, write_sample};
+pub use pipeline::{Consumer, Pipeline, Refused};
 pub use registry::{ClusterMetrics, ListenerMetrics, Registry, RouteMetrics, StatusClass};

@@ -4,6 +4,8 @@
 //! `Export*ServiceRequest` encodings is the encoding of their merged request (every top-level
 //! field is a repeated message), so batching and forwarding never decode what no processor reads.
 
+pub mod decode;
+pub mod status;
 pub mod wire;
 
 use bytes::Bytes;
