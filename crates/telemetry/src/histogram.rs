@@ -38,6 +38,15 @@ impl Histogram {
         self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
     }
 
+    /// Per-bucket (non-cumulative) counts, then +Inf: the OTLP histogram layout.
+    pub fn bucket_counts(&self) -> [u64; 15] {
+        let mut out = [0; 15];
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        out
+    }
+
     /// Cumulative counts for each bound in [`DURATION_BUCKETS_SECONDS`], then +Inf.
     pub fn cumulative(&self) -> [u64; 15] {
         let mut out = [0; 15];

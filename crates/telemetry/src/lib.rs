@@ -11,7 +11,9 @@ pub mod limiter;
 pub mod otlp;
 pub mod pipeline;
 pub mod processors;
+pub mod propagation;
 pub mod receiver;
+pub mod recorder;
 mod registry;
 pub mod store;
 

@@ -50,6 +50,16 @@ impl RouteMetrics {
         self.by_class[class as usize].load(Ordering::Relaxed)
     }
 
+    /// The listener, route and cluster this series is for.
+    pub fn labels(&self) -> (&str, &str, &str) {
+        (&self.listener, &self.route, &self.cluster)
+    }
+
+    /// The latency histogram.
+    pub fn duration(&self) -> &Histogram {
+        &self.duration
+    }
+
     pub fn total(&self) -> u64 {
         self.by_class
             .iter()
@@ -95,6 +105,16 @@ fn get_or_insert<K: Ord + Clone, V: Default>(
 }
 
 impl Registry {
+    /// Every request series, in label order.
+    pub fn route_series(&self) -> Vec<Arc<RouteMetrics>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Registry::default())
     }

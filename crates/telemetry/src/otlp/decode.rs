@@ -249,7 +249,12 @@ mod tests {
         let resp = response(Signal::Traces, d.rejected, &d.message, Format::Json);
         let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
         // int64 may be a JSON number or string (OTLP/JSON decoders accept both).
-        assert_eq!(v["partialSuccess"]["rejectedSpans"].to_string().trim_matches('"'), "1");
+        assert_eq!(
+            v["partialSuccess"]["rejectedSpans"]
+                .to_string()
+                .trim_matches('"'),
+            "1"
+        );
     }
 
     #[test]

@@ -1,0 +1,930 @@
+//! The proxy's own telemetry: a server span per request, a client span per upstream attempt,
+//! an access log record per request, and RED metrics, all sent through the pipeline as OTLP.
+//!
+//! The request path only fills a [`RequestRecord`] and `try_send`s it on a bounded channel
+//! (when full the record is dropped and counted, never waited for); a background task encodes
+//! records in batches and submits them with [`Priority::Internal`].
+
+use crate::DURATION_BUCKETS_SECONDS;
+use crate::limiter::Priority;
+use crate::otlp::{Batch, Signal};
+use crate::pipeline::Pipeline;
+use crate::processors::{keep_threshold, keep_trace};
+use crate::propagation::{self, TraceContext};
+use crate::registry::{Registry, StatusClass};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Version};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
+use otlp_mesh_config::telemetry::{Propagation, TelemetryConfig};
+use prost::Message;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Records waiting for the encoder; past this the request path drops them (counted).
+const CHANNEL_CAPACITY: usize = 8192;
+/// Records per encoded batch.
+const MAX_BATCH: usize = 1024;
+/// How long a record may wait before its batch is sent.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// Nanoseconds since the Unix epoch now.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// One upstream attempt (a client span).
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub span_id: [u8; 8],
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    /// 1 for the first try.
+    pub number: u32,
+    /// Response status, 0 when the attempt failed without one.
+    pub status: u16,
+    /// Error class when it failed (`x-mesh-error` code or transport error).
+    pub error: Option<String>,
+}
+
+/// The trace of one proxied request, carried in its extensions (also across retries).
+#[derive(Debug)]
+pub struct RequestTrace {
+    /// Trace id and this proxy's server span id.
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The caller's span, when the request came with a trace context.
+    pub parent: Option<[u8; 8]>,
+    pub sampled: bool,
+    pub tracestate: Option<http::HeaderValue>,
+    formats: Arc<[Propagation]>,
+    attempts: Mutex<Vec<AttemptRecord>>,
+}
+
+impl RequestTrace {
+    /// Starts a client span: writes its context into `headers`; returns its span id.
+    pub fn begin_attempt(&self, headers: &mut HeaderMap) -> [u8; 8] {
+        let span_id = new_span_id();
+        let ctx = TraceContext {
+            trace_id: self.trace_id,
+            span_id,
+            sampled: Some(self.sampled),
+            tracestate: None,
+        };
+        propagation::inject(headers, &ctx, &self.formats);
+        if let Some(ts) = &self.tracestate {
+            headers.insert(
+                http::header::HeaderName::from_static("tracestate"),
+                ts.clone(),
+            );
+        }
+        span_id
+    }
+
+    /// Records a finished attempt.
+    pub fn end_attempt(&self, attempt: AttemptRecord) {
+        let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a retry policy allows at most a handful of attempts.
+        if a.len() < 64 {
+            a.push(attempt);
+        }
+    }
+
+    fn take_attempts(&self) -> Vec<AttemptRecord> {
+        std::mem::take(&mut *self.attempts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Everything the proxy knows about a request when its response head is sent.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub trace: Option<Arc<RequestTrace>>,
+    pub start_unix_nanos: u64,
+    pub duration: Duration,
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub host: Option<String>,
+    pub peer: IpAddr,
+    pub listener: Arc<str>,
+    pub route: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
+    pub status: u16,
+    /// `x-mesh-error` code of a proxy-made error response.
+    pub error: Option<&'static str>,
+    /// Fault kinds injected (`delay,abort`).
+    pub faults: Option<String>,
+}
+
+/// Counters of the recorder.
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    pub spans: AtomicU64,
+    pub logs: AtomicU64,
+    /// Records dropped because the channel was full.
+    pub dropped: AtomicU64,
+    /// Batches the pipeline refused (memory hard limit or full queues).
+    pub refused_batches: AtomicU64,
+}
+
+/// The request path's handle to the proxy's own telemetry.
+#[derive(Debug)]
+pub struct Recorder {
+    tx: mpsc::Sender<RequestRecord>,
+    tracing: bool,
+    access_log: bool,
+    threshold: u64,
+    formats: Arc<[Propagation]>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Recorder {
+    /// Starts the encoder (and RED metrics) tasks feeding `pipeline`.
+    pub fn start(
+        cfg: &TelemetryConfig,
+        pipeline: Arc<Pipeline>,
+        registry: Arc<Registry>,
+    ) -> Arc<Recorder> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let stats = Arc::new(RecorderStats::default());
+        let resource = resource(cfg);
+        let encoder = Encoder {
+            resource: resource.clone(),
+            spans: cfg.tracing.enabled,
+            otlp_logs: cfg.access_log.otlp,
+            stdout_logs: cfg.access_log.stdout,
+            pipeline: pipeline.clone(),
+            stats: stats.clone(),
+        };
+        tokio::spawn(encoder.run(rx));
+        if cfg.metrics.enabled {
+            let interval = Duration::from(cfg.metrics.interval.value);
+            tokio::spawn(red_metrics_loop(resource, registry, pipeline, interval));
+        }
+        Arc::new(Recorder {
+            tx,
+            tracing: cfg.tracing.enabled,
+            access_log: cfg.access_log.otlp || cfg.access_log.stdout,
+            threshold: keep_threshold(cfg.tracing.sampling_ratio.value),
+            formats: cfg.tracing.propagation.clone().into(),
+            stats,
+        })
+    }
+
+    /// Whether requests need a record at all.
+    pub fn is_active(&self) -> bool {
+        self.tracing || self.access_log
+    }
+
+    /// Starts a request's trace from its headers: continues the caller's trace (following its
+    /// sampled flag) or starts a new one sampled at the configured ratio.
+    pub fn begin(&self, headers: &HeaderMap) -> Option<Arc<RequestTrace>> {
+        if !self.is_active() {
+            return None;
+        }
+        let incoming = propagation::extract(headers);
+        let (trace_id, parent, decided, tracestate) = match incoming {
+            Some(c) => (c.trace_id, Some(c.span_id), c.sampled, c.tracestate),
+            None => (new_trace_id(), None, None, None),
+        };
+        let sampled =
+            self.tracing && decided.unwrap_or_else(|| keep_trace(&trace_id, self.threshold));
+        Some(Arc::new(RequestTrace {
+            trace_id,
+            span_id: new_span_id(),
+            parent,
+            sampled,
+            tracestate,
+            formats: self.formats.clone(),
+            attempts: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Hands a finished request to the encoder; never waits.
+    pub fn record(&self, record: RequestRecord) {
+        let sampled = record.trace.as_ref().is_some_and(|t| t.sampled);
+        if !sampled && !self.access_log {
+            return;
+        }
+        if self.tx.try_send(record).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RecorderStats {
+        &self.stats
+    }
+
+    /// Appends the recorder's Prometheus families to `out`.
+    pub fn render_prometheus(&self, out: &mut String) {
+        for (name, help, v) in [
+            (
+                "otlp_mesh_telemetry_spans_total",
+                "Spans the proxy made for proxied requests.",
+                &self.stats.spans,
+            ),
+            (
+                "otlp_mesh_telemetry_access_logs_total",
+                "Access log records the proxy made.",
+                &self.stats.logs,
+            ),
+            (
+                "otlp_mesh_telemetry_dropped_records_total",
+                "Request records dropped because the encoder fell behind.",
+                &self.stats.dropped,
+            ),
+            (
+                "otlp_mesh_telemetry_refused_batches_total",
+                "Batches of the proxy's own telemetry the pipeline refused (memory limit).",
+                &self.stats.refused_batches,
+            ),
+        ] {
+            crate::write_family(out, name, "counter", help);
+            crate::write_sample(out, name, &[], v.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn new_trace_id() -> [u8; 16] {
+    loop {
+        let id = fastrand::u128(..).to_be_bytes();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    fastrand::u64(1..).to_be_bytes()
+}
+
+fn resource(cfg: &TelemetryConfig) -> Resource {
+    let mut attributes = vec![kv_str("service.name", &cfg.service_name)];
+    attributes.push(kv_str("telemetry.sdk.name", "otlp-mesh"));
+    attributes.push(kv_str("telemetry.sdk.version", env!("CARGO_PKG_VERSION")));
+    for (k, v) in &cfg.resource {
+        attributes.push(kv_str(k, v));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "otlp-mesh".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn kv_str(key: &str, value: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.to_string()))
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+struct Encoder {
+    resource: Resource,
+    spans: bool,
+    otlp_logs: bool,
+    stdout_logs: bool,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Encoder {
+    async fn run(self, mut rx: mpsc::Receiver<RequestRecord>) {
+        let mut buf = Vec::with_capacity(MAX_BATCH);
+        loop {
+            // Wait for the first record, then gather more for up to FLUSH_EVERY.
+            if rx.recv_many(&mut buf, MAX_BATCH).await == 0 {
+                return;
+            }
+            let deadline = tokio::time::sleep(FLUSH_EVERY);
+            tokio::pin!(deadline);
+            while buf.len() < MAX_BATCH {
+                let room = MAX_BATCH - buf.len();
+                tokio::select! {
+                    n = rx.recv_many(&mut buf, room) => if n == 0 { break },
+                    _ = &mut deadline => break,
+                }
+            }
+            self.flush(&mut buf).await;
+        }
+    }
+
+    async fn flush(&self, records: &mut Vec<RequestRecord>) {
+        let mut spans = Vec::new();
+        let mut logs = Vec::new();
+        let mut stdout = Vec::new();
+        for r in records.drain(..) {
+            let attempts = r
+                .trace
+                .as_ref()
+                .map(|t| t.take_attempts())
+                .unwrap_or_default();
+            if self.spans && r.trace.as_ref().is_some_and(|t| t.sampled) {
+                server_and_client_spans(&r, &attempts, &mut spans);
+            }
+            if self.otlp_logs {
+                logs.push(access_log(&r, &attempts));
+            }
+            if self.stdout_logs {
+                json_line(&r, &attempts, &mut stdout);
+            }
+        }
+        if !stdout.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&stdout);
+            let _ = out.flush();
+        }
+        if !spans.is_empty() {
+            let n = spans.len() as u64;
+            self.stats.spans.fetch_add(n, Ordering::Relaxed);
+            let req = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(self.resource.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope()),
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            self.submit(Batch::new(
+                Signal::Traces,
+                Bytes::from(req.encode_to_vec()),
+                n,
+            ))
+            .await;
+        }
+        if !logs.is_empty() {
+            let n = logs.len() as u64;
+            self.stats.logs.fetch_add(n, Ordering::Relaxed);
+            let req = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    resource: Some(self.resource.clone()),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope()),
+                        log_records: logs,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            self.submit(Batch::new(
+                Signal::Logs,
+                Bytes::from(req.encode_to_vec()),
+                n,
+            ))
+            .await;
+        }
+    }
+
+    async fn submit(&self, batch: Batch) {
+        if self
+            .pipeline
+            .submit(batch, Priority::Internal)
+            .await
+            .is_err()
+        {
+            self.stats.refused_batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn request_attributes(r: &RequestRecord) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(12);
+    a.push(kv_str("http.request.method", r.method.as_str()));
+    a.push(kv_str("url.path", &r.path));
+    a.push(kv_str("url.scheme", "http"));
+    if let Some(route) = &r.route {
+        a.push(kv_str("http.route", route));
+    }
+    a.push(kv_int("http.response.status_code", i64::from(r.status)));
+    if let Some(h) = &r.host {
+        a.push(kv_str("server.address", h));
+    }
+    a.push(kv_str("network.peer.address", &r.peer.to_string()));
+    a.push(kv_str("network.protocol.version", protocol(r.version)));
+    a.push(kv_str("otlp_mesh.listener", &r.listener));
+    if let Some(c) = &r.cluster {
+        a.push(kv_str("otlp_mesh.cluster", c));
+    }
+    if let Some(e) = error_type(r) {
+        a.push(kv_str("error.type", &e));
+    }
+    if let Some(f) = &r.faults {
+        a.push(kv_str("otlp_mesh.fault", f));
+    }
+    a
+}
+
+/// `error.type`: the proxy's error code, or the status code for 5xx responses.
+fn error_type(r: &RequestRecord) -> Option<String> {
+    match r.error {
+        Some(e) => Some(e.to_string()),
+        None if r.status >= 500 => Some(r.status.to_string()),
+        None => None,
+    }
+}
+
+fn server_and_client_spans(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<Span>) {
+    let Some(t) = &r.trace else {
+        return;
+    };
+    let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
+    let name = match &r.route {
+        Some(route) => format!("{} {}", r.method, route),
+        None => r.method.to_string(),
+    };
+    let mut attributes = request_attributes(r);
+    if attempts.len() > 1 {
+        attributes.push(kv_int("otlp_mesh.retries", attempts.len() as i64 - 1));
+    }
+    let mut events = Vec::new();
+    if let Some(f) = &r.faults {
+        events.push(span::Event {
+            time_unix_nano: r.start_unix_nanos,
+            name: "fault injected".into(),
+            attributes: vec![kv_str("otlp_mesh.fault", f)],
+            ..Default::default()
+        });
+    }
+    for a in attempts.iter().filter(|a| a.number > 1) {
+        events.push(span::Event {
+            time_unix_nano: a.start_unix_nanos,
+            name: "retry".into(),
+            attributes: vec![kv_int("http.request.resend_count", i64::from(a.number - 1))],
+            ..Default::default()
+        });
+    }
+    out.push(Span {
+        trace_id: t.trace_id.to_vec(),
+        span_id: t.span_id.to_vec(),
+        trace_state: t
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        parent_span_id: t.parent.map(|p| p.to_vec()).unwrap_or_default(),
+        name,
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: r.start_unix_nanos,
+        end_time_unix_nano: end,
+        attributes,
+        events,
+        status: Some(if r.status >= 500 || r.error.is_some() {
+            Status {
+                code: status::StatusCode::Error as i32,
+                message: error_type(r).unwrap_or_default(),
+            }
+        } else {
+            Status::default()
+        }),
+        ..Default::default()
+    });
+    for a in attempts {
+        let mut attributes = vec![
+            kv_str("http.request.method", r.method.as_str()),
+            kv_str("url.path", &r.path),
+        ];
+        if a.status > 0 {
+            attributes.push(kv_int("http.response.status_code", i64::from(a.status)));
+        }
+        if let Some(c) = &r.cluster {
+            attributes.push(kv_str("otlp_mesh.cluster", c));
+        }
+        if a.number > 1 {
+            attributes.push(kv_int("http.request.resend_count", i64::from(a.number - 1)));
+        }
+        let failed = a.error.is_some() || a.status >= 400;
+        let error = a
+            .error
+            .clone()
+            .or_else(|| (a.status >= 400).then(|| a.status.to_string()));
+        if let Some(e) = &error {
+            attributes.push(kv_str("error.type", e));
+        }
+        out.push(Span {
+            trace_id: t.trace_id.to_vec(),
+            span_id: a.span_id.to_vec(),
+            parent_span_id: t.span_id.to_vec(),
+            name: r.method.to_string(),
+            kind: span::SpanKind::Client as i32,
+            start_time_unix_nano: a.start_unix_nanos,
+            end_time_unix_nano: a.end_unix_nanos,
+            attributes,
+            status: Some(if failed {
+                Status {
+                    code: status::StatusCode::Error as i32,
+                    message: error.unwrap_or_default(),
+                }
+            } else {
+                Status::default()
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+fn access_log(r: &RequestRecord, attempts: &[AttemptRecord]) -> LogRecord {
+    let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
+    let (severity, text) = match r.status {
+        500.. => (13, "WARN"),
+        _ => (9, "INFO"),
+    };
+    let mut attributes = request_attributes(r);
+    attributes.push(kv(
+        "otlp_mesh.duration_ms",
+        any_value::Value::DoubleValue(r.duration.as_secs_f64() * 1e3),
+    ));
+    attributes.push(kv_int("otlp_mesh.attempts", attempts.len() as i64));
+    let (trace_id, span_id, flags) = match &r.trace {
+        Some(t) => (
+            t.trace_id.to_vec(),
+            t.span_id.to_vec(),
+            u32::from(t.sampled),
+        ),
+        None => (Vec::new(), Vec::new(), 0),
+    };
+    LogRecord {
+        time_unix_nano: end,
+        observed_time_unix_nano: end,
+        severity_number: severity,
+        severity_text: text.into(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(format!(
+                "{} {} {} {:.3}ms",
+                r.method,
+                r.path,
+                r.status,
+                r.duration.as_secs_f64() * 1e3
+            ))),
+        }),
+        attributes,
+        flags,
+        trace_id,
+        span_id,
+        event_name: "http.access".into(),
+        ..Default::default()
+    }
+}
+
+fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
+    let v = serde_json::json!({
+        "time_unix_nano": r.start_unix_nanos,
+        "trace_id": r.trace.as_ref().map(|t| propagation::hex(&t.trace_id)),
+        "span_id": r.trace.as_ref().map(|t| propagation::hex(&t.span_id)),
+        "method": r.method.as_str(),
+        "path": r.path,
+        "protocol": protocol(r.version),
+        "status": r.status,
+        "duration_ms": r.duration.as_secs_f64() * 1e3,
+        "listener": &*r.listener,
+        "route": r.route.as_deref(),
+        "cluster": r.cluster.as_deref(),
+        "peer": r.peer.to_string(),
+        "host": r.host,
+        "attempts": attempts.len(),
+        "error": error_type(r),
+        "fault": r.faults,
+    });
+    if serde_json::to_writer(&mut *out, &v).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+async fn red_metrics_loop(
+    resource: Resource,
+    registry: Arc<Registry>,
+    pipeline: Arc<Pipeline>,
+    interval: Duration,
+) {
+    let start = unix_nanos();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(batch) = red_metrics(&resource, &registry, start, unix_nanos()) {
+            let _ = pipeline.submit(batch, Priority::Internal).await;
+        }
+    }
+}
+
+/// RED metrics of every request series as one OTLP metrics batch (cumulative temporality):
+/// `http.server.request.duration` (histogram, seconds, semconv buckets) and
+/// `otlp_mesh.requests` (sum by status class).
+pub fn red_metrics(
+    resource: &Resource,
+    registry: &Registry,
+    start: u64,
+    now: u64,
+) -> Option<Batch> {
+    let series = registry.route_series();
+    let mut hist_points = Vec::new();
+    let mut count_points = Vec::new();
+    for s in &series {
+        let (listener, route, cluster) = s.labels();
+        let attrs = vec![
+            kv_str("http.route", route),
+            kv_str("otlp_mesh.listener", listener),
+            kv_str("otlp_mesh.cluster", cluster),
+        ];
+        let h = s.duration();
+        if h.count() == 0 {
+            continue;
+        }
+        hist_points.push(HistogramDataPoint {
+            attributes: attrs.clone(),
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            count: h.count(),
+            sum: Some(h.sum_seconds()),
+            bucket_counts: h.bucket_counts().to_vec(),
+            explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
+            ..Default::default()
+        });
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let class_of = [
+                StatusClass::Informational,
+                StatusClass::Success,
+                StatusClass::Redirect,
+                StatusClass::ClientError,
+                StatusClass::ServerError,
+            ][i];
+            let n = s.count(class_of);
+            if n == 0 {
+                continue;
+            }
+            let mut a = attrs.clone();
+            a.push(kv_str("otlp_mesh.status_class", class));
+            count_points.push(NumberDataPoint {
+                attributes: a,
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                value: Some(number_data_point::Value::AsInt(
+                    i64::try_from(n).unwrap_or(i64::MAX),
+                )),
+                ..Default::default()
+            });
+        }
+    }
+    if hist_points.is_empty() {
+        return None;
+    }
+    let items = (hist_points.len() + count_points.len()) as u64;
+    let req = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource.clone()),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: vec![
+                    Metric {
+                        name: "http.server.request.duration".into(),
+                        description: "Duration of HTTP server requests.".into(),
+                        unit: "s".into(),
+                        data: Some(metric::Data::Histogram(Histogram {
+                            data_points: hist_points,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "otlp_mesh.requests".into(),
+                        description: "Requests by status class.".into(),
+                        unit: "{request}".into(),
+                        data: Some(metric::Data::Sum(Sum {
+                            data_points: count_points,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    Some(Batch::new(
+        Signal::Metrics,
+        Bytes::from(req.encode_to_vec()),
+        items,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Consumer, Refused};
+    use futures_util::future::BoxFuture;
+
+    struct Collect(Mutex<Vec<Batch>>);
+
+    impl Consumer for Collect {
+        fn name(&self) -> &str {
+            "collect"
+        }
+        fn consume(&self, batch: Batch, _: Priority) -> BoxFuture<'_, Result<(), Refused>> {
+            self.0.lock().unwrap().push(batch);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn config(yaml: &str) -> TelemetryConfig {
+        let c = otlp_mesh_config::parse_str(yaml, "t.yaml").unwrap();
+        c.telemetry.unwrap().value
+    }
+
+    fn record(trace: Option<Arc<RequestTrace>>, status: u16) -> RequestRecord {
+        RequestRecord {
+            trace,
+            start_unix_nanos: 1_000,
+            duration: Duration::from_millis(5),
+            method: Method::GET,
+            path: "/api/orders".into(),
+            version: Version::HTTP_11,
+            host: Some("shop".into()),
+            peer: "127.0.0.1".parse().unwrap(),
+            listener: "edge".into(),
+            route: Some("orders".into()),
+            cluster: Some("orders-v1".into()),
+            status,
+            error: None,
+            faults: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn continues_the_callers_trace_with_server_and_client_spans() {
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+            None,
+            vec![sink.clone()],
+        ));
+        let cfg = config("telemetry:\n  service_name: edge\n  access_log: { otlp: true }\n");
+        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
+        );
+        let t = rec.begin(&h).unwrap();
+        assert!(t.sampled);
+        let mut upstream = HeaderMap::new();
+        let first = t.begin_attempt(&mut upstream);
+        let tp = upstream
+            .get("traceparent")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            tp,
+            format!(
+                "00-0af7651916cd43dd8448eb211c80319c-{}-01",
+                propagation::hex(&first)
+            )
+        );
+        for (n, status) in [(1, 503), (2, 200)] {
+            t.end_attempt(AttemptRecord {
+                span_id: if n == 1 { first } else { new_span_id() },
+                start_unix_nanos: 1_000,
+                end_unix_nanos: 2_000,
+                number: n,
+                status,
+                error: None,
+            });
+        }
+        rec.record(record(Some(t.clone()), 200));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let batches = sink.0.lock().unwrap().clone();
+        let traces = batches.iter().find(|b| b.signal == Signal::Traces).unwrap();
+        assert_eq!(traces.items, 3);
+        let req = ExportTraceServiceRequest::decode(&traces.payload[..]).unwrap();
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        let server = &spans[0];
+        assert_eq!(server.name, "GET orders");
+        assert_eq!(server.kind, span::SpanKind::Server as i32);
+        assert_eq!(propagation::hex(&server.parent_span_id), "b7ad6b7169203331");
+        assert_eq!(
+            server.events.iter().filter(|e| e.name == "retry").count(),
+            1
+        );
+        assert!(
+            spans[1..]
+                .iter()
+                .all(|s| s.parent_span_id == server.span_id)
+        );
+        assert_eq!(
+            spans[1].status.as_ref().unwrap().code,
+            status::StatusCode::Error as i32
+        );
+        let logs = batches.iter().find(|b| b.signal == Signal::Logs).unwrap();
+        let req = ExportLogsServiceRequest::decode(&logs.payload[..]).unwrap();
+        let log = &req.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(log.trace_id, t.trace_id.to_vec());
+        assert_eq!(log.span_id, t.span_id.to_vec());
+        assert_eq!(rec.stats().spans.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsampled_parent_means_no_span_and_zero_ratio_samples_nothing() {
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+            None,
+            vec![sink.clone()],
+        ));
+        let cfg = config("telemetry:\n  tracing: { sampling_ratio: 0.0 }\n");
+        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let root = rec.begin(&HeaderMap::new()).unwrap();
+        assert!(!root.sampled);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+                .parse()
+                .unwrap(),
+        );
+        assert!(
+            rec.begin(&h).unwrap().sampled,
+            "a sampled parent wins over the ratio"
+        );
+        rec.record(record(Some(root), 200));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn red_metrics_encode_the_registry() {
+        let registry = Registry::new();
+        let m = registry.route("edge", "orders", "orders-v1");
+        m.record(200, Duration::from_millis(3));
+        m.record(503, Duration::from_millis(30));
+        let b = red_metrics(&Resource::default(), &registry, 1, 2).unwrap();
+        let req = ExportMetricsServiceRequest::decode(&b.payload[..]).unwrap();
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let Some(metric::Data::Histogram(h)) = &metrics[0].data else {
+            panic!()
+        };
+        assert_eq!(h.data_points[0].count, 2);
+        assert_eq!(h.data_points[0].bucket_counts.iter().sum::<u64>(), 2);
+        assert_eq!(
+            h.data_points[0].explicit_bounds.len() + 1,
+            h.data_points[0].bucket_counts.len()
+        );
+        let Some(metric::Data::Sum(s)) = &metrics[1].data else {
+            panic!()
+        };
+        assert_eq!(s.data_points.len(), 2);
+        assert_eq!(b.items, 3);
+    }
+}
