@@ -121,7 +121,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let registry = Registry::new();
-    let proxy = Proxy::new(registry);
+    let proxy = Proxy::new(registry.clone());
     let reload = Arc::new(ReloadStats::default());
     let loaded = Arc::new(loaded);
     let drain = loaded.config.runtime.drain_timeout;
@@ -135,6 +135,17 @@ async fn serve(
         .with_context(|| format!("cannot bind the admin server to {admin_addr}"))?;
     let admin_addr = admin_socket.local_addr().unwrap_or(admin_addr);
 
+    let telemetry = match &loaded.config.telemetry {
+        Some(cfg) => {
+            let t = otlp_mesh_telemetry::Telemetry::start(&cfg.value, registry)
+                .await
+                .context("cannot start telemetry")?;
+            proxy.set_recorder(t.recorder());
+            Some(t)
+        }
+        None => None,
+    };
+
     if let Err(errors) = proxy.apply(loaded.clone()).await {
         anyhow::bail!("cannot start: {}", errors.join("; "));
     }
@@ -144,6 +155,7 @@ async fn serve(
         proxy: proxy.clone(),
         reload: reload.clone(),
         started,
+        telemetry: telemetry.clone(),
     };
     let admin = tokio::spawn(otlp_mesh_admin::serve(
         admin_socket,
@@ -166,9 +178,15 @@ async fn serve(
         });
         let proxy = proxy.clone();
         let reload = reload.clone();
+        let running_telemetry = loaded.config.telemetry.as_ref().map(|t| t.value.clone());
         tokio::spawn(async move {
             while updates.changed().await.is_ok() {
                 let next = updates.borrow_and_update().clone();
+                if next.config.telemetry.as_ref().map(|t| &t.value) != running_telemetry.as_ref() {
+                    tracing::warn!(
+                        "the telemetry section changed; it takes effect at the next restart"
+                    );
+                }
                 match proxy.apply(next.clone()).await {
                     Ok(()) => {
                         reload.record_success();
@@ -193,7 +211,12 @@ async fn serve(
         .iter()
         .map(|(n, a)| format!("{n}=http://{a}"))
         .collect();
-    tracing::info!(admin = %admin_addr, listeners = %listing.join(" "), "otlp-mesh ready");
+    let otlp: Vec<String> = telemetry
+        .iter()
+        .flat_map(|t| t.receiver_addrs())
+        .map(|(w, a)| format!("{w}={a}"))
+        .collect();
+    tracing::info!(admin = %admin_addr, listeners = %listing.join(" "), otlp = %otlp.join(" "), "otlp-mesh ready");
     on_ready(&addrs);
 
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -202,6 +225,9 @@ async fn serve(
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
     proxy.shutdown(drain.into()).await;
+    if let Some(t) = &telemetry {
+        t.shutdown(drain.into()).await;
+    }
     let _ = admin_stop_tx.send(());
     let _ = admin.await;
     tracing::info!("stopped");

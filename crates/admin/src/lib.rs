@@ -20,6 +20,8 @@ pub struct AdminState {
     pub proxy: Arc<Proxy>,
     pub reload: Arc<ReloadStats>,
     pub started: Instant,
+    /// The OTLP pipeline, when `telemetry:` is configured.
+    pub telemetry: Option<Arc<otlp_mesh_telemetry::Telemetry>>,
 }
 
 /// The admin routes.
@@ -107,6 +109,9 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         otlp_mesh_proxy::metrics::render_resilience(&snap, &mut w);
     }
     s.proxy.faults().render_prometheus(w.buffer());
+    if let Some(t) = &s.telemetry {
+        t.render_prometheus(w.buffer());
+    }
     w.family(
         "otlp_mesh_uptime_seconds",
         "gauge",

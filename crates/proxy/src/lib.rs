@@ -14,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod trace;
 
 use arc_swap::ArcSwapOption;
 use cluster::Cluster;
@@ -48,6 +49,7 @@ pub struct Proxy {
     listeners: Mutex<BTreeMap<String, ListenerHandle>>,
     draining: AtomicBool,
     faults: FaultRegistry,
+    recorder: std::sync::OnceLock<Arc<otlp_mesh_telemetry::recorder::Recorder>>,
 }
 
 impl Proxy {
@@ -58,7 +60,13 @@ impl Proxy {
             listeners: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
             faults: FaultRegistry::new(),
+            recorder: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets where the proxy's own spans and access logs go; call once, before the first `apply`.
+    pub fn set_recorder(&self, recorder: Arc<otlp_mesh_telemetry::recorder::Recorder>) {
+        let _ = self.recorder.set(recorder);
     }
 
     /// The snapshot in force, once one has been applied.
@@ -112,7 +120,13 @@ impl Proxy {
         let mut errors = Vec::new();
         let mut states = Vec::new();
         for l in &cfg.listeners {
-            match ListenerState::build(l, &clusters, &self.registry, &self.faults) {
+            match ListenerState::build(
+                l,
+                &clusters,
+                &self.registry,
+                &self.faults,
+                self.recorder.get().cloned(),
+            ) {
                 Ok(s) => states.push(s),
                 Err(e) => errors.push(e),
             }

@@ -5,6 +5,7 @@ use crate::cluster::{ClientIp, Cluster, ClusterService};
 use crate::error::ProxyError;
 use crate::headers::{self, FORWARDED, VIA, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::router::{Route, RouteTable};
+use crate::trace::TraceAttempt;
 use http::header::{CONTENT_LENGTH, HOST, SERVER};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -18,6 +19,7 @@ use otlp_mesh_resilience::retry::{
     Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
 };
 use otlp_mesh_resilience::timeout::Timeout;
+use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTrace, unix_nanos};
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,9 @@ pub type ResponseBody = FaultBody<FaultBody<ProxyBody>>;
 #[derive(Debug)]
 pub struct Target {
     pub cluster: Arc<Cluster>,
+    /// Route and cluster names for spans and access logs (shared, not copied per request).
+    route_name: Arc<str>,
+    cluster_name: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
     request_faults: Arc<FaultTarget>,
     attempt_faults: Arc<FaultTarget>,
@@ -159,6 +164,9 @@ pub struct ListenerState {
     pub limits: Vec<Option<RouteLimit>>,
     /// Per route index: whether the client address must travel with the request.
     needs_client_ip: Vec<bool>,
+    /// The proxy's own spans and access logs, when telemetry is configured.
+    recorder: Option<Arc<Recorder>>,
+    listener_name: Arc<str>,
 }
 
 impl ListenerState {
@@ -168,6 +176,7 @@ impl ListenerState {
         clusters: &std::collections::BTreeMap<String, Arc<Cluster>>,
         registry: &Registry,
         faults: &FaultRegistry,
+        recorder: Option<Arc<Recorder>>,
     ) -> Result<Self, String> {
         let name = config.name.value.clone();
         let routes = RouteTable::compile(config, |route, cluster| {
@@ -189,6 +198,8 @@ impl ListenerState {
                 .and_then(|(_, r)| r.retry.as_ref().map(|p| retry_layer(p, c, r.priority)));
             Some(Target {
                 cluster: c.clone(),
+                route_name: Arc::from(route),
+                cluster_name: Arc::from(cluster),
                 metrics: registry.route(&name, route, cluster),
                 request_faults: fault_target(FaultScope::Request, config.header_faults.clone()),
                 attempt_faults: fault_target(FaultScope::Attempt, None),
@@ -226,6 +237,8 @@ impl ListenerState {
             needs_client_ip,
             routes,
             config: config.clone(),
+            recorder: recorder.filter(|r| r.is_active()),
+            listener_name: Arc::from(name.as_str()),
             name,
         })
     }
@@ -237,6 +250,74 @@ pub async fn handle(
     state: Arc<ListenerState>,
     peer: SocketAddr,
     req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, FaultReset> {
+    let Some(recorder) = state.recorder.clone() else {
+        return route_and_forward(state, peer, req, None, &mut Picked::default()).await;
+    };
+    let trace = recorder.begin(req.headers());
+    let start_unix_nanos = unix_nanos();
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let version = req.version();
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let listener = state.listener_name.clone();
+    let mut picked = Picked::default();
+    let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
+    let (status, error, faults) = match &result {
+        Ok(resp) => (
+            resp.status().as_u16(),
+            resp.headers()
+                .get("x-mesh-error")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            resp.extensions()
+                .get::<otlp_mesh_chaos::AppliedFaults>()
+                .map(|f| f.kinds()),
+        ),
+        Err(_) => (
+            502,
+            Some("fault_reset".to_string()),
+            Some("reset".to_string()),
+        ),
+    };
+    recorder.record(RequestRecord {
+        trace,
+        start_unix_nanos,
+        duration: start.elapsed(),
+        method,
+        path,
+        version,
+        host,
+        peer: peer.ip().to_canonical(),
+        listener,
+        route: picked.route,
+        cluster: picked.cluster,
+        status,
+        error,
+        faults,
+    });
+    result
+}
+
+/// The route and cluster a request went to, for its span and access log.
+#[derive(Default)]
+struct Picked {
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+}
+
+async fn route_and_forward(
+    state: Arc<ListenerState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    trace: Option<Arc<RequestTrace>>,
+    picked: &mut Picked,
 ) -> Result<Response<ResponseBody>, FaultReset> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -254,6 +335,10 @@ pub async fn handle(
             ProxyError::NoEndpoints(route.name.clone()),
         ));
     };
+    if trace.is_some() {
+        picked.route = Some(target.route_name.clone());
+        picked.cluster = Some(target.cluster_name.clone());
+    }
 
     let limit = state.config.limits.max_request_body.map(|b| b.0);
     if let Some(limit) = limit {
@@ -283,6 +368,9 @@ pub async fn handle(
     {
         parts.extensions.insert(ClientIp(peer.ip().to_canonical()));
     }
+    if let Some(t) = trace {
+        parts.extensions.insert(t);
+    }
     // A gRPC client's own deadline may only shorten the route's.
     let client_deadline = if grpc {
         grpc_timeout(&parts.headers)
@@ -297,7 +385,11 @@ pub async fn handle(
         Some(b) => Either::Left(b.layer_service(cluster)),
         None => Either::Right(cluster),
     };
-    let attempt = Fault::new(guarded, state.faults.clone(), target.attempt_faults.clone());
+    let attempt = TraceAttempt::new(Fault::new(
+        guarded,
+        state.faults.clone(),
+        target.attempt_faults.clone(),
+    ));
     type ToUpstream<B> = fn(Request<B>) -> Request<UpstreamBody>;
     let attempts = match &target.retry {
         Some(r) => Either::Left(r.layer_service(MapRequest::new(

@@ -15,6 +15,7 @@ pub mod propagation;
 pub mod receiver;
 pub mod recorder;
 mod registry;
+pub mod runtime;
 pub mod store;
 
 pub use histogram::{DURATION_BUCKETS_SECONDS, Histogram};
@@ -23,3 +24,4 @@ pub use otlp::{Batch, Signal};
 pub use otlp_mesh_prom::{PromWriter, escape_label, write_family, write_sample};
 pub use pipeline::{Consumer, Pipeline, Refused};
 pub use registry::{ClusterMetrics, ListenerMetrics, Registry, RouteMetrics, StatusClass};
+pub use runtime::{Telemetry, TelemetryError};

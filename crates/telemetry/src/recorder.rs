@@ -75,6 +75,8 @@ pub struct RequestTrace {
     pub sampled: bool,
     pub tracestate: Option<http::HeaderValue>,
     formats: Arc<[Propagation]>,
+    /// False when only access logs are on: trace headers pass through untouched.
+    inject: bool,
     attempts: Mutex<Vec<AttemptRecord>>,
 }
 
@@ -82,6 +84,9 @@ impl RequestTrace {
     /// Starts a client span: writes its context into `headers`; returns its span id.
     pub fn begin_attempt(&self, headers: &mut HeaderMap) -> [u8; 8] {
         let span_id = new_span_id();
+        if !self.inject {
+            return span_id;
+        }
         let ctx = TraceContext {
             trace_id: self.trace_id,
             span_id,
@@ -128,7 +133,7 @@ pub struct RequestRecord {
     pub cluster: Option<Arc<str>>,
     pub status: u16,
     /// `x-mesh-error` code of a proxy-made error response.
-    pub error: Option<&'static str>,
+    pub error: Option<String>,
     /// Fault kinds injected (`delay,abort`).
     pub faults: Option<String>,
 }
@@ -213,6 +218,7 @@ impl Recorder {
             sampled,
             tracestate,
             formats: self.formats.clone(),
+            inject: self.tracing,
             attempts: Mutex::new(Vec::new()),
         }))
     }
@@ -463,8 +469,8 @@ fn request_attributes(r: &RequestRecord) -> Vec<KeyValue> {
 
 /// `error.type`: the proxy's error code, or the status code for 5xx responses.
 fn error_type(r: &RequestRecord) -> Option<String> {
-    match r.error {
-        Some(e) => Some(e.to_string()),
+    match &r.error {
+        Some(e) => Some(e.clone()),
         None if r.status >= 500 => Some(r.status.to_string()),
         None => None,
     }

@@ -159,6 +159,8 @@ pub fn response(signal: Signal, rejected: u64, message: &str, format: Format) ->
     fn out<T: Message + serde::Serialize>(v: T, format: Format) -> Bytes {
         match format {
             Format::Protobuf => Bytes::from(v.encode_to_vec()),
+            // A full success is an empty message, `{}`, not `{"partialSuccess":null}`.
+            Format::Json if v.encoded_len() == 0 => Bytes::from_static(b"{}"),
             Format::Json => Bytes::from(serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec())),
         }
     }

@@ -1,0 +1,147 @@
+//! The assembled telemetry side of the process: pipeline, receivers, recorder, exporters, store.
+//!
+//! Built once at start from the `telemetry:` section; a reload that changes that section is
+//! reported and takes effect at the next restart (the data already queued must not be dropped
+//! by a rebuild).
+
+use crate::limiter::MemoryLimiter;
+use crate::pipeline::{Consumer, Pipeline};
+use crate::processors::Processors;
+use crate::receiver::{self, ReceiverHandle, ReceiverLimits, ReceiverStats};
+use crate::recorder::Recorder;
+use crate::registry::Registry;
+use otlp_mesh_config::telemetry::TelemetryConfig;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot bind the OTLP {what} receiver to {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("invalid processor config: {0}")]
+    Processors(String),
+    #[error("exporter `{name}`: {reason}")]
+    Exporter { name: String, reason: String },
+}
+
+/// The running telemetry pipeline and its endpoints.
+pub struct Telemetry {
+    config: TelemetryConfig,
+    pipeline: Arc<Pipeline>,
+    recorder: Arc<Recorder>,
+    receivers: Mutex<Vec<(&'static str, ReceiverHandle)>>,
+    receiver_stats: Arc<ReceiverStats>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Starts everything `cfg` asks for. `registry` feeds the RED metrics.
+    pub async fn start(
+        cfg: &TelemetryConfig,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Telemetry>, TelemetryError> {
+        let memory = Arc::new(MemoryLimiter::new(
+            cfg.memory_limit.soft.value.0,
+            cfg.memory_limit.hard.value.0,
+        ));
+        let processors = Processors::from_config(&cfg.processors)
+            .map_err(|e| TelemetryError::Processors(e.to_string()))?;
+        let consumers: Vec<Arc<dyn Consumer>> = Vec::new();
+        let pipeline = Arc::new(Pipeline::new(memory, processors, consumers));
+        let recorder = Recorder::start(cfg, pipeline.clone(), registry);
+        let receiver_stats = Arc::new(ReceiverStats::default());
+        let mut receivers = Vec::new();
+        if let Some(r) = &cfg.receiver {
+            let limits = ReceiverLimits {
+                max_message_size: usize::try_from(r.max_message_size.value.0).unwrap_or(usize::MAX),
+                max_decompressed_size: usize::try_from(r.max_decompressed_size.value.0)
+                    .unwrap_or(usize::MAX),
+            };
+            for (what, addr) in [("gRPC", &r.grpc), ("HTTP", &r.http)] {
+                let Some(addr) = addr else { continue };
+                let bind = |source| TelemetryError::Bind {
+                    what,
+                    addr: addr.value.clone(),
+                    source,
+                };
+                let parsed: SocketAddr = addr.value.parse().map_err(|_| {
+                    bind(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a socket address",
+                    ))
+                })?;
+                let handle =
+                    receiver::start(parsed, pipeline.clone(), limits, receiver_stats.clone())
+                        .await
+                        .map_err(bind)?;
+                tracing::info!(transport = what, addr = %handle.addr, "OTLP receiver listening");
+                receivers.push((what, handle));
+            }
+        }
+        Ok(Arc::new(Telemetry {
+            config: cfg.clone(),
+            pipeline,
+            recorder,
+            receivers: Mutex::new(receivers),
+            receiver_stats,
+        }))
+    }
+
+    /// The config it was started with.
+    pub fn config(&self) -> &TelemetryConfig {
+        &self.config
+    }
+
+    /// The proxy's span/access-log recorder.
+    pub fn recorder(&self) -> Arc<Recorder> {
+        self.recorder.clone()
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Bound receiver addresses: (`gRPC` | `HTTP`, address).
+    pub fn receiver_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(w, h)| (*w, h.addr))
+            .collect()
+    }
+
+    /// Appends every telemetry Prometheus family to `out`.
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.pipeline.render_prometheus(out);
+        self.receiver_stats.render_prometheus(out);
+        self.recorder.render_prometheus(out);
+    }
+
+    /// Stops the receivers (draining requests in flight for up to `drain`).
+    pub async fn shutdown(&self, drain: Duration) {
+        let receivers: Vec<_> = self
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for (_, r) in receivers {
+            r.stop(drain).await;
+        }
+    }
+}
