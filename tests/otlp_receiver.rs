@@ -1,0 +1,275 @@
+//! The OTLP receiver against real clients: the OpenTelemetry Python SDK (gRPC and HTTP
+//! exporters), and hand-made bad input over HTTP and gRPC.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Command;
+
+struct Otlp {
+    mesh: Mesh,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+async fn start(extra: &str) -> Otlp {
+    let admin = free_addr();
+    let (grpc, http) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}telemetry:\n  service_name: edge\n  receiver:\n    grpc: {grpc}\n    http: {http}\n    max_message_size: 64KiB\n    max_decompressed_size: 1MiB\n{extra}",
+        prelude(admin)
+    );
+    let mesh = Mesh::start(admin, &yaml).await;
+    Otlp { mesh, grpc, http }
+}
+
+fn python_send(protocol: &str, endpoint: &str, service: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/send.py");
+    let out = Command::new("python3")
+        .args([script, protocol, endpoint, service])
+        .output()
+        .expect("python3 must be installed (.ci/run installs the OpenTelemetry SDK)");
+    assert!(
+        out.status.success(),
+        "send.py {protocol} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn spans(n: usize, name_len: usize) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: (0..n)
+                    .map(|i| Span {
+                        trace_id: vec![7; 16],
+                        span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                        name: "x".repeat(name_len),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    ct: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> Resp {
+    let mut req = Request::post(format!("http://{addr}{path}")).header("content-type", ct);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    send(&h1_client(), req.body(full(body)).unwrap()).await
+}
+
+/// One unary gRPC call; returns (grpc-status, grpc-message, response).
+async fn grpc_call(
+    addr: SocketAddr,
+    method: &str,
+    encoding: Option<&str>,
+    message: Vec<u8>,
+) -> (String, String, Resp) {
+    let compressed = encoding.is_some();
+    let mut framed = vec![u8::from(compressed)];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let mut req = Request::post(format!("http://{addr}{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(e) = encoding {
+        req = req.header("grpc-encoding", e);
+    }
+    let r = send(&h2c_client(), req.body(full(framed)).unwrap()).await;
+    let from = |name: &str| {
+        r.trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .or_else(|| r.headers.get(name))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    (from("grpc-status"), from("grpc-message"), r)
+}
+
+const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+#[tokio::test]
+async fn python_sdk_sends_over_grpc_and_http() {
+    let o = start("").await;
+    let grpc = python_send("grpc", &format!("http://{}", o.grpc), "shop-grpc");
+    let http = python_send("http", &format!("http://{}", o.http), "shop-http");
+    for sent in [&grpc, &http] {
+        assert_eq!(sent["flushed"], true, "{sent}");
+        assert_eq!(sent["spans"].as_array().unwrap().len(), 2);
+    }
+    let m = o.mesh.metrics().await;
+    for transport in ["grpc", "http"] {
+        for signal in ["traces", "metrics", "logs"] {
+            let series = format!(
+                "otlp_mesh_receiver_requests_total{{transport=\"{transport}\",signal=\"{signal}\",outcome=\"accepted\"}}"
+            );
+            assert!(
+                metric(&m, &series).unwrap_or(0.0) >= 1.0,
+                "{series} in\n{m}"
+            );
+        }
+    }
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_pipeline_accepted_items_total{signal=\"logs\"}"
+        ),
+        Some(2.0)
+    );
+    // 2 spans from each SDK (the proxy itself made none: no requests were proxied).
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_pipeline_accepted_items_total{signal=\"traces\"}"
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn bad_http_input_gets_the_right_status_and_loses_nothing_else() {
+    let o = start("").await;
+    let a = o.http;
+    let pb = "application/x-protobuf";
+
+    let ok = post(a, "/v1/traces", pb, None, spans(3, 8)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+
+    // A gzip bomb: 64 MiB of zeros in ~64 KiB, against a 1 MiB decompressed limit.
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    assert!(bomb.len() < 64 << 10);
+    let r = post(a, "/v1/traces", pb, Some("gzip"), bomb.clone()).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+
+    let mut truncated = spans(3, 8);
+    truncated.truncate(truncated.len() - 5);
+    let r = post(a, "/v1/traces", pb, None, truncated).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let status = opentelemetry_proto::tonic::trace::v1::Status::decode(&r.body[..]);
+    assert!(status.is_ok(), "error body is a protobuf google.rpc.Status");
+
+    let r = post(
+        a,
+        "/v1/logs",
+        "application/json",
+        None,
+        br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"severityNumber":"loud"}]}]}]}"#
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("invalid OTLP JSON"), "{msg}");
+
+    let r = post(a, "/v1/traces", pb, None, spans(2000, 40)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let r = post(a, "/v1/traces", "text/plain", None, b"hi".to_vec()).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = post(a, "/v1/traces", pb, Some("br"), b"hi".to_vec()).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = post(a, "/v2/traces", pb, None, spans(1, 1)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = get(&h1_client(), &format!("http://{a}/v1/traces")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // A span with a bad id is rejected alone, with partial_success.
+    let mut req = ExportTraceServiceRequest::decode(&spans(3, 8)[..]).unwrap();
+    req.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1; 5];
+    let r = post(a, "/v1/traces", pb, None, req.encode_to_vec()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let resp =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(
+            &r.body[..],
+        )
+        .unwrap();
+    assert_eq!(resp.partial_success.unwrap().rejected_spans, 1);
+
+    // Still serving, and memory stayed bounded (the bomb was never inflated).
+    let r = post(a, "/v1/traces", pb, Some("gzip"), gzip(&spans(4, 8))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = o.mesh.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_pipeline_accepted_items_total{signal=\"traces\"}"
+        ),
+        Some(3.0 + 2.0 + 4.0)
+    );
+    let rss = o.mesh.proc.peak_rss_bytes();
+    assert!(rss < 60 << 20, "peak RSS {} MiB", rss >> 20);
+}
+
+#[tokio::test]
+async fn bad_grpc_input_gets_the_right_code() {
+    let o = start("").await;
+    let a = o.grpc;
+    let (code, _, r) = grpc_call(a, TRACES, None, spans(2, 8)).await;
+    assert_eq!(code, "0");
+    assert_eq!(r.status, StatusCode::OK);
+    let (code, _, _) = grpc_call(a, TRACES, Some("gzip"), gzip(&spans(2, 8))).await;
+    assert_eq!(code, "0");
+
+    let (code, msg, _) = grpc_call(a, TRACES, Some("gzip"), gzip(&vec![0u8; 64 << 20])).await;
+    assert_eq!(code, "8", "{msg}"); // RESOURCE_EXHAUSTED
+    let mut truncated = spans(3, 8);
+    truncated.truncate(truncated.len() - 5);
+    let (code, msg, _) = grpc_call(a, TRACES, None, truncated).await;
+    assert_eq!(code, "3", "{msg}"); // INVALID_ARGUMENT
+    assert!(msg.contains("invalid protobuf"), "{msg}");
+    let (code, _, _) = grpc_call(a, TRACES, None, spans(2000, 40)).await;
+    assert_eq!(code, "8");
+    let (code, _, _) = grpc_call(
+        a,
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Nope",
+        None,
+        spans(1, 1),
+    )
+    .await;
+    assert_eq!(code, "12"); // UNIMPLEMENTED
+    let (code, _, _) = grpc_call(a, TRACES, Some("snappy"), spans(1, 1)).await;
+    assert_eq!(code, "12");
+
+    let m = o.mesh.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_pipeline_accepted_items_total{signal=\"traces\"}"
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_receiver_requests_total{transport=\"grpc\",signal=\"traces\",outcome=\"too_large\"}"
+        ),
+        Some(2.0)
+    );
+}
