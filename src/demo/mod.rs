@@ -8,6 +8,7 @@
 
 mod client;
 mod config;
+mod otlp;
 mod services;
 mod traffic;
 
@@ -42,11 +43,24 @@ pub async fn start(port: u16, admin_port: u16) -> anyhow::Result<Demo> {
         "the proxy and admin ports must differ (both are {port})"
     );
     let mesh = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let instances = services::start_all(mesh).await?;
+    let otlp = config::Otlp {
+        grpc: otlp_port(4317),
+        http: otlp_port(4318),
+    };
+    let instances = services::start_all(mesh, otlp::Tracer::start(otlp.http)).await?;
     Ok(Demo {
-        config_yaml: config::yaml(port, admin_port, &instances),
-        guide: config::guide(port, admin_port, &instances),
+        config_yaml: config::yaml(port, admin_port, &instances, &otlp),
+        guide: config::guide(port, admin_port, &instances, &otlp),
     })
+}
+
+/// The OTLP standard port on loopback when free, else another free one.
+fn otlp_port(preferred: u16) -> SocketAddr {
+    [preferred, 0]
+        .into_iter()
+        .find_map(|p| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok())
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, preferred)))
 }
 
 #[cfg(test)]
@@ -89,18 +103,38 @@ mod tests {
     /// frontend → orders-v1 → inventory, and orders-v2 → inventory.
     async fn chain() -> [SocketAddr; 4] {
         let nowhere = SocketAddr::from((Ipv4Addr::LOCALHOST, closed_port().await));
-        let inventory = services::spawn(Kind::Inventory, nowhere, Profile::quiet())
-            .await
-            .unwrap();
-        let v1 = services::spawn(Kind::OrdersV1, inventory, Profile::quiet())
-            .await
-            .unwrap();
-        let v2 = services::spawn(Kind::OrdersV2, inventory, Profile::quiet())
-            .await
-            .unwrap();
-        let frontend = services::spawn(Kind::Frontend, v1, Profile::quiet())
-            .await
-            .unwrap();
+        let inventory = services::spawn(
+            Kind::Inventory,
+            nowhere,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
+        let v1 = services::spawn(
+            Kind::OrdersV1,
+            inventory,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
+        let v2 = services::spawn(
+            Kind::OrdersV2,
+            inventory,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
+        let frontend = services::spawn(
+            Kind::Frontend,
+            v1,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
         [frontend, v1, v2, inventory]
     }
 
@@ -195,18 +229,28 @@ mod tests {
     async fn failing_downstreams_degrade_or_become_502() {
         let nowhere = SocketAddr::from((Ipv4Addr::LOCALHOST, closed_port().await));
         // orders with no inventory: still lists orders, stock unknown.
-        let orders = services::spawn(Kind::OrdersV2, nowhere, Profile::quiet())
-            .await
-            .unwrap();
+        let orders = services::spawn(
+            Kind::OrdersV2,
+            nowhere,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
         let r = get(orders, "/api/orders").await;
         assert_eq!(r.status, StatusCode::OK);
         let body = json(&r);
         assert_eq!(body["degraded"], true);
         assert!(body["orders"][0]["in_stock"].is_null());
         // frontend with no orders: 502.
-        let frontend = services::spawn(Kind::Frontend, nowhere, Profile::quiet())
-            .await
-            .unwrap();
+        let frontend = services::spawn(
+            Kind::Frontend,
+            nowhere,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
         let r = get(frontend, "/shop").await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
         assert_eq!(r.header("x-demo-service"), "frontend");
@@ -217,9 +261,14 @@ mod tests {
     async fn canary_and_request_id_headers_are_propagated() {
         // frontend → a stand-in proxy that echoes what it got as the headers frontend reports.
         let (stub, _) = counting_proxy().await;
-        let frontend = services::spawn(Kind::Frontend, stub, Profile::quiet())
-            .await
-            .unwrap();
+        let frontend = services::spawn(
+            Kind::Frontend,
+            stub,
+            Profile::quiet(),
+            otlp::Tracer::disabled(),
+        )
+        .await
+        .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-canary", HeaderValue::from_static("true"));
         headers.insert("x-request-id", HeaderValue::from_static("abc-123"));

@@ -2,6 +2,7 @@
 //! on a loopback ephemeral port. Calls between services go through the proxy ("the mesh").
 
 use super::client::{self, HttpClient};
+use super::otlp::Tracer;
 use anyhow::Context;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -192,11 +193,11 @@ impl Instances {
 }
 
 /// Starts every example service with its demo profile; they call each other through `mesh`.
-pub(crate) async fn start_all(mesh: SocketAddr) -> anyhow::Result<Instances> {
+pub(crate) async fn start_all(mesh: SocketAddr, tracer: Tracer) -> anyhow::Result<Instances> {
     let mut instances = Instances::default();
     for kind in Kind::ALL {
         for _ in 0..kind.instances() {
-            let addr = spawn(kind, mesh, kind.profile()).await?;
+            let addr = spawn(kind, mesh, kind.profile(), tracer.clone()).await?;
             instances.all.push((kind, addr));
         }
     }
@@ -208,6 +209,7 @@ pub(crate) async fn spawn(
     kind: Kind,
     mesh: SocketAddr,
     profile: Profile,
+    tracer: Tracer,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
@@ -220,6 +222,7 @@ pub(crate) async fn spawn(
         mesh,
         profile,
         client: client::new(),
+        tracer,
     });
     tokio::spawn(accept_loop(listener, state));
     tracing::debug!(service = kind.name(), %addr, "demo service listening");
@@ -235,6 +238,8 @@ struct State {
     mesh: SocketAddr,
     profile: Profile,
     client: HttpClient,
+    /// The service's own spans (sent to the proxy's OTLP receiver).
+    tracer: Tracer,
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
@@ -305,6 +310,23 @@ fn route(kind: Kind, path: &str) -> Option<Route> {
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let span = state.tracer.begin(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = serve(state, request, &span).await;
+    if path != "/healthz" {
+        state
+            .tracer
+            .end(state.kind, span, method.as_str(), &path, response.status());
+    }
+    response
+}
+
+async fn serve(
+    state: &State,
+    request: Request<Incoming>,
+    span: &super::otlp::ActiveSpan,
+) -> Response<Full<Bytes>> {
     let Some(route) = route(state.kind, request.uri().path()) else {
         let body = format!(
             "{{\"service\": \"{}\", \"error\": \"not found\", \"path\": {}}}",
@@ -342,7 +364,8 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         return reply(state, status, JSON, error_json(state, "simulated failure"));
     }
 
-    let forward = propagated(request.headers());
+    let mut forward = propagated(request.headers());
+    span.inject(&mut forward);
     match route {
         Route::Index => reply(state, StatusCode::OK, HTML, index_page(state)),
         Route::Shop => shop(state, forward).await,
