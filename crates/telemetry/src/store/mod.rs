@@ -170,6 +170,12 @@ impl Store {
         }
     }
 
+    /// A store sized by the `telemetry.store` config (whether it is `enabled` is the caller's
+    /// decision).
+    pub fn from_config(config: &otlp_mesh_config::telemetry::StoreConfig) -> Store {
+        Store::new(config.max_bytes.value.0)
+    }
+
     /// Decodes and indexes a batch (decoding happens before any lock is taken). An invalid
     /// payload stores nothing and returns the decode error. Spans with a trace id that is not
     /// 16 bytes or a span id that is not 8 bytes (or all zeros) are skipped and counted.
@@ -237,16 +243,9 @@ impl Store {
         service_map::build(&snapshot, window, now_unix_nano)
     }
 
-    /// Matching traces, most recent start first.
+    /// Matching traces, most recent start first (ties by trace id), at most `q.limit`.
     pub fn traces(&self, q: &TraceQuery) -> Vec<TraceSummary> {
-        let mut hits = read(&self.traces).matching(q);
-        hits.sort_by(|a, b| {
-            b.start_time_unix_nano
-                .cmp(&a.start_time_unix_nano)
-                .then(a.trace_id.cmp(&b.trace_id))
-        });
-        hits.truncate(q.limit.min(MAX_LIMIT));
-        hits
+        read(&self.traces).matching(q)
     }
 
     /// All spans of a trace sorted by start time; `None` for an unknown or malformed id.

@@ -960,6 +960,54 @@ fn metric_eviction_drops_least_recently_updated_series() {
 }
 
 #[test]
+fn sized_from_config() {
+    let c = otlp_mesh_config::telemetry::StoreConfig::default();
+    assert_eq!(Store::from_config(&c).stats().max_bytes, 64 << 20);
+}
+
+#[test]
+fn concurrent_ingest_and_queries() {
+    let st = Store::new(1 << 20);
+    std::thread::scope(|scope| {
+        for w in 0..3u32 {
+            let st = &st;
+            scope.spawn(move || {
+                for i in 0..200u32 {
+                    let t = w * 1000 + i + 1;
+                    st.ingest(&traces_batch(abc(t, u64::from(i), i % 5 == 0).to_vec()))
+                        .unwrap();
+                    st.ingest(&logs_batch(vec![("a", vec![log(Some(t), 9, s("x"), 0)])]))
+                        .unwrap();
+                }
+            });
+        }
+        scope.spawn(|| {
+            for _ in 0..50 {
+                let m = st.services(None);
+                for e in &m.edges {
+                    assert!(e.errors <= e.requests);
+                }
+                for t in st.traces(&TraceQuery::default()) {
+                    // A trace is visible with all spans of a batch or not at all.
+                    assert_eq!(t.span_count, 5);
+                    assert!(
+                        st.trace(&t.trace_id.to_hex())
+                            .is_none_or(|d| d.spans.len() == 5)
+                    );
+                }
+                let _ = st.logs(&LogQuery::default());
+                let _ = st.stats();
+            }
+        });
+    });
+    let s = st.stats();
+    assert_eq!(s.spans + s.evicted_spans, 3000);
+    assert_eq!(s.logs + s.evicted_logs, 600);
+    st.traces.read().unwrap().check_consistency();
+    st.logs.read().unwrap().check_consistency();
+}
+
+#[test]
 fn store_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Store>();

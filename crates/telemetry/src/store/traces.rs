@@ -239,13 +239,28 @@ impl Traces {
         self.traces.get(id)
     }
 
-    /// Summaries of matching traces (unsorted, unlimited).
+    /// Summaries of the `limit` most recent matching traces (by start, then id), most recent
+    /// first. Only those are built; the rest is a filter over per-trace aggregates.
     pub(crate) fn matching(&self, q: &TraceQuery) -> Vec<TraceSummary> {
-        self.traces
+        let limit = q.limit.min(MAX_LIMIT);
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut hits: Vec<(u64, &TraceId, &TraceEntry)> = self
+            .traces
             .iter()
             .filter(|(_, e)| e.matches(q))
-            .map(|(id, e)| e.summary(*id))
-            .collect()
+            .map(|(id, e)| (e.start, id, e))
+            .collect();
+        let order = |a: &(u64, &TraceId, &TraceEntry), b: &(u64, &TraceId, &TraceEntry)| {
+            b.0.cmp(&a.0).then(a.1.cmp(b.1))
+        };
+        if hits.len() > limit {
+            hits.select_nth_unstable_by(limit - 1, order);
+            hits.truncate(limit);
+        }
+        hits.sort_unstable_by(order);
+        hits.into_iter().map(|(_, id, e)| e.summary(*id)).collect()
     }
 
     /// The spans of every trace with a span ending at or after `cutoff`.
