@@ -960,6 +960,30 @@ fn metric_eviction_drops_least_recently_updated_series() {
 }
 
 #[test]
+fn size_estimates_cover_the_stored_strings() {
+    let st = store();
+    let mut sp = span(1, 1, None, "op", K::Server, 0, 1);
+    sp.attributes = vec![kv("big", s(&"x".repeat(10_000)))];
+    st.ingest(&traces_batch(vec![("a", vec![sp])])).unwrap();
+    let mut l = log(None, 9, s(&"y".repeat(5_000)), 0);
+    l.attributes.clear();
+    st.ingest(&logs_batch(vec![("a", vec![l])])).unwrap();
+    let m = gauge(
+        "g",
+        vec![kv("k", s(&"z".repeat(3_000)))],
+        number_data_point::Value::AsInt(1),
+        0,
+    );
+    st.ingest(&metrics_batch(vec![("a", vec![m])])).unwrap();
+    let s = st.stats();
+    assert!((10_000..12_000).contains(&s.trace_bytes), "{s:?}");
+    assert!((5_000..6_000).contains(&s.log_bytes), "{s:?}");
+    // The series key repeats the attributes, and is held twice (series map and update order).
+    assert!((9_000..11_000).contains(&s.metric_bytes), "{s:?}");
+    assert_eq!(s.bytes, s.trace_bytes + s.log_bytes + s.metric_bytes);
+}
+
+#[test]
 fn sized_from_config() {
     let c = otlp_mesh_config::telemetry::StoreConfig::default();
     assert_eq!(Store::from_config(&c).stats().max_bytes, 64 << 20);
