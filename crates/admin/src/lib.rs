@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod api;
+pub use api::api_router;
+
 /// What the admin handlers read.
 #[derive(Clone, Debug)]
 pub struct AdminState {
