@@ -29,7 +29,7 @@ pub struct AdminState {
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let admin = Router::new()
         .route("/ready", get(ready))
         .route("/live", get(live))
         .route("/metrics", get(metrics))
@@ -44,7 +44,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/chaos/disable-all", post(chaos_disable_all))
         .route("/chaos/enable-all", post(chaos_enable_all))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone());
+    match state.telemetry.as_ref().and_then(|t| t.store()) {
+        Some(store) => api_router(store).merge(admin),
+        None => admin,
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.

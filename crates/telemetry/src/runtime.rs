@@ -10,6 +10,7 @@ use crate::processors::Processors;
 use crate::receiver::{self, ReceiverHandle, ReceiverLimits, ReceiverStats};
 use crate::recorder::Recorder;
 use crate::registry::Registry;
+use crate::store::{Store, StoreFeed};
 use otlp_mesh_config::telemetry::TelemetryConfig;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub enum TelemetryError {
     },
     #[error("invalid processor config: {0}")]
     Processors(String),
+    #[error("cannot start the store thread: {0}")]
+    Store(std::io::Error),
     #[error("exporter `{name}`: {reason}")]
     Exporter { name: String, reason: String },
 }
@@ -37,6 +40,7 @@ pub struct Telemetry {
     recorder: Arc<Recorder>,
     receivers: Mutex<Vec<(&'static str, ReceiverHandle)>>,
     receiver_stats: Arc<ReceiverStats>,
+    store: Option<(Arc<Store>, Arc<StoreFeed>)>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -59,7 +63,15 @@ impl Telemetry {
         ));
         let processors = Processors::from_config(&cfg.processors)
             .map_err(|e| TelemetryError::Processors(e.to_string()))?;
-        let consumers: Vec<Arc<dyn Consumer>> = Vec::new();
+        let mut consumers: Vec<Arc<dyn Consumer>> = Vec::new();
+        let store = if cfg.store.enabled {
+            let store = Arc::new(Store::from_config(&cfg.store));
+            let feed = Arc::new(StoreFeed::start(store.clone()).map_err(TelemetryError::Store)?);
+            consumers.push(feed.clone());
+            Some((store, feed))
+        } else {
+            None
+        };
         let pipeline = Arc::new(Pipeline::new(memory, processors, consumers));
         let recorder = Recorder::start(cfg, pipeline.clone(), registry);
         let receiver_stats = Arc::new(ReceiverStats::default());
@@ -97,6 +109,7 @@ impl Telemetry {
             recorder,
             receivers: Mutex::new(receivers),
             receiver_stats,
+            store,
         }))
     }
 
@@ -115,6 +128,11 @@ impl Telemetry {
         &self.pipeline
     }
 
+    /// The embedded store, when enabled.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.store.as_ref().map(|(s, _)| s.clone())
+    }
+
     /// Bound receiver addresses: (`gRPC` | `HTTP`, address).
     pub fn receiver_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
         self.receivers
@@ -130,6 +148,28 @@ impl Telemetry {
         self.pipeline.render_prometheus(out);
         self.receiver_stats.render_prometheus(out);
         self.recorder.render_prometheus(out);
+        if let Some((store, feed)) = &self.store {
+            let stats = store.stats();
+            crate::write_family(
+                out,
+                "otlp_mesh_store_bytes",
+                "gauge",
+                "Estimated bytes held by the embedded store.",
+            );
+            crate::write_sample(out, "otlp_mesh_store_bytes", &[], stats.bytes);
+            crate::write_family(
+                out,
+                "otlp_mesh_store_skipped_batches_total",
+                "counter",
+                "Batches that bypassed the embedded store because it fell behind.",
+            );
+            crate::write_sample(
+                out,
+                "otlp_mesh_store_skipped_batches_total",
+                &[],
+                feed.skipped(),
+            );
+        }
     }
 
     /// Stops the receivers (draining requests in flight for up to `drain`).

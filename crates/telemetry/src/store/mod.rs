@@ -16,12 +16,14 @@
 //! - metrics: only the latest point of each series (service, name, attributes) is kept; the
 //!   series updated least recently goes first.
 
+mod feed;
 mod logs;
 mod metrics;
 mod model;
 mod service_map;
 mod traces;
 
+pub use feed::StoreFeed;
 pub use logs::{DEFAULT_LOG_LIMIT, LogQuery, LogView};
 pub use metrics::{
     ExpBucketsView, ExponentialHistogramView, HistogramView, MetricKind, MetricQuery, MetricView,
