@@ -82,6 +82,15 @@ fn decompress(encoding: &str, data: &[u8]) -> Vec<u8> {
 /// Serves HTTP/1.1 and h2c on `listener`; gRPC requests are unframed. Spans of requests
 /// answered with success (HTTP 200 and, for gRPC, grpc-status 0) are recorded.
 fn serve(listener: TcpListener, handler: Handler) -> Arc<Seen> {
+    serve_tls(listener, handler, None)
+}
+
+/// Like [`serve`], over TLS when `tls` is set.
+fn serve_tls(
+    listener: TcpListener,
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Arc<Seen> {
     let seen = Arc::new(Seen::default());
     let counter = Arc::new(AtomicU64::new(0));
     let s = seen.clone();
@@ -91,14 +100,24 @@ fn serve(listener: TcpListener, handler: Handler) -> Arc<Seen> {
                 return;
             };
             let (seen, handler, counter) = (s.clone(), handler.clone(), counter.clone());
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (seen, handler, counter) = (seen.clone(), handler.clone(), counter.clone());
                     async move { Ok::<_, Infallible>(handle(req, &seen, &handler, &counter).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
             });
         }
     });
@@ -584,4 +603,73 @@ telemetry:
     assert_eq!(traces(&exp.stats()).replayed_items, 0);
     assert_eq!(exp.stats().queued_items, 0);
     exp.shutdown(Duration::from_millis(10)).await;
+}
+
+/// The test certificates of the discovery crate: a CA and a server certificate for 127.0.0.1.
+fn testdata(file: &str) -> String {
+    format!(
+        "{}/../discovery/testdata/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(testdata("server.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(testdata("server.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn grpc_and_http_over_tls() {
+    for kind in ["otlp_grpc", "otlp_http"] {
+        let (l, addr) = listener().await;
+        let handler: Handler = Arc::new(move |_: &Req| {
+            if kind == "otlp_grpc" {
+                grpc_ok(&ExportTraceServiceResponse::default())
+            } else {
+                Response::builder()
+                    .status(200)
+                    .body(full(Bytes::new()))
+                    .unwrap()
+            }
+        });
+        let seen = serve_tls(l, handler, Some(tls_acceptor()));
+        let path = if kind == "otlp_http" { "/otlp" } else { "" };
+        let (cfg, batch_cfg) = config(&format!(
+            r#"
+telemetry:
+  batch: {{ size: 100, timeout: 10ms }}
+  exporters:
+    - name: tls
+      {kind}: {{ endpoint: "https://{addr}{path}", ca_file: "{}" }}
+      retry: {{ initial_interval: 10ms, max_interval: 50ms, max_elapsed_time: 2s }}
+"#,
+            testdata("ca.pem")
+        ));
+        let exp = Exporter::start("tls".into(), &cfg, &batch_cfg, limiter())
+            .await
+            .unwrap();
+        exp.enqueue(batch(0..10)).await.unwrap();
+        wait_for(kind, Duration::from_secs(5), || {
+            traces(&exp.stats()).items_sent == 10
+        })
+        .await;
+        assert_exactly_once(&seen, 0..10);
+        assert_eq!(traces(&exp.stats()).retries, 0, "{kind}");
+        exp.shutdown(Duration::from_secs(1)).await;
+    }
 }

@@ -708,6 +708,31 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_without_close_loses_nothing_under_any_fsync_policy() {
+        for fsync in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Batched,
+            FsyncPolicy::Never,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut o = opts();
+            o.fsync = fsync;
+            let (w, _) = open(dir.path(), o);
+            for i in 0..30 {
+                w.append(&batch(i)).unwrap();
+            }
+            w.sync_if_dirty().unwrap();
+            w.append(&batch(30)).unwrap();
+            // Dropped as a killed process leaves it: no close, no final fsync, no ack.
+            drop(w);
+            let (w, _) = open(dir.path(), o);
+            let got = drain(&w);
+            assert_eq!(got.len(), 31, "{fsync:?}");
+            assert_eq!(got[30].1, batch(30));
+        }
+    }
+
+    #[test]
     fn ack_persists_and_only_advances_over_a_contiguous_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let (w, _) = open(dir.path(), opts());
