@@ -12,6 +12,7 @@ pub mod otlp;
 mod registry;
 pub mod store;
 
+pub use export::{ExportError, Exporter, ExporterStatsSnapshot, QueueFull};
 pub use histogram::{DURATION_BUCKETS_SECONDS, Histogram};
 pub use limiter::{MemoryLimiter, Priority};
 pub use otlp::{Batch, Signal};
