@@ -18,6 +18,7 @@ mod registry;
 pub mod runtime;
 pub mod store;
 
+pub use export::{ExportError, Exporter, ExporterStatsSnapshot, QueueFull};
 pub use histogram::{DURATION_BUCKETS_SECONDS, Histogram};
 pub use limiter::{MemoryLimiter, Priority};
 pub use otlp::{Batch, Signal};

@@ -1,1 +1,586 @@
-//! OTLP exporters (to be written): gRPC and HTTP senders with spec retry, memory and persistent queues.
+//! OTLP exporters: a queue (in memory, or a write-ahead log on disk) drained by one sender task
+//! per exporter, which merges queued batches into export requests, compresses them and sends
+//! them over OTLP/gRPC or OTLP/HTTP, retrying per the OTLP specification.
+//!
+//! ```text
+//! enqueue ─▶ queue (memory │ WAL) ─▶ sender: merge ≤ batch.size / max_bytes, wait ≤ batch.timeout
+//!                                       └▶ up to MAX_IN_FLIGHT requests: compress ▸ send ▸ retry
+//!                                            └▶ finish: release memory │ advance the WAL ack
+//! ```
+
+mod conn;
+mod grpc;
+mod http;
+mod queue;
+pub mod retry;
+mod stats;
+mod wal;
+
+pub use queue::QueueFull;
+pub use retry::{Decision, Failure, classify};
+pub use stats::{DropReason, ExporterStatsSnapshot, FailedItems, SignalStatsSnapshot};
+
+use crate::{Batch, MemoryLimiter, Priority, Signal};
+use conn::Accepted;
+use otlp_mesh_config::telemetry::{BatchConfig, ExporterConfig, FsyncPolicy, OtlpEndpointConfig};
+use queue::{Limits, MemoryQueue, Taken};
+use stats::Stats;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use wal::{Wal, WalOptions};
+
+/// Export requests of one exporter sent (or being retried) at the same time.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Default bound of the in-memory queue.
+pub const DEFAULT_MEMORY_QUEUE_BYTES: u64 = 64 << 20;
+/// Default bound of the persistent queue.
+pub const DEFAULT_DISK_QUEUE_BYTES: u64 = 1 << 30;
+/// How often appends reach the disk with `fsync: batched`.
+const BATCHED_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why an exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The exporter's configuration cannot be used.
+    #[error("exporter `{name}`: {reason}")]
+    Config { name: String, reason: String },
+    /// The persistent queue could not be opened.
+    #[error("exporter `{name}`: persistent queue {}: {source}", dir.display())]
+    Queue {
+        name: String,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One OTLP exporter: its queue and sender task. Cheap to clone.
+#[derive(Clone)]
+pub struct Exporter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("name", &self.inner.name)
+            .field("kind", &self.inner.kind)
+            .finish()
+    }
+}
+
+enum Client {
+    Grpc(grpc::GrpcClient),
+    Http(http::HttpClient),
+}
+
+impl Client {
+    fn prepare(&self, payload: &[u8]) -> std::io::Result<bytes::Bytes> {
+        match self {
+            Client::Grpc(c) => c.prepare(payload),
+            Client::Http(c) => c.prepare(payload),
+        }
+    }
+
+    async fn send(&self, signal: Signal, body: bytes::Bytes) -> Result<Accepted, Failure> {
+        match self {
+            Client::Grpc(c) => c.send(signal, body).await,
+            Client::Http(c) => c.send(signal, body).await,
+        }
+    }
+}
+
+enum Queue {
+    Memory(MemoryQueue),
+    Wal(Arc<Wal>),
+}
+
+/// Retry settings in effect.
+#[derive(Clone, Copy, Debug)]
+struct RetryPolicy {
+    enabled: bool,
+    initial: Duration,
+    max: Duration,
+    max_elapsed: Duration,
+    /// With a persistent queue retryable failures are retried forever: the data is on disk.
+    forever: bool,
+}
+
+struct Inner {
+    name: String,
+    kind: &'static str,
+    client: Client,
+    queue: Queue,
+    stats: Arc<Stats>,
+    limits: Limits,
+    retry: RetryPolicy,
+    wake: Notify,
+    stopping: AtomicBool,
+    /// Set by `shutdown`: send what is queued until then.
+    deadline: watch::Sender<Option<Instant>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// How one export request ended.
+enum Outcome {
+    Sent(Accepted),
+    Dropped(DropReason),
+}
+
+/// What the sender remembers about a request in flight.
+struct InFlight {
+    signal: Signal,
+    items: u64,
+    bytes: u64,
+    seqs: Vec<u64>,
+}
+
+/// Request headers from the config.
+fn configured_headers(ep: &OtlpEndpointConfig) -> Result<::http::HeaderMap, String> {
+    let mut map = ::http::HeaderMap::new();
+    for (k, v) in &ep.headers {
+        let name = ::http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("`{k}` is not a header name"))?;
+        let value = ::http::HeaderValue::from_str(v)
+            .map_err(|_| format!("header `{k}` has a value that is not a header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+impl Exporter {
+    /// Starts the sender task(s); opens/replays the persistent queue when `cfg.queue.dir` is set.
+    pub async fn start(
+        name: String,
+        cfg: &ExporterConfig,
+        batch: &BatchConfig,
+        memory: Arc<MemoryLimiter>,
+    ) -> Result<Exporter, ExportError> {
+        let config_err = |reason: String| ExportError::Config {
+            name: name.clone(),
+            reason,
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(config_err(
+                "name must be letters, digits, `-` and `_`".into(),
+            ));
+        }
+        let (kind, client) = match (&cfg.otlp_grpc, &cfg.otlp_http) {
+            (Some(g), None) => (
+                "otlp_grpc",
+                Client::Grpc(grpc::GrpcClient::new(g).map_err(config_err)?),
+            ),
+            (None, Some(h)) => (
+                "otlp_http",
+                Client::Http(http::HttpClient::new(h).map_err(config_err)?),
+            ),
+            _ => {
+                return Err(config_err(
+                    "set exactly one of `otlp_grpc` and `otlp_http`".into(),
+                ));
+            }
+        };
+        let limits = Limits {
+            items: batch.size.value.max(1),
+            bytes: batch.max_bytes.value.0.max(1),
+            timeout: batch.timeout.value.0,
+        };
+        let stats = Arc::new(Stats::default());
+        let max_bytes = cfg.queue.max_bytes.as_ref().map(|b| b.value.0);
+        let queue = match &cfg.queue.dir {
+            None => Queue::Memory(MemoryQueue::new(
+                max_bytes.unwrap_or(DEFAULT_MEMORY_QUEUE_BYTES),
+                memory,
+            )),
+            Some(dir) => {
+                let dir = Path::new(&dir.value).join(&name);
+                let max_bytes = max_bytes.unwrap_or(DEFAULT_DISK_QUEUE_BYTES);
+                let opts = WalOptions {
+                    max_bytes,
+                    segment_bytes: (max_bytes / 8).clamp(1 << 20, 32 << 20),
+                    fsync: cfg.queue.fsync,
+                    load_budget: (limits.bytes.saturating_mul(4)).max(1 << 20),
+                };
+                let (d, s) = (dir.clone(), stats.clone());
+                let opened = tokio::task::spawn_blocking(move || Wal::open(&d, opts, s))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r);
+                let wal = opened.map_err(|source| ExportError::Queue {
+                    name: name.clone(),
+                    dir,
+                    source,
+                })?;
+                Queue::Wal(Arc::new(wal))
+            }
+        };
+        let persistent = matches!(queue, Queue::Wal(_));
+        let r = &cfg.retry;
+        let retry = RetryPolicy {
+            enabled: r.enabled,
+            initial: r.initial_interval.value.0,
+            max: r.max_interval.value.0,
+            max_elapsed: r.max_elapsed_time.value.0,
+            forever: persistent,
+        };
+        let inner = Arc::new(Inner {
+            name,
+            kind,
+            client,
+            queue,
+            stats,
+            limits,
+            retry,
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            deadline: watch::Sender::new(None),
+            task: Mutex::new(None),
+        });
+        if let Queue::Wal(w) = &inner.queue
+            && cfg.queue.fsync == FsyncPolicy::Batched
+        {
+            tokio::spawn(batched_fsync(w.clone(), inner.name.clone()));
+        }
+        let task = tokio::spawn(run(inner.clone()));
+        *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(Exporter { inner })
+    }
+
+    /// The exporter's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Queues a batch from a receiver (held to the memory limiter's soft limit). With the
+    /// persistent queue, returns after the write-ahead-log append (and fsync under `always`).
+    pub async fn enqueue(&self, batch: Batch) -> Result<(), QueueFull> {
+        self.push(batch, Priority::Receiver).await
+    }
+
+    /// Queues the proxy's own telemetry (held to the memory limiter's hard limit).
+    pub async fn enqueue_internal(&self, batch: Batch) -> Result<(), QueueFull> {
+        self.push(batch, Priority::Internal).await
+    }
+
+    async fn push(&self, batch: Batch, priority: Priority) -> Result<(), QueueFull> {
+        let inner = &self.inner;
+        let result = if inner.stopping.load(Relaxed) {
+            Err(QueueFull::ShuttingDown)
+        } else if batch.is_empty() {
+            Ok(())
+        } else {
+            match &inner.queue {
+                Queue::Memory(m) => m.push(batch, priority, &inner.stats),
+                Queue::Wal(w) => {
+                    let w = w.clone();
+                    tokio::task::spawn_blocking(move || w.append(&batch))
+                        .await
+                        .unwrap_or(Err(QueueFull::Io))
+                }
+            }
+        };
+        match result {
+            Ok(()) => inner.wake.notify_one(),
+            Err(_) => {
+                inner.stats.queue_full.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> ExporterStatsSnapshot {
+        let i = &self.inner;
+        i.stats
+            .snapshot(&i.name, i.kind, matches!(i.queue, Queue::Wal(_)))
+    }
+
+    /// Appends the `otlp_mesh_exporter_*` families of this exporter to `out`.
+    pub fn render_prometheus(&self, out: &mut String) {
+        stats::render_prometheus(&[self.stats()], out);
+    }
+
+    /// Appends the `otlp_mesh_exporter_*` families of several exporters (each family once).
+    pub fn render_prometheus_all(exporters: &[Exporter], out: &mut String) {
+        let snaps: Vec<_> = exporters.iter().map(Exporter::stats).collect();
+        stats::render_prometheus(&snaps, out);
+    }
+
+    /// Stops taking data, tries to send what is queued until `deadline`; the persistent queue
+    /// keeps the rest for the next start. Returns once the sender has stopped.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let inner = &self.inner;
+        inner.stopping.store(true, Relaxed);
+        inner.deadline.send_replace(Some(Instant::now() + deadline));
+        let task = inner.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(exporter = %inner.name, error = %e, "exporter sender task failed");
+        }
+    }
+}
+
+async fn batched_fsync(wal: Arc<Wal>, name: String) {
+    let mut tick = tokio::time::interval(BATCHED_FSYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if wal.is_closed() {
+            return;
+        }
+        let w = wal.clone();
+        match tokio::task::spawn_blocking(move || w.sync_if_dirty()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(exporter = %name, error = %e, "persistent queue: fsync failed")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+impl Inner {
+    fn take_ready(&self, now: Instant, flush: bool) -> Result<Taken, Option<Instant>> {
+        let pending = match &self.queue {
+            Queue::Memory(m) => &m.pending,
+            Queue::Wal(w) => &w.pending,
+        };
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_ready(now, &self.limits, flush)
+    }
+
+    fn queue_empty(&self) -> bool {
+        match &self.queue {
+            Queue::Memory(m) => m
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty(),
+            Queue::Wal(w) => {
+                w.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                    && w.all_loaded()
+            }
+        }
+    }
+
+    /// Counts a finished request and releases its queue space.
+    async fn finish(&self, req: InFlight, outcome: Outcome) {
+        let c = self.stats.sig(req.signal);
+        match outcome {
+            Outcome::Sent(acc) => {
+                c.batches_sent.fetch_add(1, Relaxed);
+                let rejected = acc.rejected.min(req.items);
+                c.items_sent.fetch_add(req.items - rejected, Relaxed);
+                if rejected > 0 {
+                    self.stats
+                        .failed(req.signal, DropReason::Rejected, rejected);
+                    tracing::warn!(
+                        exporter = %self.name,
+                        signal = %req.signal,
+                        rejected,
+                        message = %acc.message,
+                        "backend rejected {rejected} of {} {} (partial success): {}",
+                        req.items,
+                        req.signal.item_name(),
+                        acc.message
+                    );
+                } else if !acc.message.is_empty() {
+                    tracing::warn!(exporter = %self.name, signal = %req.signal, message = %acc.message, "backend accepted the export with a warning: {}", acc.message);
+                }
+            }
+            Outcome::Dropped(reason) => self.stats.failed(req.signal, reason, req.items),
+        }
+        self.release(req).await;
+    }
+
+    async fn release(&self, req: InFlight) {
+        match &self.queue {
+            Queue::Memory(m) => m.release(req.signal, req.items, req.bytes, &self.stats),
+            Queue::Wal(w) => {
+                let w = w.clone();
+                let res = tokio::task::spawn_blocking(move || w.finish(&req.seqs)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::error!(exporter = %self.name, error = %e, "persistent queue: recording the acknowledgement failed (the records will be sent again after a restart)");
+                }
+            }
+        }
+        self.stats.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The sender task: takes due batches, keeps up to [`MAX_IN_FLIGHT`] requests going, and on
+/// shutdown drains until the deadline.
+async fn run(inner: Arc<Inner>) {
+    let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+    let mut meta: HashMap<tokio::task::Id, InFlight> = HashMap::new();
+    let mut deadline_rx = inner.deadline.subscribe();
+    loop {
+        let deadline = *deadline_rx.borrow_and_update();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Queue::Wal(w) = &inner.queue
+            && w.backlogged()
+        {
+            let w = w.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.refill()).await {
+                tracing::error!(exporter = %inner.name, error = %e, "persistent queue: reading records back failed");
+            }
+        }
+        let mut next_due = None;
+        while in_flight.len() < MAX_IN_FLIGHT {
+            match inner.take_ready(Instant::now(), deadline.is_some()) {
+                Ok(taken) => {
+                    let req = InFlight {
+                        signal: taken.batch.signal,
+                        items: taken.batch.items,
+                        bytes: taken.batch.len() as u64,
+                        seqs: taken.seqs,
+                    };
+                    inner.stats.in_flight.fetch_add(1, Relaxed);
+                    let handle = in_flight.spawn(export(inner.clone(), taken.batch));
+                    meta.insert(handle.id(), req);
+                }
+                Err(next) => {
+                    next_due = next;
+                    break;
+                }
+            }
+        }
+        if deadline.is_some() && in_flight.is_empty() && inner.queue_empty() {
+            break;
+        }
+        // Sleep until something finishes, arrives, falls due, or shutdown changes the plan.
+        let wake_at = match (next_due, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            Some(res) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                if let Ok((id, outcome)) = res {
+                    if let Some(req) = meta.remove(&id) {
+                        inner.finish(req, outcome).await;
+                    }
+                } else if let Err(e) = res {
+                    tracing::error!(exporter = %inner.name, error = %e, "export task failed");
+                    if let Some(req) = meta.remove(&e.id()) {
+                        inner.finish(req, Outcome::Dropped(DropReason::PermanentError)).await;
+                    }
+                }
+            }
+            _ = inner.wake.notified() => {}
+            _ = sleep_until_opt(wake_at) => {}
+            _ = deadline_rx.changed() => {}
+        }
+    }
+    // The deadline passed: stop what is still being sent or retried.
+    in_flight.abort_all();
+    while let Some(res) = in_flight.join_next_with_id().await {
+        let (id, outcome) = match res {
+            Ok((id, outcome)) => (id, Some(outcome)),
+            Err(e) => (e.id(), None),
+        };
+        let Some(req) = meta.remove(&id) else {
+            continue;
+        };
+        match (outcome, &inner.queue) {
+            (Some(outcome), _) => inner.finish(req, outcome).await,
+            // Unsent persistent records stay on disk for the next start.
+            (None, Queue::Wal(_)) => {
+                inner.stats.in_flight.fetch_sub(1, Relaxed);
+            }
+            (None, Queue::Memory(_)) => {
+                inner
+                    .finish(req, Outcome::Dropped(DropReason::Shutdown))
+                    .await;
+            }
+        }
+    }
+    match &inner.queue {
+        Queue::Memory(m) => {
+            let left = m.pending.lock().unwrap_or_else(|e| e.into_inner()).drain();
+            let items: u64 = left.iter().map(|e| e.batch.items).sum();
+            if items > 0 {
+                tracing::warn!(exporter = %inner.name, items, "shutdown deadline passed; dropping queued items");
+            }
+            for e in left {
+                let b = e.batch;
+                inner.stats.failed(b.signal, DropReason::Shutdown, b.items);
+                m.release(b.signal, b.items, b.len() as u64, &inner.stats);
+            }
+        }
+        Queue::Wal(w) => {
+            let w = w.clone();
+            let _ = tokio::task::spawn_blocking(move || w.close()).await;
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one merged batch, retrying per the policy; says how it ended.
+async fn export(inner: Arc<Inner>, batch: Batch) -> Outcome {
+    let (signal, items) = (batch.signal, batch.items);
+    let name = &inner.name;
+    let body = match inner.client.prepare(&batch.payload) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(exporter = %name, %signal, items, error = %e, "dropping {items} {}: compression failed", signal.item_name());
+            return Outcome::Dropped(DropReason::PermanentError);
+        }
+    };
+    drop(batch);
+    let policy = inner.retry;
+    let started = Instant::now();
+    let mut backoff = retry::Backoff::new(policy.initial, policy.max);
+    loop {
+        let failure = match inner.client.send(signal, body.clone()).await {
+            Ok(accepted) => return Outcome::Sent(accepted),
+            Err(f) => f,
+        };
+        let after = match classify(&failure) {
+            Decision::Permanent(reason) => {
+                tracing::warn!(exporter = %name, %signal, items, %reason, "dropping {items} {}: non-retryable {reason}", signal.item_name());
+                return Outcome::Dropped(DropReason::PermanentError);
+            }
+            Decision::Retryable { after } => after,
+        };
+        if !policy.enabled && !policy.forever {
+            tracing::warn!(exporter = %name, %signal, items, error = %failure, "dropping {items} {}: {failure} (retry disabled)", signal.item_name());
+            return Outcome::Dropped(DropReason::RetriesExhausted);
+        }
+        let wait = retry::wait_for(&mut backoff, after);
+        if !policy.forever && started.elapsed() + wait > policy.max_elapsed {
+            tracing::warn!(
+                exporter = %name, %signal, items, error = %failure,
+                "dropping {items} {}: still failing after {:?} (retry.max_elapsed_time): {failure}",
+                signal.item_name(),
+                started.elapsed()
+            );
+            return Outcome::Dropped(DropReason::RetriesExhausted);
+        }
+        tracing::debug!(exporter = %name, %signal, items, error = %failure, ?wait, "export failed; retrying");
+        inner.stats.sig(signal).retries.fetch_add(1, Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+}

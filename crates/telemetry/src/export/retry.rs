@@ -1,0 +1,572 @@
+//! When a failed export is retried and how long to wait, per the OTLP specification: the
+//! decision is a pure function of the failure ([`classify`]); waiting is [`Backoff`] plus the
+//! server's hint (gRPC `RetryInfo`, HTTP `Retry-After`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// gRPC status codes (google.rpc.Code) that the exporter names.
+pub mod code {
+    pub const OK: i32 = 0;
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const NOT_FOUND: i32 = 5;
+    pub const ALREADY_EXISTS: i32 = 6;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const FAILED_PRECONDITION: i32 = 9;
+    pub const ABORTED: i32 = 10;
+    pub const OUT_OF_RANGE: i32 = 11;
+    pub const UNIMPLEMENTED: i32 = 12;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const DATA_LOSS: i32 = 15;
+    pub const UNAUTHENTICATED: i32 = 16;
+
+    /// The canonical upper-case name of a code.
+    pub fn name(code: i32) -> &'static str {
+        const NAMES: [&str; 17] = [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ];
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| NAMES.get(i))
+            .copied()
+            .unwrap_or("UNKNOWN_CODE")
+    }
+}
+
+/// How one export attempt failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The server answered with a non-OK gRPC status.
+    Grpc {
+        code: i32,
+        message: String,
+        /// The status details carried a `google.rpc.RetryInfo` (with this delay, if any).
+        retry_info: Option<Option<Duration>>,
+    },
+    /// The server answered OTLP/HTTP with a non-2xx status.
+    Http {
+        status: u16,
+        message: String,
+        /// Parsed `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// Connecting, TLS, or the HTTP exchange failed (no status from the server).
+    Transport(String),
+    /// No complete answer within the export timeout.
+    Timeout(Duration),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Grpc { code, message, .. } => {
+                write!(f, "gRPC status {} ({code})", self::code::name(*code))?;
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+            Failure::Http {
+                status, message, ..
+            } => {
+                write!(f, "HTTP {status}")?;
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+            Failure::Transport(e) => write!(f, "transport error: {e}"),
+            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
+        }
+    }
+}
+
+/// What to do after a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again; `after` is the server's requested delay, if it gave one.
+    Retryable { after: Option<Duration> },
+    /// Do not retry; the reason names the status.
+    Permanent(String),
+}
+
+/// The OTLP specification's retry rules.
+///
+/// gRPC: CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are
+/// retryable; RESOURCE_EXHAUSTED only when the server sent `RetryInfo` (it signals that
+/// recovery is possible); everything else is permanent. HTTP: 429, 502, 503 and 504 are
+/// retryable (honouring `Retry-After`); other statuses are permanent. Failures without a
+/// status (connection errors, timeouts) are retryable.
+pub fn classify(failure: &Failure) -> Decision {
+    use self::code::*;
+    match failure {
+        Failure::Grpc {
+            code, retry_info, ..
+        } => {
+            let after = retry_info.flatten();
+            match *code {
+                CANCELLED | DEADLINE_EXCEEDED | ABORTED | OUT_OF_RANGE | UNAVAILABLE
+                | DATA_LOSS => Decision::Retryable { after },
+                RESOURCE_EXHAUSTED if retry_info.is_some() => Decision::Retryable { after },
+                _ => Decision::Permanent(failure.to_string()),
+            }
+        }
+        Failure::Http {
+            status,
+            retry_after,
+            ..
+        } => match status {
+            429 | 502 | 503 | 504 => Decision::Retryable {
+                after: *retry_after,
+            },
+            _ => Decision::Permanent(failure.to_string()),
+        },
+        Failure::Transport(_) | Failure::Timeout(_) => Decision::Retryable { after: None },
+    }
+}
+
+/// Exponential backoff with partial jitter: the interval starts at `initial` and doubles up to
+/// `max`; each wait is uniform in `[interval / 2, interval]`, so clients that failed together
+/// spread out without ever retrying much sooner than the schedule.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    interval: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A backoff from `initial` to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        Backoff {
+            interval: initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The wait before the next attempt; advances the schedule.
+    pub fn next_wait(&mut self) -> Duration {
+        let interval = self.interval;
+        self.interval = (interval * 2).min(self.max);
+        let half = interval / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// A server hint longer than this is not believed (a confused or hostile server could otherwise
+/// park the queue forever).
+pub const MAX_HINT: Duration = Duration::from_secs(300);
+
+/// The wait before the next attempt: the backoff's, or the server's hint when longer.
+pub fn wait_for(backoff: &mut Backoff, hint: Option<Duration>) -> Duration {
+    let wait = backoff.next_wait();
+    match hint {
+        Some(h) => wait.max(h.min(MAX_HINT)),
+        None => wait,
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds, or an HTTP date (IMF-fixdate) relative to `now`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form RFC 9110 requires senders
+/// to use.
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let (_, rest) = s.split_once(", ")?;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = parts.next()?;
+    let year: i64 = parts.next()?.parse().ok()?;
+    let time = parts.next()?;
+    if parts.next()? != "GMT" || parts.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day as i64);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `google.rpc.Status`, as carried base64-encoded in `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoAny {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// Type URL of `RetryInfo` inside `Any`.
+pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// Finds a `RetryInfo` in a `grpc-status-details-bin` value: `None` when absent (or the value
+/// is not a valid status), `Some(delay)` when present (`delay` is `None` without `retry_delay`).
+pub fn retry_info_from_details(header: &[u8]) -> Option<Option<Duration>> {
+    use prost::Message;
+    let raw = base64_decode(header)?;
+    let status = RpcStatus::decode(raw.as_slice()).ok()?;
+    let any = status
+        .details
+        .iter()
+        .find(|a| a.type_url == RETRY_INFO_TYPE)?;
+    let info = RetryInfo::decode(any.value.as_slice()).ok()?;
+    Some(info.retry_delay.and_then(|d| {
+        let secs = u64::try_from(d.seconds).ok()?;
+        let nanos = u32::try_from(d.nanos).ok()?;
+        Some(Duration::new(secs, nanos.min(999_999_999)))
+    }))
+}
+
+/// A `grpc-status-details-bin` value for `code`/`message` carrying `RetryInfo { delay }` (for
+/// servers, e.g. a receiver shedding load, and for tests).
+pub fn status_details_with_retry_info(code: i32, message: &str, delay: Duration) -> String {
+    use prost::Message;
+    let info = RetryInfo {
+        retry_delay: Some(ProtoDuration {
+            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+            nanos: delay.subsec_nanos() as i32,
+        }),
+    };
+    let status = RpcStatus {
+        code,
+        message: message.to_string(),
+        details: vec![ProtoAny {
+            type_url: RETRY_INFO_TYPE.to_string(),
+            value: info.encode_to_vec(),
+        }],
+    };
+    base64_encode(&status.encode_to_vec())
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 without padding (what gRPC sends in `-bin` headers).
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Decodes base64 in the standard or URL-safe alphabet, padded or not (gRPC peers use either).
+pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let input = input.trim_ascii();
+    let input = input
+        .strip_suffix(b"==")
+        .or(input.strip_suffix(b"="))
+        .unwrap_or(input);
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for &c in input {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code::*;
+    use super::*;
+
+    fn grpc(code: i32, retry_info: Option<Option<Duration>>) -> Failure {
+        Failure::Grpc {
+            code,
+            message: "m".into(),
+            retry_info,
+        }
+    }
+
+    fn http(status: u16, retry_after: Option<Duration>) -> Failure {
+        Failure::Http {
+            status,
+            message: String::new(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_spec() {
+        for c in [
+            CANCELLED,
+            DEADLINE_EXCEEDED,
+            ABORTED,
+            OUT_OF_RANGE,
+            UNAVAILABLE,
+            DATA_LOSS,
+        ] {
+            assert_eq!(
+                classify(&grpc(c, None)),
+                Decision::Retryable { after: None },
+                "{}",
+                code::name(c)
+            );
+        }
+        for c in [
+            UNKNOWN,
+            INVALID_ARGUMENT,
+            NOT_FOUND,
+            ALREADY_EXISTS,
+            PERMISSION_DENIED,
+            FAILED_PRECONDITION,
+            UNIMPLEMENTED,
+            INTERNAL,
+            UNAUTHENTICATED,
+            RESOURCE_EXHAUSTED,
+        ] {
+            assert!(
+                matches!(classify(&grpc(c, None)), Decision::Permanent(_)),
+                "{}",
+                code::name(c)
+            );
+        }
+        let d = Duration::from_millis(250);
+        assert_eq!(
+            classify(&grpc(RESOURCE_EXHAUSTED, Some(Some(d)))),
+            Decision::Retryable { after: Some(d) }
+        );
+        assert_eq!(
+            classify(&grpc(RESOURCE_EXHAUSTED, Some(None))),
+            Decision::Retryable { after: None }
+        );
+        assert_eq!(
+            classify(&grpc(UNAVAILABLE, Some(Some(d)))),
+            Decision::Retryable { after: Some(d) }
+        );
+        let Decision::Permanent(reason) = classify(&grpc(INVALID_ARGUMENT, None)) else {
+            panic!("permanent expected");
+        };
+        assert_eq!(reason, "gRPC status INVALID_ARGUMENT (3): m");
+    }
+
+    #[test]
+    fn http_statuses_follow_the_spec() {
+        let s = Some(Duration::from_secs(1));
+        for st in [429, 502, 503, 504] {
+            assert_eq!(
+                classify(&http(st, s)),
+                Decision::Retryable { after: s },
+                "{st}"
+            );
+        }
+        for st in [400, 401, 403, 404, 405, 413, 500, 501] {
+            assert!(matches!(classify(&http(st, None)), Decision::Permanent(_)));
+        }
+        assert_eq!(
+            classify(&Failure::Transport("refused".into())),
+            Decision::Retryable { after: None }
+        );
+        assert_eq!(
+            classify(&Failure::Timeout(Duration::from_secs(1))),
+            Decision::Retryable { after: None }
+        );
+    }
+
+    #[test]
+    fn retry_info_round_trips_through_the_header() {
+        let d = Duration::from_millis(1500);
+        let header = status_details_with_retry_info(RESOURCE_EXHAUSTED, "slow down", d);
+        assert_eq!(retry_info_from_details(header.as_bytes()), Some(Some(d)));
+        // Padded and URL-safe spellings decode too.
+        let mut padded = header.clone();
+        while !padded.len().is_multiple_of(4) {
+            padded.push('=');
+        }
+        assert_eq!(retry_info_from_details(padded.as_bytes()), Some(Some(d)));
+        let url = header.replace('+', "-").replace('/', "_");
+        assert_eq!(retry_info_from_details(url.as_bytes()), Some(Some(d)));
+        // A status without RetryInfo, and garbage.
+        use prost::Message;
+        let plain = RpcStatus {
+            code: 8,
+            message: "x".into(),
+            details: vec![ProtoAny {
+                type_url: "type.googleapis.com/google.rpc.DebugInfo".into(),
+                value: vec![],
+            }],
+        };
+        let plain = base64_encode(&plain.encode_to_vec());
+        assert_eq!(retry_info_from_details(plain.as_bytes()), None);
+        assert_eq!(retry_info_from_details(b"!!!"), None);
+    }
+
+    #[test]
+    fn base64_matches_known_vectors() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(raw.as_bytes()), enc);
+            assert_eq!(
+                base64_decode(enc.as_bytes()).as_deref(),
+                Some(raw.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(UNIX_EPOCH)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(951_825_600))
+        );
+        for bad in [
+            "soon",
+            "-1",
+            "Sun, 06 Nov 1994 08:49:37",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_with_jitter_and_caps() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_millis(1000);
+        let mut b = Backoff::new(initial, max);
+        let mut interval = initial;
+        for _ in 0..10 {
+            let start = tokio::time::Instant::now();
+            tokio::time::sleep(b.next_wait()).await;
+            let waited = start.elapsed();
+            assert!(
+                waited >= interval / 2 && waited <= interval,
+                "{waited:?} vs {interval:?}"
+            );
+            interval = (interval * 2).min(max);
+        }
+        // Capped: the last waits sit in [max/2, max].
+        assert_eq!(interval, max);
+    }
+
+    #[test]
+    fn server_hint_wins_when_longer() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(20));
+        let w = wait_for(&mut b, Some(Duration::from_secs(1)));
+        assert_eq!(w, Duration::from_secs(1));
+        let w = wait_for(&mut b, Some(Duration::from_secs(3600)));
+        assert_eq!(w, MAX_HINT);
+        let w = wait_for(&mut b, Some(Duration::ZERO));
+        assert!(w >= Duration::from_millis(10) && w <= Duration::from_millis(20));
+    }
+}
