@@ -501,14 +501,14 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
             "must be above 0",
         );
     }
-    if let Some(p) = &t.processors.probabilistic_sampling {
-        if !(0.0..=1.0).contains(&p.value) {
-            c.at(
-                p,
-                "telemetry.processors.probabilistic_sampling",
-                "must be between 0.0 and 1.0",
-            );
-        }
+    if let Some(p) = &t.processors.probabilistic_sampling
+        && !(0.0..=1.0).contains(&p.value)
+    {
+        c.at(
+            p,
+            "telemetry.processors.probabilistic_sampling",
+            "must be between 0.0 and 1.0",
+        );
     }
     for (i, rule) in t.processors.redaction.iter().enumerate() {
         let path = format!("telemetry.processors.redaction[{i}]");
@@ -590,14 +590,14 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
                 "must be above 0 and at most max_interval",
             );
         }
-        if let Some(max) = &e.queue.max_bytes {
-            if max.value.0 < t.batch.max_bytes.value.0 {
-                c.at(
-                    max,
-                    format!("{path}.queue.max_bytes"),
-                    "must be at least telemetry.batch.max_bytes",
-                );
-            }
+        if let Some(max) = &e.queue.max_bytes
+            && max.value.0 < t.batch.max_bytes.value.0
+        {
+            c.at(
+                max,
+                format!("{path}.queue.max_bytes"),
+                "must be at least telemetry.batch.max_bytes",
+            );
         }
     }
 }

@@ -4,13 +4,17 @@
 //! reported and takes effect at the next restart (the data already queued must not be dropped
 //! by a rebuild).
 
-use crate::limiter::MemoryLimiter;
+use crate::export::Exporter;
+use crate::limiter::{MemoryLimiter, Priority};
+use crate::otlp::Batch;
+use crate::pipeline::Refused;
 use crate::pipeline::{Consumer, Pipeline};
 use crate::processors::Processors;
 use crate::receiver::{self, ReceiverHandle, ReceiverLimits, ReceiverStats};
 use crate::recorder::Recorder;
 use crate::registry::Registry;
 use crate::store::{Store, StoreFeed};
+use futures_util::future::BoxFuture;
 use otlp_mesh_config::telemetry::TelemetryConfig;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,6 +45,29 @@ pub struct Telemetry {
     receivers: Mutex<Vec<(&'static str, ReceiverHandle)>>,
     receiver_stats: Arc<ReceiverStats>,
     store: Option<(Arc<Store>, Arc<StoreFeed>)>,
+    exporters: Vec<Exporter>,
+}
+
+/// An exporter as a pipeline consumer: a full queue refuses the batch, so the sender retries.
+struct ExportConsumer(Exporter);
+
+impl Consumer for ExportConsumer {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn consume(&self, batch: Batch, priority: Priority) -> BoxFuture<'_, Result<(), Refused>> {
+        Box::pin(async move {
+            let queued = match priority {
+                Priority::Receiver => self.0.enqueue(batch).await,
+                Priority::Internal => self.0.enqueue_internal(batch).await,
+            };
+            queued.map_err(|e| {
+                tracing::debug!(exporter = self.0.name(), reason = ?e, "exporter refused a batch");
+                Refused::QueueFull(self.0.name().to_string())
+            })
+        })
+    }
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -72,6 +99,18 @@ impl Telemetry {
         } else {
             None
         };
+        let mut exporters = Vec::new();
+        for (i, e) in cfg.exporters.iter().enumerate() {
+            let name = e.name.clone().unwrap_or_else(|| format!("exporter-{i}"));
+            let exporter = Exporter::start(name.clone(), &e.value, &cfg.batch, memory.clone())
+                .await
+                .map_err(|err| TelemetryError::Exporter {
+                    name,
+                    reason: err.to_string(),
+                })?;
+            consumers.push(Arc::new(ExportConsumer(exporter.clone())));
+            exporters.push(exporter);
+        }
         let pipeline = Arc::new(Pipeline::new(memory, processors, consumers));
         let recorder = Recorder::start(cfg, pipeline.clone(), registry);
         let receiver_stats = Arc::new(ReceiverStats::default());
@@ -110,6 +149,7 @@ impl Telemetry {
             receivers: Mutex::new(receivers),
             receiver_stats,
             store,
+            exporters,
         }))
     }
 
@@ -148,6 +188,7 @@ impl Telemetry {
         self.pipeline.render_prometheus(out);
         self.receiver_stats.render_prometheus(out);
         self.recorder.render_prometheus(out);
+        Exporter::render_prometheus_all(&self.exporters, out);
         if let Some((store, feed)) = &self.store {
             let stats = store.stats();
             crate::write_family(
@@ -182,6 +223,10 @@ impl Telemetry {
             .collect();
         for (_, r) in receivers {
             r.stop(drain).await;
+        }
+        // What is still queued gets until the drain deadline; the persistent queue keeps the rest.
+        for e in &self.exporters {
+            e.shutdown(drain).await;
         }
     }
 }
