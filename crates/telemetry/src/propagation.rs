@@ -26,16 +26,16 @@ const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// Reads the incoming trace context; invalid headers count as absent (a new trace starts).
 pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
-    if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) {
-        if let Some(mut ctx) = parse_traceparent(tp) {
-            ctx.tracestate = headers.get(TRACESTATE).cloned();
-            return Some(ctx);
-        }
+    if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+        && let Some(mut ctx) = parse_traceparent(tp)
+    {
+        ctx.tracestate = headers.get(TRACESTATE).cloned();
+        return Some(ctx);
     }
-    if let Some(b3) = headers.get(B3).and_then(|v| v.to_str().ok()) {
-        if let Some(ctx) = parse_b3_single(b3) {
-            return Some(ctx);
-        }
+    if let Some(b3) = headers.get(B3).and_then(|v| v.to_str().ok())
+        && let Some(ctx) = parse_b3_single(b3)
+    {
+        return Some(ctx);
     }
     let trace = headers.get(B3_TRACE).and_then(|v| v.to_str().ok())?;
     let span = headers.get(B3_SPAN).and_then(|v| v.to_str().ok())?;

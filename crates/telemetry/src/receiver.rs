@@ -251,15 +251,14 @@ async fn http(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         Err(e) => return http_decode_error(shared, signal, format, e),
     };
     let (rejected, message) = (decoded.rejected, decoded.message);
-    if decoded.batch.items > 0 {
-        if let Err(e) = shared
+    if decoded.batch.items > 0
+        && let Err(e) = shared
             .pipeline
             .submit(decoded.batch, Priority::Receiver)
             .await
-        {
-            shared.stats.count(false, signal, Outcome::Refused);
-            return http_busy(format, &e.to_string());
-        }
+    {
+        shared.stats.count(false, signal, Outcome::Refused);
+        return http_busy(format, &e.to_string());
     }
     shared.stats.count(
         false,
@@ -394,15 +393,14 @@ async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
             Err(e) => return grpc_decode_error(shared, signal, e),
         };
     let (rejected, text) = (decoded.rejected, decoded.message);
-    if decoded.batch.items > 0 {
-        if let Err(e) = shared
+    if decoded.batch.items > 0
+        && let Err(e) = shared
             .pipeline
             .submit(decoded.batch, Priority::Receiver)
             .await
-        {
-            shared.stats.count(true, signal, Outcome::Refused);
-            return grpc_busy(&e.to_string());
-        }
+    {
+        shared.stats.count(true, signal, Outcome::Refused);
+        return grpc_busy(&e.to_string());
     }
     shared.stats.count(
         true,
