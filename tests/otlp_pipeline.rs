@@ -1,0 +1,444 @@
+//! The OTLP pipeline end to end: the OpenTelemetry Python SDK and proxied requests into one
+//! otlp-mesh, exported to a second otlp-mesh, read back through its query API field by field;
+//! the persistent queue across `kill -9`; the memory limit's retryable answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use http::{Request, Response, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+fn python_send(protocol: &str, endpoint: &str, service: &str) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/send.py");
+    let out = Command::new("python3")
+        .args([script, protocol, endpoint, service])
+        .output()
+        .expect("python3 must be installed (.ci/run installs the OpenTelemetry SDK)");
+    assert!(
+        out.status.success(),
+        "send.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A backend otlp-mesh: receiver and store only.
+async fn backend(grpc: SocketAddr, http: SocketAddr) -> Mesh {
+    let admin = free_addr();
+    Mesh::start(
+        admin,
+        &format!(
+            "{}telemetry:\n  service_name: backend\n  tracing: {{ enabled: false }}\n  metrics: {{ enabled: false }}\n  receiver: {{ grpc: {grpc}, http: {http} }}\n",
+            prelude(admin)
+        ),
+    )
+    .await
+}
+
+async fn api(mesh: &Mesh, path: &str) -> Value {
+    let r = mesh.admin_get(path).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+    r.json()
+}
+
+fn span_by_name<'a>(trace: &'a Value, name: &str) -> &'a Value {
+    trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no span `{name}` in {trace}"))
+}
+
+#[tokio::test]
+async fn sdk_and_proxy_telemetry_reach_a_second_mesh_through_the_exporter() {
+    let (b_grpc, b_http) = (free_addr(), free_addr());
+    let b = backend(b_grpc, b_http).await;
+
+    let upstream = Upstream::start(|_req| async {
+        let mut r = Response::new(full("hello"));
+        *r.status_mut() = StatusCode::OK;
+        r
+    })
+    .await;
+    let admin = free_addr();
+    let (listen, a_http) = (free_addr(), free_addr());
+    let a = Mesh::start(
+        admin,
+        &format!(
+            "{}listeners:
+  - name: edge
+    bind: {listen}
+    routes:
+      - name: hello
+        match: {{ path_prefix: / }}
+        cluster: up
+clusters:
+  - name: up
+    discovery: {{ static: [ {} ] }}
+telemetry:
+  service_name: edge
+  access_log: {{ otlp: true }}
+  metrics: {{ interval: 200ms }}
+  receiver: {{ http: {a_http} }}
+  batch: {{ timeout: 50ms }}
+  exporters:
+    - name: backend
+      otlp_grpc: {{ endpoint: http://{b_grpc}, compression: gzip }}
+",
+            prelude(admin),
+            upstream.addr
+        ),
+    )
+    .await;
+
+    let sent = python_send("http", &format!("http://{a_http}"), "shop");
+    assert_eq!(sent["flushed"], true);
+    let trace_id = sent["spans"][0]["traceId"].as_str().unwrap().to_string();
+
+    let proxied_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{listen}/orders?x=1"))
+            .header(
+                "traceparent",
+                format!("00-{proxied_trace}-00f067aa0ba902b7-01"),
+            )
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&h1_client(), req).await.status, StatusCode::OK);
+    }
+
+    // The SDK's trace, field by field, in the backend.
+    eventually(
+        "the SDK trace in the backend",
+        Duration::from_secs(10),
+        || {
+            let b = &b;
+            let path = format!("/api/traces/{trace_id}");
+            async move {
+                match b.try_admin_get(&path).await {
+                    Ok(r)
+                        if r.status == StatusCode::OK
+                            && r.json()["spans"].as_array().is_some_and(|s| s.len() == 2) =>
+                    {
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        },
+    )
+    .await;
+    let trace = api(&b, &format!("/api/traces/{trace_id}")).await;
+    for s in sent["spans"].as_array().unwrap() {
+        let got = span_by_name(&trace, s["name"].as_str().unwrap());
+        assert_eq!(got["spanId"], s["spanId"]);
+        assert_eq!(got["service"], "shop");
+        assert_eq!(got["startTimeUnixNano"], s["start"]);
+        assert_eq!(got["endTimeUnixNano"], s["end"]);
+        if s["parentSpanId"] == "" {
+            assert!(got["parentSpanId"].is_null(), "{got}");
+        } else {
+            assert_eq!(got["parentSpanId"], s["parentSpanId"]);
+        }
+    }
+    let root = span_by_name(&trace, "checkout");
+    assert_eq!(root["kind"], "SERVER");
+    assert_eq!(root["attributes"]["order.items"], 3);
+    assert_eq!(root["attributes"]["http.request.method"], "POST");
+    assert_eq!(root["events"][0]["name"], "cart loaded");
+    assert_eq!(root["resource"]["deployment.environment"], "test");
+    let child = span_by_name(&trace, "charge card");
+    assert_eq!(child["kind"], "CLIENT");
+    assert_eq!(child["status"]["code"], "ERROR");
+    assert_eq!(child["status"]["message"], "card declined");
+    assert_eq!(child["attributes"]["payment.provider"], "acme");
+
+    // The SDK's log, with its trace context.
+    let logs = api(&b, &format!("/api/logs?trace_id={trace_id}")).await;
+    let log = &logs["logs"][0];
+    assert_eq!(log["body"], sent["logs"][0]["body"]);
+    assert_eq!(log["spanId"], sent["logs"][0]["spanId"]);
+    assert_eq!(log["severityText"], "WARN");
+    assert_eq!(log["service"], "shop");
+
+    // The SDK's metrics.
+    eventually(
+        "SDK metrics in the backend",
+        Duration::from_secs(10),
+        || {
+            let b = &b;
+            async move {
+                b.try_admin_get("/api/metrics?name=orders.placed")
+                    .await
+                    .is_ok_and(|r| {
+                        r.json()["metrics"]
+                            .as_array()
+                            .is_some_and(|m| !m.is_empty())
+                    })
+            }
+        },
+    )
+    .await;
+    let m = api(&b, "/api/metrics?name=orders.placed").await;
+    assert_eq!(m["metrics"][0]["value"], 5);
+    assert_eq!(m["metrics"][0]["attributes"]["region"], "eu");
+    let h = api(&b, "/api/metrics?name=checkout.duration").await;
+    assert_eq!(h["metrics"][0]["histogram"]["count"], 3);
+
+    // The proxy's own server and client spans continue the caller's trace.
+    eventually(
+        "proxy spans in the backend",
+        Duration::from_secs(10),
+        || {
+            let b = &b;
+            async move {
+                b.try_admin_get(&format!("/api/traces/{proxied_trace}"))
+                    .await
+                    .is_ok_and(|r| {
+                        r.status == StatusCode::OK
+                            && r.json()["spans"].as_array().is_some_and(|s| s.len() == 6)
+                    })
+            }
+        },
+    )
+    .await;
+    let t = api(&b, &format!("/api/traces/{proxied_trace}")).await;
+    let spans = t["spans"].as_array().unwrap();
+    let servers: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "SERVER").collect();
+    assert_eq!(servers.len(), 3);
+    for s in &servers {
+        assert_eq!(s["service"], "edge");
+        assert_eq!(s["name"], "GET hello");
+        assert_eq!(s["parentSpanId"], "00f067aa0ba902b7");
+        assert_eq!(s["attributes"]["http.route"], "hello");
+        assert_eq!(s["attributes"]["url.path"], "/orders");
+        assert_eq!(s["attributes"]["http.response.status_code"], 200);
+        assert_eq!(s["attributes"]["network.peer.address"], "127.0.0.1");
+        assert_eq!(s["attributes"]["otlp_mesh.cluster"], "up");
+        let client = spans
+            .iter()
+            .find(|c| c["kind"] == "CLIENT" && c["parentSpanId"] == s["spanId"])
+            .unwrap_or_else(|| panic!("no client span under {s}"));
+        assert_eq!(client["attributes"]["http.response.status_code"], 200);
+    }
+    // Access logs carry the trace and span ids.
+    let logs = api(&b, &format!("/api/logs?trace_id={proxied_trace}")).await;
+    assert_eq!(logs["logs"].as_array().unwrap().len(), 3);
+    let server_ids: HashSet<&str> = servers
+        .iter()
+        .map(|s| s["spanId"].as_str().unwrap())
+        .collect();
+    for l in logs["logs"].as_array().unwrap() {
+        assert!(server_ids.contains(l["spanId"].as_str().unwrap()), "{l}");
+        assert_eq!(l["attributes"]["http.response.status_code"], 200);
+    }
+    // RED metrics as OTLP.
+    eventually(
+        "RED metrics in the backend",
+        Duration::from_secs(10),
+        || {
+            let b = &b;
+            async move {
+                b.try_admin_get("/api/metrics?name=http.server.request.duration&service=edge")
+                    .await
+                    .is_ok_and(|r| r.json()["metrics"][0]["histogram"]["count"] == 3)
+            }
+        },
+    )
+    .await;
+    // The first mesh's own store has it too, and its exporter counted what it sent.
+    let local = api(&a, &format!("/api/traces/{trace_id}")).await;
+    assert_eq!(local["spans"].as_array().unwrap().len(), 2);
+    let m = a.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "otlp_mesh_exporter_sent_items_total{exporter=\"backend\",signal=\"traces\"}"
+        )
+        .unwrap_or(0.0)
+            >= 8.0,
+        "{m}"
+    );
+    let services = api(&b, "/api/services").await;
+    let names: Vec<&str> = services["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["service"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"edge") && names.contains(&"shop"),
+        "{names:?}"
+    );
+}
+
+fn trace_batch(trace: u8, n: u64) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: (1..=n)
+                    .map(|i| Span {
+                        trace_id: [[trace; 8], [0xab; 8]].concat(),
+                        span_id: i.to_be_bytes().to_vec(),
+                        name: format!("op-{i}"),
+                        start_time_unix_nano: 1_000,
+                        end_time_unix_nano: 2_000,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+async fn persistent_queue_delivers_everything_acknowledged_across_kill_9() {
+    let queue = tempfile::tempdir().unwrap();
+    let (b_grpc, b_http) = (free_addr(), free_addr());
+    let admin = free_addr();
+    let a_http = free_addr();
+    let yaml = format!(
+        "{}telemetry:
+  tracing: {{ enabled: false }}
+  metrics: {{ enabled: false }}
+  store: {{ enabled: false }}
+  receiver: {{ http: {a_http} }}
+  batch: {{ timeout: 20ms, size: 100 }}
+  exporters:
+    - name: backend
+      otlp_http: {{ endpoint: http://{b_http}, compression: zstd, timeout: 1s }}
+      retry: {{ initial_interval: 50ms, max_interval: 200ms }}
+      queue: {{ dir: {}, fsync: always }}
+",
+        prelude(admin),
+        queue.path().display()
+    );
+    let mut a = Mesh::start(admin, &yaml).await;
+    // The backend is down: every batch the receiver acknowledges is on disk only.
+    const TRACES: u8 = 20;
+    const SPANS: u64 = 50;
+    for t in 1..=TRACES {
+        let req = Request::post(format!("http://{a_http}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(full(trace_batch(t, SPANS)))
+            .unwrap();
+        let r = send(&h1_client(), req).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    a.proc.signal("KILL");
+    a.proc.wait_exit(Duration::from_secs(10)).await;
+
+    // Restart on the same queue, then bring the backend up.
+    let a = Mesh::start(admin, &yaml).await;
+    let b = backend(b_grpc, b_http).await;
+    for t in 1..=TRACES {
+        let id = hex(&[[t; 8], [0xab; 8]].concat());
+        let path = format!("/api/traces/{id}");
+        eventually(
+            &format!("trace {t} delivered"),
+            Duration::from_secs(20),
+            || {
+                let (b, path) = (&b, path.clone());
+                async move {
+                    b.try_admin_get(&path).await.is_ok_and(|r| {
+                        r.status == StatusCode::OK && {
+                            let ids: HashSet<String> = r.json()["spans"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|s| s["spanId"].as_str().unwrap().to_string())
+                                .collect();
+                            ids.len() == SPANS as usize
+                        }
+                    })
+                }
+            },
+        )
+        .await;
+    }
+    let m = a.metrics().await;
+    let replayed = metric(
+        &m,
+        "otlp_mesh_exporter_replayed_items_total{exporter=\"backend\",signal=\"traces\"}",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(replayed, f64::from(TRACES) * SPANS as f64, "{m}");
+}
+
+#[tokio::test]
+async fn memory_limit_answers_with_retryable_statuses() {
+    let dead = free_addr();
+    let admin = free_addr();
+    let (grpc, http) = (free_addr(), free_addr());
+    let _a = Mesh::start(
+        admin,
+        &format!(
+            "{}telemetry:
+  tracing: {{ enabled: false }}
+  metrics: {{ enabled: false }}
+  store: {{ enabled: false }}
+  receiver: {{ grpc: {grpc}, http: {http} }}
+  memory_limit: {{ soft: 256KiB, hard: 512KiB }}
+  batch: {{ max_bytes: 64KiB }}
+  exporters:
+    - otlp_http: {{ endpoint: http://{dead} }}
+      retry: {{ initial_interval: 1s, max_interval: 1s }}
+",
+            prelude(admin)
+        ),
+    )
+    .await;
+    let body = trace_batch(1, 1000); // ~20 KiB
+    let mut refused = None;
+    for _ in 0..100 {
+        let req = Request::post(format!("http://{http}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(full(body.clone()))
+            .unwrap();
+        let r = send(&h1_client(), req).await;
+        if r.status != StatusCode::OK {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the memory limit never refused");
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().is_ok()),
+        "{r:?}"
+    );
+
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let req = Request::post(format!(
+        "http://{grpc}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(full(framed))
+    .unwrap();
+    let r = send(&h2c_client(), req).await;
+    assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}"); // UNAVAILABLE
+    assert!(
+        r.header("grpc-status-details-bin").is_some(),
+        "RetryInfo expected: {r:?}"
+    );
+}
