@@ -442,3 +442,116 @@ async fn memory_limit_answers_with_retryable_statuses() {
         "RetryInfo expected: {r:?}"
     );
 }
+
+#[tokio::test]
+async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let log = seen.clone();
+    let upstream = Upstream::start(move |req| {
+        let log = log.clone();
+        async move {
+            let n = {
+                let mut l = log.lock().unwrap();
+                l.push(req.headers().clone());
+                l.len()
+            };
+            let mut r = Response::new(full("x"));
+            *r.status_mut() = if n == 1 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            r
+        }
+    })
+    .await;
+    let admin = free_addr();
+    let listen = free_addr();
+    let mesh = Mesh::start(
+        admin,
+        &format!(
+            "{}listeners:
+  - name: edge
+    bind: {listen}
+    routes:
+      - name: flaky
+        match: {{ path_prefix: / }}
+        cluster: up
+        retry: {{ attempts: 2, on: [5xx], backoff: {{ base: 1ms, max: 2ms }} }}
+clusters:
+  - name: up
+    discovery: {{ static: [ {} ] }}
+telemetry:
+  service_name: edge
+  tracing: {{ propagation: [w3c, b3] }}
+",
+            prelude(admin),
+            upstream.addr
+        ),
+    )
+    .await;
+    let r = get(&h1_client(), &format!("http://{listen}/pay")).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let headers = seen.lock().unwrap().clone();
+    assert_eq!(headers.len(), 2);
+    let parent_of = |h: &http::HeaderMap| -> (String, String) {
+        let tp = h.get("traceparent").unwrap().to_str().unwrap();
+        let parts: Vec<&str> = tp.split('-').collect();
+        let b3 = h.get("b3").unwrap().to_str().unwrap();
+        assert_eq!(
+            b3,
+            format!("{}-{}-1", parts[1], parts[2]),
+            "b3 and traceparent agree"
+        );
+        (parts[1].to_string(), parts[2].to_string())
+    };
+    let (trace1, span1) = parent_of(&headers[0]);
+    let (trace2, span2) = parent_of(&headers[1]);
+    assert_eq!(trace1, trace2, "both attempts in one trace");
+    assert_ne!(span1, span2, "each attempt has its own span");
+
+    let path = format!("/api/traces/{trace1}");
+    eventually("the trace in the store", Duration::from_secs(10), || {
+        let (m, path) = (&mesh, path.clone());
+        async move {
+            m.try_admin_get(&path).await.is_ok_and(|r| {
+                r.status == StatusCode::OK
+                    && r.json()["spans"].as_array().is_some_and(|s| s.len() == 3)
+            })
+        }
+    })
+    .await;
+    let t = api(&mesh, &path).await;
+    let server = span_by_name(&t, "GET flaky");
+    assert!(
+        server["parentSpanId"].is_null(),
+        "a root: no incoming context"
+    );
+    assert_eq!(server["attributes"]["otlp_mesh.retries"], 1);
+    assert!(
+        server["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "retry")
+    );
+    for (span_id, status, resend) in [(&span1, 503, None), (&span2, 200, Some(1))] {
+        let c = t["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["spanId"] == span_id.as_str())
+            .unwrap_or_else(|| panic!("no client span {span_id} in {t}"));
+        assert_eq!(c["kind"], "CLIENT");
+        assert_eq!(c["parentSpanId"], server["spanId"]);
+        assert_eq!(c["attributes"]["http.response.status_code"], status);
+        match resend {
+            Some(n) => assert_eq!(c["attributes"]["http.request.resend_count"], n),
+            None => assert!(c["attributes"]["http.request.resend_count"].is_null()),
+        }
+        let code = if status >= 400 { "ERROR" } else { "UNSET" };
+        assert_eq!(c["status"]["code"], code);
+    }
+}
