@@ -14,6 +14,7 @@ const NGINX: &str = include_str!("../bench/configs/nginx.conf");
 const HAPROXY: &str = include_str!("../bench/configs/haproxy.cfg");
 const ENVOY: &str = include_str!("../bench/configs/envoy.yaml");
 const MESH: &str = include_str!("../bench/configs/otlp-mesh.yaml");
+const MESH_TELEMETRY: &str = include_str!("../bench/configs/otlp-mesh-telemetry.yaml");
 
 /// Arguments of `otlp-mesh bench-compare`.
 #[derive(clap::Args, Debug)]
@@ -36,6 +37,9 @@ pub struct CompareArgs {
     /// Core for the generator and the upstream.
     #[arg(long, default_value_t = 1)]
     load_core: usize,
+    /// Only these targets (comma-separated names as printed, e.g. `direct,otlp-mesh,otlp-mesh+telemetry`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Write every target's report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -205,43 +209,24 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
         args.load_core, args.proxy_core
     );
 
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut outcomes = Vec::new();
-    let direct = measure(me, args, upstream, None);
-    outcomes.push(outcome("direct", direct));
+    if wanted("direct") {
+        let direct = measure(me, args, upstream, None);
+        outcomes.push(outcome("direct", direct));
+    }
 
     type Start = fn(&Path, &Path, SocketAddr, SocketAddr) -> Result<(PathBuf, Vec<String>), String>;
-    let peers: [(&'static str, Option<PathBuf>, Start); 4] = [
+    let peers: [(&'static str, Option<PathBuf>, Start); 5] = [
         (
             "otlp-mesh",
             Some(me.to_path_buf()),
-            |me, dir, listen, up| {
-                let cfg = dir.join("otlp-mesh.yaml");
-                let admin = free_addr()?;
-                write(
-                    &cfg,
-                    &fill(
-                        MESH,
-                        &[
-                            ("admin", admin.to_string()),
-                            ("listen", listen.to_string()),
-                            ("upstream", up.to_string()),
-                        ],
-                    ),
-                )?;
-                let args = [
-                    "--log-level",
-                    "warn",
-                    "run",
-                    "--config",
-                    &cfg.display().to_string(),
-                    "--workers",
-                    "1",
-                ];
-                Ok((
-                    me.to_path_buf(),
-                    args.iter().map(ToString::to_string).collect(),
-                ))
-            },
+            |me, dir, listen, up| start_mesh(MESH, me, dir, listen, up),
+        ),
+        (
+            "otlp-mesh+telemetry",
+            Some(me.to_path_buf()),
+            |me, dir, listen, up| start_mesh(MESH_TELEMETRY, me, dir, listen, up),
         ),
         ("nginx", find("nginx"), |bin, dir, listen, up| {
             let cfg = dir.join("nginx.conf");
@@ -305,6 +290,9 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
         }),
     ];
     for (name, bin, start) in peers {
+        if !wanted(name) {
+            continue;
+        }
         let Some(bin) = bin else {
             outcomes.push(Outcome {
                 name,
@@ -326,6 +314,38 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
     }
     drop(up);
     Ok(outcomes)
+}
+
+/// otlp-mesh with one worker on the config `template` filled for this run.
+fn start_mesh(
+    template: &str,
+    me: &Path,
+    dir: &Path,
+    listen: SocketAddr,
+    up: SocketAddr,
+) -> Result<(PathBuf, Vec<String>), String> {
+    let cfg = dir.join("otlp-mesh.yaml");
+    let admin = free_addr()?;
+    let pairs = [
+        ("admin", admin.to_string()),
+        ("listen", listen.to_string()),
+        ("upstream", up.to_string()),
+    ];
+    write(&cfg, &fill(template, &pairs))?;
+    let cfg = cfg.display().to_string();
+    let args = [
+        "--log-level",
+        "warn",
+        "run",
+        "--config",
+        &cfg,
+        "--workers",
+        "1",
+    ];
+    Ok((
+        me.to_path_buf(),
+        args.iter().map(ToString::to_string).collect(),
+    ))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
