@@ -333,8 +333,8 @@ fn default_decision_cache() -> Located<u64> {
 }
 
 /// A token bucket on spans: refills at `spans_per_second`, holds at most one second's worth.
-/// A trace is kept when the bucket has tokens for all of its spans (a trace larger than the
-/// bucket is kept when the bucket is full).
+/// A trace is kept when the bucket has tokens for all of its spans (so, as in the Collector's
+/// `rate_limiting` policy, a trace with more spans than `spans_per_second` is never kept by it).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TailRateLimit {
