@@ -10,6 +10,7 @@ use crate::otlp::Batch;
 use crate::pipeline::Refused;
 use crate::pipeline::{Consumer, Pipeline};
 use crate::processors::Processors;
+use crate::processors::tail_sampling::TailSettings;
 use crate::receiver::{self, ReceiverHandle, ReceiverLimits, ReceiverStats};
 use crate::recorder::Recorder;
 use crate::registry::Registry;
@@ -111,7 +112,11 @@ impl Telemetry {
             consumers.push(Arc::new(ExportConsumer(exporter.clone())));
             exporters.push(exporter);
         }
-        let pipeline = Arc::new(Pipeline::new(memory, processors, consumers));
+        let mut pipeline = Pipeline::new(memory, processors, consumers);
+        if let Some(ts) = &cfg.processors.tail_sampling {
+            pipeline = pipeline.with_tail_sampling(TailSettings::from_config(ts));
+        }
+        let pipeline = Arc::new(pipeline);
         let recorder = Recorder::start(cfg, pipeline.clone(), registry);
         let receiver_stats = Arc::new(ReceiverStats::default());
         let mut receivers = Vec::new();
@@ -224,6 +229,8 @@ impl Telemetry {
         for (_, r) in receivers {
             r.stop(drain).await;
         }
+        // Traces held by the tail sampler are decided now and queued with the rest.
+        self.pipeline.flush().await;
         // What is still queued gets until the drain deadline; the persistent queue keeps the rest.
         for e in &self.exporters {
             e.shutdown(drain).await;
