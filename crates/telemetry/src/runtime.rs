@@ -5,6 +5,7 @@
 //! by a rebuild).
 
 use crate::export::Exporter;
+use crate::export::loadbalance::LoadBalancingExporter;
 use crate::limiter::{MemoryLimiter, Priority};
 use crate::otlp::Batch;
 use crate::pipeline::Refused;
@@ -71,6 +72,24 @@ impl Consumer for ExportConsumer {
     }
 }
 
+/// A load-balancing exporter as a pipeline consumer: refused when a backend's queue is full.
+struct LoadBalanceConsumer(LoadBalancingExporter);
+
+impl Consumer for LoadBalanceConsumer {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn consume(&self, batch: Batch, priority: Priority) -> BoxFuture<'_, Result<(), Refused>> {
+        Box::pin(async move {
+            self.0.enqueue(batch, priority).await.map_err(|e| {
+                tracing::debug!(exporter = self.0.name(), reason = ?e, "exporter refused a batch");
+                Refused::QueueFull(self.0.name().to_string())
+            })
+        })
+    }
+}
+
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
@@ -103,6 +122,23 @@ impl Telemetry {
         let mut exporters = Vec::new();
         for (i, e) in cfg.exporters.iter().enumerate() {
             let name = e.name.clone().unwrap_or_else(|| format!("exporter-{i}"));
+            if e.loadbalancing.is_some() {
+                let lb = LoadBalancingExporter::start(
+                    name.clone(),
+                    &e.value,
+                    &cfg.batch,
+                    memory.clone(),
+                )
+                .await
+                .map_err(|err| TelemetryError::Exporter {
+                    name,
+                    reason: err.to_string(),
+                })?;
+                // Each backend reports (and shuts down) as exporter `<name>-<i>`.
+                exporters.extend(lb.backends().iter().cloned());
+                consumers.push(Arc::new(LoadBalanceConsumer(lb)));
+                continue;
+            }
             let exporter = Exporter::start(name.clone(), &e.value, &cfg.batch, memory.clone())
                 .await
                 .map_err(|err| TelemetryError::Exporter {
