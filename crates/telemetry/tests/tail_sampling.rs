@@ -125,3 +125,27 @@ async fn flush_hands_on_what_is_held() {
     p.flush().await;
     assert_eq!(sink.spans(Signal::Traces), 4);
 }
+
+#[tokio::test]
+async fn the_runtime_builds_the_sampler_from_config() {
+    let cfg = otlp_mesh_config::parse_str(
+        "telemetry:\n  store: { enabled: false }\n  processors:\n    tail_sampling:\n      decision_wait: 3s\n      keep_latency_above: 250ms\n      rate_limit: { spans_per_second: 100 }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let t = otlp_mesh_telemetry::Telemetry::start(
+        &cfg.telemetry.unwrap().value,
+        otlp_mesh_telemetry::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let s = t.pipeline().tail_sampler().unwrap().settings().clone();
+    assert_eq!(s.decision_wait, Duration::from_secs(3));
+    assert_eq!(s.keep_latency_above, Some(Duration::from_millis(250)));
+    assert_eq!(s.spans_per_second, Some(100));
+    assert!(s.keep_errors);
+    let mut out = String::new();
+    t.render_prometheus(&mut out);
+    assert!(out.contains("# TYPE otlp_mesh_tail_sampling_traces_total counter"));
+    t.shutdown(Duration::from_millis(100)).await;
+}
