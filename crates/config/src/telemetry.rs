@@ -260,6 +260,86 @@ pub struct ProcessorsConfig {
     /// Delete, hash or mask attribute values by key or value pattern.
     #[serde(default)]
     pub redaction: Vec<Located<RedactionRule>>,
+    /// Keep or drop whole traces after seeing (most of) their spans; absent means none. Runs after
+    /// the other processors. Spans it holds are in memory only: a `kill -9` can lose up to
+    /// `decision_wait` of traces (as with the OpenTelemetry Collector's tail sampler).
+    #[serde(default)]
+    pub tail_sampling: Option<Located<TailSamplingConfig>>,
+}
+
+/// Tail sampling: spans are held per trace id for `decision_wait` from the first span's arrival,
+/// then the whole trace is kept or dropped. A trace is kept when `keep_errors` is on and a span
+/// has status ERROR (or `http.response.status_code` ≥ 500), when its duration (latest end −
+/// earliest start) is at least `keep_latency_above`, or else when `rate_limit` has room for its
+/// spans. Without `rate_limit`, every trace is kept (the policies then only decide nothing is
+/// dropped; set `rate_limit` to drop the rest). Spans arriving after their trace was decided
+/// follow that decision.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TailSamplingConfig {
+    /// How long a trace's spans are held, from its first span's arrival. Default `5s`.
+    #[serde(default = "default_decision_wait")]
+    pub decision_wait: Located<Duration>,
+    /// Traces held at once; past it the oldest are decided early on what has arrived.
+    /// Default 50000.
+    #[serde(default = "default_max_traces")]
+    pub max_traces: Located<u64>,
+    /// Bytes of spans held (encoded size); past it the oldest traces are decided early.
+    /// Also counted against `telemetry.memory_limit`. Default `32MiB`.
+    #[serde(default = "default_tail_bytes")]
+    pub max_bytes: Located<ByteSize>,
+    /// Keep traces with an error span. Default `true`.
+    #[serde(default = "yes")]
+    pub keep_errors: bool,
+    /// Keep traces lasting at least this long; absent means no latency policy.
+    #[serde(default)]
+    pub keep_latency_above: Option<Located<Duration>>,
+    /// Spans per second kept of traces no other policy keeps; absent means keep them all.
+    #[serde(default)]
+    pub rate_limit: Option<Located<TailRateLimit>>,
+    /// Decided trace ids remembered so late spans follow their trace's decision. Default 100000.
+    #[serde(default = "default_decision_cache")]
+    pub decision_cache: Located<u64>,
+}
+
+impl Default for TailSamplingConfig {
+    fn default() -> Self {
+        TailSamplingConfig {
+            decision_wait: default_decision_wait(),
+            max_traces: default_max_traces(),
+            max_bytes: default_tail_bytes(),
+            keep_errors: true,
+            keep_latency_above: None,
+            rate_limit: None,
+            decision_cache: default_decision_cache(),
+        }
+    }
+}
+
+fn default_decision_wait() -> Located<Duration> {
+    Located::new(Duration::from_secs(5))
+}
+
+fn default_max_traces() -> Located<u64> {
+    Located::new(50_000)
+}
+
+fn default_tail_bytes() -> Located<ByteSize> {
+    Located::new(ByteSize(32 << 20))
+}
+
+fn default_decision_cache() -> Located<u64> {
+    Located::new(100_000)
+}
+
+/// A token bucket on spans: refills at `spans_per_second`, holds at most one second's worth.
+/// A trace is kept when the bucket has tokens for all of its spans (so, as in the Collector's
+/// `rate_limiting` policy, a trace with more spans than `spans_per_second` is never kept by it).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TailRateLimit {
+    /// Spans per second. Required, above 0.
+    pub spans_per_second: Located<u64>,
 }
 
 /// One redaction rule: attributes whose key matches `key` (or whose string value matches `value`)
@@ -314,7 +394,7 @@ fn default_store_bytes() -> Located<ByteSize> {
     Located::new(ByteSize(64 << 20))
 }
 
-/// One exporter: exactly one of `otlp_grpc` / `otlp_http`.
+/// One exporter: exactly one of `otlp_grpc` / `otlp_http` / `loadbalancing`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterConfig {
@@ -327,6 +407,11 @@ pub struct ExporterConfig {
     /// OTLP/HTTP protobuf: `endpoint` is the base URL; `/v1/traces` etc. are appended.
     #[serde(default)]
     pub otlp_http: Option<Located<OtlpEndpointConfig>>,
+    /// Several backends, with every span of a trace sent to the same one (e.g. to tail-sampling
+    /// collectors). Each backend gets its own queue and retries (queue directory
+    /// `<dir>/<name>-<i>`, metrics as exporter `<name>-<i>`).
+    #[serde(default)]
+    pub loadbalancing: Option<Located<LoadBalancingConfig>>,
     /// Retry of failed exports (per the OTLP specification's retryable statuses).
     #[serde(default)]
     pub retry: ExportRetryConfig,
@@ -353,6 +438,58 @@ pub struct OtlpEndpointConfig {
     /// PEM file of CA certificates trusted for `https://` (default: the system's roots).
     #[serde(default)]
     pub ca_file: Option<Located<String>>,
+}
+
+/// Trace-id load balancing over a static list of backends.
+///
+/// Spans go to the backend chosen by rendezvous hashing of their trace id over the backend URLs,
+/// so the choice does not depend on the list's order and adding or removing one backend moves
+/// only the traces that belong to it. Log records with a trace id follow their trace; other log
+/// records and metrics are spread round-robin, one backend per batch.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancingConfig {
+    /// Backend URLs, `http://` or `https://` (base URLs for `otlp_http`). Required, at least one.
+    pub backends: Vec<Located<String>>,
+    /// How every backend is spoken to. Default `otlp_grpc`.
+    #[serde(default)]
+    pub protocol: ExportProtocol,
+    /// Default `gzip`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Extra request headers sent to every backend; masked in `/config`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per export request. Default `10s`.
+    #[serde(default = "default_export_timeout")]
+    pub timeout: Located<Duration>,
+    /// PEM file of CA certificates trusted for `https://` (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<Located<String>>,
+}
+
+impl LoadBalancingConfig {
+    /// The single-backend endpoint config of `backend`, with this config's settings.
+    pub fn endpoint(&self, backend: &Located<String>) -> OtlpEndpointConfig {
+        OtlpEndpointConfig {
+            endpoint: backend.clone(),
+            compression: self.compression,
+            headers: self.headers.clone(),
+            timeout: self.timeout.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+/// An OTLP transport.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportProtocol {
+    /// OTLP/gRPC.
+    #[default]
+    OtlpGrpc,
+    /// OTLP/HTTP protobuf.
+    OtlpHttp,
 }
 
 fn default_export_timeout() -> Located<Duration> {

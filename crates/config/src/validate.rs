@@ -523,6 +523,9 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
             check_regex(c, v, &format!("{path}.value"));
         }
     }
+    if let Some(ts) = &t.processors.tail_sampling {
+        validate_tail_sampling(c, ts);
+    }
     let mut names = HashSet::new();
     for (i, e) in t.exporters.iter().enumerate() {
         let path = format!("telemetry.exporters[{i}]");
@@ -544,42 +547,54 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
                 format!("duplicate exporter name `{name}`"),
             );
         }
-        let target = match (&e.otlp_grpc, &e.otlp_http) {
-            (Some(g), None) => Some((g, "otlp_grpc")),
-            (None, Some(h)) => Some((h, "otlp_http")),
-            _ => {
-                c.at(e, &path, "set exactly one of `otlp_grpc` and `otlp_http`");
-                None
-            }
-        };
-        if let Some((ep, kind)) = target {
-            let url = &ep.endpoint;
-            let ok =
-                url.value.parse::<http::Uri>().ok().filter(|u| {
-                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-                });
-            if ok.is_none() {
-                c.at(
-                    url,
-                    format!("{path}.{kind}.endpoint"),
-                    format!("`{}` is not an http:// or https:// URL", url.value),
-                );
-            }
-            for h in ep.headers.keys() {
-                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    c.at(
-                        ep,
-                        format!("{path}.{kind}.headers"),
-                        format!("`{h}` is not a header name"),
-                    );
-                }
-            }
+        let mut targets = Vec::new();
+        if let Some(g) = &e.otlp_grpc {
+            targets.push(("otlp_grpc", g));
+        }
+        if let Some(h) = &e.otlp_http {
+            targets.push(("otlp_http", h));
+        }
+        let kinds = usize::from(e.otlp_grpc.is_some())
+            + usize::from(e.otlp_http.is_some())
+            + usize::from(e.loadbalancing.is_some());
+        if kinds != 1 {
+            c.at(
+                e,
+                &path,
+                "set exactly one of `otlp_grpc`, `otlp_http` and `loadbalancing`",
+            );
+        }
+        for (kind, ep) in targets {
+            check_export_url(c, &ep.endpoint, &format!("{path}.{kind}.endpoint"));
+            check_export_headers(c, ep, &ep.headers, &format!("{path}.{kind}.headers"));
             if ep.timeout.value.is_zero() {
                 c.at(
                     &ep.timeout,
                     format!("{path}.{kind}.timeout"),
                     "must be above 0",
                 );
+            }
+        }
+        if let Some(lb) = &e.loadbalancing {
+            let lpath = format!("{path}.loadbalancing");
+            if lb.backends.is_empty() {
+                c.at(
+                    lb,
+                    format!("{lpath}.backends"),
+                    "list at least one backend URL",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (j, b) in lb.backends.iter().enumerate() {
+                let bpath = format!("{lpath}.backends[{j}]");
+                check_export_url(c, b, &bpath);
+                if !seen.insert(b.value.trim_end_matches('/')) {
+                    c.at(b, bpath, format!("duplicate backend `{}`", b.value));
+                }
+            }
+            check_export_headers(c, lb, &lb.headers, &format!("{lpath}.headers"));
+            if lb.timeout.value.is_zero() {
+                c.at(&lb.timeout, format!("{lpath}.timeout"), "must be above 0");
             }
         }
         let r = &e.retry;
@@ -598,6 +613,88 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
                 format!("{path}.queue.max_bytes"),
                 "must be at least telemetry.batch.max_bytes",
             );
+        }
+    }
+}
+
+fn validate_tail_sampling(
+    c: &mut Collector<'_>,
+    ts: &Located<crate::telemetry::TailSamplingConfig>,
+) {
+    let path = "telemetry.processors.tail_sampling";
+    if ts.decision_wait.value.is_zero() {
+        c.at(
+            &ts.decision_wait,
+            format!("{path}.decision_wait"),
+            "must be above 0",
+        );
+    }
+    if ts.max_traces.value == 0 {
+        c.at(
+            &ts.max_traces,
+            format!("{path}.max_traces"),
+            "must be above 0",
+        );
+    }
+    if ts.max_bytes.value.0 < 1024 {
+        c.at(
+            &ts.max_bytes,
+            format!("{path}.max_bytes"),
+            "must be at least 1KiB",
+        );
+    }
+    if ts.decision_cache.value == 0 {
+        c.at(
+            &ts.decision_cache,
+            format!("{path}.decision_cache"),
+            "must be above 0",
+        );
+    }
+    if let Some(l) = &ts.keep_latency_above
+        && l.value.is_zero()
+    {
+        c.at(
+            l,
+            format!("{path}.keep_latency_above"),
+            "must be above 0 (leave it out to keep no trace for its latency)",
+        );
+    }
+    if let Some(r) = &ts.rate_limit
+        && r.spans_per_second.value == 0
+    {
+        c.at(
+            &r.spans_per_second,
+            format!("{path}.rate_limit.spans_per_second"),
+            "must be above 0",
+        );
+    }
+}
+
+/// An exporter URL must be `http://` or `https://` with a host.
+fn check_export_url(c: &mut Collector<'_>, url: &Located<String>, path: &str) {
+    let ok = url
+        .value
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    if ok.is_none() {
+        c.at(
+            url,
+            path,
+            format!("`{}` is not an http:// or https:// URL", url.value),
+        );
+    }
+}
+
+fn check_export_headers<T>(
+    c: &mut Collector<'_>,
+    at: &Located<T>,
+    headers: &std::collections::BTreeMap<String, String>,
+    path: &str,
+) {
+    for h in headers.keys() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            c.at(at, path, format!("`{h}` is not a header name"));
         }
     }
 }
@@ -809,4 +906,135 @@ fn is_prime(n: u64) -> bool {
         && (2..)
             .take_while(|d| d * d <= n)
             .all(|d| !n.is_multiple_of(d))
+}
+
+#[cfg(test)]
+mod telemetry_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::telemetry::ExportProtocol;
+    use crate::{ConfigError, parse_str};
+
+    fn errors(yaml: &str) -> Vec<ConfigError> {
+        parse_str(yaml, "mesh.yaml").expect_err("config should be rejected")
+    }
+
+    fn has(errs: &[ConfigError], line: u64, path: &str, text: &str) {
+        assert!(
+            errs.iter()
+                .any(|e| e.line == line && e.path == path && e.message.contains(text)),
+            "expected line {line} {path} `{text}` in:\n{}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    #[test]
+    fn tail_sampling_defaults_and_values() {
+        let c = parse_str(
+            "telemetry:\n  processors:\n    tail_sampling: {}\n",
+            "mesh.yaml",
+        )
+        .unwrap();
+        let ts = c
+            .telemetry
+            .unwrap()
+            .value
+            .processors
+            .tail_sampling
+            .unwrap()
+            .value;
+        assert_eq!(ts.decision_wait.value.0, std::time::Duration::from_secs(5));
+        assert_eq!(ts.max_traces.value, 50_000);
+        assert_eq!(ts.max_bytes.value.0, 32 << 20);
+        assert!(ts.keep_errors);
+        assert!(ts.keep_latency_above.is_none() && ts.rate_limit.is_none());
+        assert_eq!(ts.decision_cache.value, 100_000);
+
+        let c = parse_str(
+            "telemetry:\n  processors:\n    tail_sampling:\n      decision_wait: 2s\n      keep_errors: false\n      keep_latency_above: 500ms\n      rate_limit: { spans_per_second: 1000 }\n",
+            "mesh.yaml",
+        )
+        .unwrap();
+        let ts = c
+            .telemetry
+            .unwrap()
+            .value
+            .processors
+            .tail_sampling
+            .unwrap()
+            .value;
+        assert_eq!(ts.decision_wait.value.0, std::time::Duration::from_secs(2));
+        assert!(!ts.keep_errors);
+        assert_eq!(
+            ts.keep_latency_above.unwrap().value.0,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(ts.rate_limit.unwrap().spans_per_second.value, 1000);
+    }
+
+    #[test]
+    fn tail_sampling_errors_name_line_and_field() {
+        let errs = errors(
+            "telemetry:\n  processors:\n    tail_sampling:\n      decision_wait: 0s\n      max_traces: 0\n      max_bytes: 10\n      keep_latency_above: 0ms\n      rate_limit: { spans_per_second: 0 }\n      decision_cache: 0\n",
+        );
+        let p = "telemetry.processors.tail_sampling";
+        has(&errs, 4, &format!("{p}.decision_wait"), "above 0");
+        has(&errs, 5, &format!("{p}.max_traces"), "above 0");
+        has(&errs, 6, &format!("{p}.max_bytes"), "at least 1KiB");
+        has(&errs, 7, &format!("{p}.keep_latency_above"), "above 0");
+        has(
+            &errs,
+            8,
+            &format!("{p}.rate_limit.spans_per_second"),
+            "above 0",
+        );
+        has(&errs, 9, &format!("{p}.decision_cache"), "above 0");
+    }
+
+    #[test]
+    fn loadbalancing_exporter_parses_with_defaults() {
+        let c = parse_str(
+            "telemetry:\n  exporters:\n    - name: lb\n      loadbalancing:\n        backends: [ http://a:4317, http://b:4317 ]\n",
+            "mesh.yaml",
+        )
+        .unwrap();
+        let t = c.telemetry.unwrap().value;
+        let lb = t.exporters[0].loadbalancing.clone().unwrap().value;
+        assert_eq!(lb.backends.len(), 2);
+        assert_eq!(lb.protocol, ExportProtocol::OtlpGrpc);
+        let ep = lb.endpoint(&lb.backends[1]);
+        assert_eq!(ep.endpoint.value, "http://b:4317");
+        assert_eq!(ep.timeout.value.0, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn loadbalancing_errors_name_the_backend() {
+        let errs = errors(
+            "telemetry:\n  exporters:\n    - loadbalancing:\n        protocol: otlp_http\n        backends:\n          - http://a:4318\n          - ftp://b\n          - http://a:4318/\n        headers: { 'bad header': x }\n        timeout: 0s\n    - loadbalancing: { backends: [] }\n    - otlp_grpc: { endpoint: http://c:4317 }\n      loadbalancing: { backends: [ http://d:4317 ] }\n",
+        );
+        let p = "telemetry.exporters[0].loadbalancing";
+        has(
+            &errs,
+            7,
+            &format!("{p}.backends[1]"),
+            "not an http:// or https:// URL",
+        );
+        has(&errs, 8, &format!("{p}.backends[2]"), "duplicate backend");
+        has(&errs, 4, &format!("{p}.headers"), "not a header name");
+        has(&errs, 10, &format!("{p}.timeout"), "above 0");
+        has(
+            &errs,
+            11,
+            "telemetry.exporters[1].loadbalancing.backends",
+            "at least one",
+        );
+        has(
+            &errs,
+            12,
+            "telemetry.exporters[2]",
+            "exactly one of `otlp_grpc`, `otlp_http` and `loadbalancing`",
+        );
+    }
 }

@@ -3,10 +3,14 @@
 //! Receivers and the proxy's own telemetry submit [`Batch`]es; a batch is acknowledged to its
 //! sender only after every consumer took it (exporters' queues, including the persistent one), so
 //! an acknowledged item is never lost. Without processors nothing is decoded.
+//!
+//! With tail sampling, traces go from the processors to the [`TailSampler`] instead, which
+//! acknowledges once it holds them (in memory) and hands kept traces to the consumers later.
 
 use crate::limiter::{MemoryLimiter, Priority};
 use crate::otlp::{Batch, Signal};
 use crate::processors::Processors;
+use crate::processors::tail_sampling::{TailSampler, TailSettings};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +70,7 @@ pub struct Pipeline {
     memory: Arc<MemoryLimiter>,
     processors: Option<Processors>,
     consumers: Vec<Arc<dyn Consumer>>,
+    tail: Option<TailSampler>,
     stats: PipelineStats,
 }
 
@@ -91,7 +96,31 @@ impl Pipeline {
             memory,
             processors,
             consumers,
+            tail: None,
             stats: PipelineStats::default(),
+        }
+    }
+
+    /// Routes traces through a tail sampler feeding this pipeline's consumers. Needs a Tokio
+    /// runtime (the sampler's decision task).
+    pub fn with_tail_sampling(mut self, settings: TailSettings) -> Self {
+        self.tail = Some(TailSampler::start(
+            settings,
+            self.memory.clone(),
+            self.consumers.clone(),
+        ));
+        self
+    }
+
+    /// The tail sampler, when configured.
+    pub fn tail_sampler(&self) -> Option<&TailSampler> {
+        self.tail.as_ref()
+    }
+
+    /// Decides and hands on everything the tail sampler holds (for shutdown).
+    pub async fn flush(&self) {
+        if let Some(t) = &self.tail {
+            t.flush().await;
         }
     }
 
@@ -135,6 +164,18 @@ impl Pipeline {
         if batch.items == 0 {
             self.stats.accepted[signal.index()].fetch_add(items_in, Ordering::Relaxed);
             return Ok(());
+        }
+        if signal == Signal::Traces
+            && let Some(t) = &self.tail
+        {
+            let result = t.submit(batch).await;
+            match &result {
+                Ok(()) => {
+                    self.stats.accepted[signal.index()].fetch_add(items_in, Ordering::Relaxed)
+                }
+                Err(_) => self.stats.refused[signal.index()].fetch_add(items_in, Ordering::Relaxed),
+            };
+            return result;
         }
         let mut result = Ok(());
         for c in &self.consumers {
@@ -186,6 +227,9 @@ impl Pipeline {
             &[],
             self.memory.used(),
         );
+        if let Some(t) = &self.tail {
+            t.render_prometheus(out);
+        }
     }
 }
 

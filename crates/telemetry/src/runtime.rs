@@ -5,11 +5,13 @@
 //! by a rebuild).
 
 use crate::export::Exporter;
+use crate::export::loadbalance::LoadBalancingExporter;
 use crate::limiter::{MemoryLimiter, Priority};
 use crate::otlp::Batch;
 use crate::pipeline::Refused;
 use crate::pipeline::{Consumer, Pipeline};
 use crate::processors::Processors;
+use crate::processors::tail_sampling::TailSettings;
 use crate::receiver::{self, ReceiverHandle, ReceiverLimits, ReceiverStats};
 use crate::recorder::Recorder;
 use crate::registry::Registry;
@@ -70,6 +72,24 @@ impl Consumer for ExportConsumer {
     }
 }
 
+/// A load-balancing exporter as a pipeline consumer: refused when a backend's queue is full.
+struct LoadBalanceConsumer(LoadBalancingExporter);
+
+impl Consumer for LoadBalanceConsumer {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn consume(&self, batch: Batch, priority: Priority) -> BoxFuture<'_, Result<(), Refused>> {
+        Box::pin(async move {
+            self.0.enqueue(batch, priority).await.map_err(|e| {
+                tracing::debug!(exporter = self.0.name(), reason = ?e, "exporter refused a batch");
+                Refused::QueueFull(self.0.name().to_string())
+            })
+        })
+    }
+}
+
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
@@ -102,6 +122,23 @@ impl Telemetry {
         let mut exporters = Vec::new();
         for (i, e) in cfg.exporters.iter().enumerate() {
             let name = e.name.clone().unwrap_or_else(|| format!("exporter-{i}"));
+            if e.loadbalancing.is_some() {
+                let lb = LoadBalancingExporter::start(
+                    name.clone(),
+                    &e.value,
+                    &cfg.batch,
+                    memory.clone(),
+                )
+                .await
+                .map_err(|err| TelemetryError::Exporter {
+                    name,
+                    reason: err.to_string(),
+                })?;
+                // Each backend reports (and shuts down) as exporter `<name>-<i>`.
+                exporters.extend(lb.backends().iter().cloned());
+                consumers.push(Arc::new(LoadBalanceConsumer(lb)));
+                continue;
+            }
             let exporter = Exporter::start(name.clone(), &e.value, &cfg.batch, memory.clone())
                 .await
                 .map_err(|err| TelemetryError::Exporter {
@@ -111,7 +148,11 @@ impl Telemetry {
             consumers.push(Arc::new(ExportConsumer(exporter.clone())));
             exporters.push(exporter);
         }
-        let pipeline = Arc::new(Pipeline::new(memory, processors, consumers));
+        let mut pipeline = Pipeline::new(memory, processors, consumers);
+        if let Some(ts) = &cfg.processors.tail_sampling {
+            pipeline = pipeline.with_tail_sampling(TailSettings::from_config(ts));
+        }
+        let pipeline = Arc::new(pipeline);
         let recorder = Recorder::start(cfg, pipeline.clone(), registry);
         let receiver_stats = Arc::new(ReceiverStats::default());
         let mut receivers = Vec::new();
@@ -224,6 +265,8 @@ impl Telemetry {
         for (_, r) in receivers {
             r.stop(drain).await;
         }
+        // Traces held by the tail sampler are decided now and queued with the rest.
+        self.pipeline.flush().await;
         // What is still queued gets until the drain deadline; the persistent queue keeps the rest.
         for e in &self.exporters {
             e.shutdown(drain).await;

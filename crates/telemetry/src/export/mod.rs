@@ -11,6 +11,7 @@
 mod conn;
 mod grpc;
 mod http;
+pub mod loadbalance;
 mod queue;
 pub mod retry;
 mod stats;

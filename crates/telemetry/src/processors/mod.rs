@@ -1,6 +1,9 @@
 //! Processors that need decoded data: resource attributes, redaction, probabilistic sampling.
 //!
-//! They run only when configured; the pipeline otherwise forwards bytes untouched.
+//! They run only when configured; the pipeline otherwise forwards bytes untouched. The stateful
+//! tail sampler lives in [`tail_sampling`] and runs after them, as a pipeline stage.
+
+pub mod tail_sampling;
 
 use crate::otlp::{Batch, Signal};
 use bytes::Bytes;
