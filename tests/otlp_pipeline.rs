@@ -124,15 +124,10 @@ telemetry:
             let b = &b;
             let path = format!("/api/traces/{trace_id}");
             async move {
-                match b.try_admin_get(&path).await {
-                    Ok(r)
-                        if r.status == StatusCode::OK
-                            && r.json()["spans"].as_array().is_some_and(|s| s.len() == 2) =>
-                    {
-                        true
-                    }
-                    _ => false,
-                }
+                b.try_admin_get(&path).await.is_ok_and(|r| {
+                    r.status == StatusCode::OK
+                        && r.json()["spans"].as_array().is_some_and(|s| s.len() == 2)
+                })
             }
         },
     )
