@@ -291,11 +291,21 @@ fn bench_compare_reports_every_target() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["direct", "otlp-mesh", "nginx", "haproxy", "envoy"]);
+    assert_eq!(
+        names,
+        [
+            "direct",
+            "otlp-mesh",
+            "otlp-mesh+telemetry",
+            "nginx",
+            "haproxy",
+            "envoy"
+        ]
+    );
     for t in targets {
         let status = t["status"].as_str().unwrap();
         assert!(["measured", "skipped", "failed"].contains(&status), "{t}");
-        if t["name"] == "direct" || t["name"] == "otlp-mesh" {
+        if ["direct", "otlp-mesh", "otlp-mesh+telemetry"].contains(&t["name"].as_str().unwrap()) {
             assert_eq!(status, "measured", "{t}");
             assert!(t["report"]["requests"].as_u64().unwrap() > 0, "{t}");
         }
@@ -306,4 +316,34 @@ fn bench_compare_reports_every_target() {
     let mesh = &targets[1]["report"]["processes"][0];
     assert!(mesh["cpu_us_per_request"].as_f64().unwrap() > 0.0, "{mesh}");
     assert!(p.stdout().contains("cpu/mesh"), "{}", p.stdout());
+}
+
+/// `--only` restricts the targets to the ones named.
+#[test]
+fn bench_compare_only_runs_the_named_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let mut p = Proc::spawn(&[
+        "bench-compare",
+        "-d",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "-c",
+        "2",
+        "--only",
+        "otlp-mesh,otlp-mesh+telemetry",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    p.wait_exit_blocking(Duration::from_secs(60));
+    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
+    let v = read_json(&json);
+    let names: Vec<&str> = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["otlp-mesh", "otlp-mesh+telemetry"]);
 }
