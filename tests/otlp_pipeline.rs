@@ -432,10 +432,11 @@ async fn memory_limit_answers_with_retryable_statuses() {
     .unwrap();
     let r = send(&h2c_client(), req).await;
     assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}"); // UNAVAILABLE
-    assert!(
-        r.header("grpc-status-details-bin").is_some(),
-        "RetryInfo expected: {r:?}"
-    );
+    let details = r
+        .header("grpc-status-details-bin")
+        .expect("RetryInfo expected");
+    let delay = otlp_mesh_telemetry::otlp::status::retry_info_from_details(details.as_bytes());
+    assert_eq!(delay, Some(Some(Duration::from_secs(1))), "{r:?}");
 }
 
 #[tokio::test]

@@ -8,9 +8,8 @@
 use crate::limiter::Priority;
 use crate::otlp::Signal;
 use crate::otlp::decode::{self, DecodeError, Encoding, Format};
-use crate::otlp::status::{Any, Code, RpcStatus};
+use crate::otlp::status::{Code, RpcStatus, status_details_with_retry_info};
 use crate::pipeline::{Pipeline, Refused};
-use base64::Engine;
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
@@ -358,7 +357,7 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, DecodeError> {
 
 async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
     let Some(signal) = Signal::from_grpc_path(req.uri().path()) else {
-        return grpc_status(Code::Unimplemented, "unknown method", None);
+        return grpc_status(Code::Unimplemented, "unknown method");
     };
     let encoding = req
         .headers()
@@ -369,7 +368,6 @@ async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         return grpc_status(
             Code::Unimplemented,
             "grpc-encoding must be gzip, zstd or identity",
-            None,
         );
     };
     if shared.pipeline.is_saturated() {
@@ -460,28 +458,24 @@ fn grpc_decode_error(shared: &Shared, signal: Signal, e: DecodeError) -> Respons
         DecodeError::Invalid(_) => (Code::InvalidArgument, Outcome::Invalid),
     };
     shared.stats.count(true, signal, outcome);
-    grpc_status(code, &e.to_string(), None)
+    grpc_status(code, &e.to_string())
 }
 
 fn grpc_busy(message: &str) -> Response<ReplyBody> {
-    // RetryInfo { retry_delay: Duration { seconds } }: field 1 of RetryInfo, field 1 of Duration.
-    let secs = Refused::MemoryLimit.retry_after().as_secs().max(1);
-    let mut duration = Vec::new();
-    prost::encoding::int64::encode(1, &(secs as i64), &mut duration);
-    let mut retry_info = Vec::new();
-    prost::encoding::bytes::encode(1, &duration, &mut retry_info);
-    grpc_status(
-        Code::Unavailable,
+    let mut r = grpc_status(Code::Unavailable, message);
+    let details = status_details_with_retry_info(
+        Code::Unavailable.as_i32(),
         message,
-        Some(Any {
-            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
-            value: retry_info,
-        }),
-    )
+        Refused::MemoryLimit.retry_after(),
+    );
+    if let Ok(v) = HeaderValue::from_str(&details) {
+        r.headers_mut().insert("grpc-status-details-bin", v);
+    }
+    r
 }
 
 /// A trailers-only gRPC response.
-fn grpc_status(code: Code, message: &str, detail: Option<Any>) -> Response<ReplyBody> {
+fn grpc_status(code: Code, message: &str) -> Response<ReplyBody> {
     let mut r = Response::new(ReplyBody::empty());
     let h = r.headers_mut();
     h.insert(
@@ -491,17 +485,6 @@ fn grpc_status(code: Code, message: &str, detail: Option<Any>) -> Response<Reply
     h.insert("grpc-status", HeaderValue::from(code.as_i32()));
     if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
         h.insert("grpc-message", v);
-    }
-    if let Some(d) = detail {
-        let status = RpcStatus {
-            code: code.as_i32(),
-            message: message.to_string(),
-            details: vec![d],
-        };
-        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
-        if let Ok(v) = HeaderValue::from_str(&b64) {
-            h.insert("grpc-status-details-bin", v);
-        }
     }
     r
 }

@@ -234,131 +234,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `google.rpc.Status`, as carried base64-encoded in `grpc-status-details-bin`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    #[prost(string, tag = "2")]
-    pub message: String,
-    #[prost(message, repeated, tag = "3")]
-    pub details: Vec<ProtoAny>,
-}
-
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoAny {
-    #[prost(string, tag = "1")]
-    pub type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-}
-
-/// `google.rpc.RetryInfo`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    pub retry_delay: Option<ProtoDuration>,
-}
-
-/// `google.protobuf.Duration`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    pub seconds: i64,
-    #[prost(int32, tag = "2")]
-    pub nanos: i32,
-}
-
-/// Type URL of `RetryInfo` inside `Any`.
-pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
-
-/// Finds a `RetryInfo` in a `grpc-status-details-bin` value: `None` when absent (or the value
-/// is not a valid status), `Some(delay)` when present (`delay` is `None` without `retry_delay`).
-pub fn retry_info_from_details(header: &[u8]) -> Option<Option<Duration>> {
-    use prost::Message;
-    let raw = base64_decode(header)?;
-    let status = RpcStatus::decode(raw.as_slice()).ok()?;
-    let any = status
-        .details
-        .iter()
-        .find(|a| a.type_url == RETRY_INFO_TYPE)?;
-    let info = RetryInfo::decode(any.value.as_slice()).ok()?;
-    Some(info.retry_delay.and_then(|d| {
-        let secs = u64::try_from(d.seconds).ok()?;
-        let nanos = u32::try_from(d.nanos).ok()?;
-        Some(Duration::new(secs, nanos.min(999_999_999)))
-    }))
-}
-
-/// A `grpc-status-details-bin` value for `code`/`message` carrying `RetryInfo { delay }` (for
-/// servers, e.g. a receiver shedding load, and for tests).
-pub fn status_details_with_retry_info(code: i32, message: &str, delay: Duration) -> String {
-    use prost::Message;
-    let info = RetryInfo {
-        retry_delay: Some(ProtoDuration {
-            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
-            nanos: delay.subsec_nanos() as i32,
-        }),
-    };
-    let status = RpcStatus {
-        code,
-        message: message.to_string(),
-        details: vec![ProtoAny {
-            type_url: RETRY_INFO_TYPE.to_string(),
-            value: info.encode_to_vec(),
-        }],
-    };
-    base64_encode(&status.encode_to_vec())
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 without padding (what gRPC sends in `-bin` headers).
-pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// Decodes base64 in the standard or URL-safe alphabet, padded or not (gRPC peers use either).
-pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let input = input.trim_ascii();
-    let input = input
-        .strip_suffix(b"==")
-        .or(input.strip_suffix(b"="))
-        .unwrap_or(input);
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for &c in input {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
+pub use crate::otlp::status::{
+    ProtoAny, ProtoDuration, RETRY_INFO_TYPE, RetryInfo, RpcStatus, retry_info_from_details,
+    status_details_with_retry_info,
+};
 
 #[cfg(test)]
 mod tests {
@@ -481,28 +360,10 @@ mod tests {
                 value: vec![],
             }],
         };
-        let plain = base64_encode(&plain.encode_to_vec());
+        use base64::Engine;
+        let plain = base64::engine::general_purpose::STANDARD_NO_PAD.encode(plain.encode_to_vec());
         assert_eq!(retry_info_from_details(plain.as_bytes()), None);
         assert_eq!(retry_info_from_details(b"!!!"), None);
-    }
-
-    #[test]
-    fn base64_matches_known_vectors() {
-        for (raw, enc) in [
-            ("", ""),
-            ("f", "Zg"),
-            ("fo", "Zm8"),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg"),
-            ("fooba", "Zm9vYmE"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_encode(raw.as_bytes()), enc);
-            assert_eq!(
-                base64_decode(enc.as_bytes()).as_deref(),
-                Some(raw.as_bytes())
-            );
-        }
     }
 
     #[test]
