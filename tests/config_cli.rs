@@ -332,3 +332,24 @@ fn run_without_config_is_a_usage_error() {
     );
     assert!(p.stderr().contains("--config"), "{}", p.stderr());
 }
+
+/// The README's telemetry reference block is a valid config (docs describe what exists).
+#[test]
+fn readme_telemetry_reference_validates() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.starts_with("telemetry:"))
+        .expect("a ```yaml block starting with `telemetry:` in README.md");
+    let cfg = ConfigFile::new(block);
+    let mut p = Proc::run(&["validate", "--config", cfg.path_str()]);
+    assert!(
+        p.status_success(),
+        "README telemetry block: {}{}",
+        p.stdout(),
+        p.stderr()
+    );
+}
