@@ -258,14 +258,13 @@ pub async fn handle(
     let start_unix_nanos = unix_nanos();
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
     let version = req.version();
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let host = req.headers().get(HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    });
     let listener = state.listener_name.clone();
     let mut picked = Picked::default();
     let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
@@ -291,7 +290,7 @@ pub async fn handle(
         start_unix_nanos,
         duration: start.elapsed(),
         method,
-        path,
+        uri,
         version,
         host,
         peer: peer.ip().to_canonical(),

@@ -6,6 +6,8 @@
 //! records in batches and submits them with [`Priority::Internal`].
 
 use crate::DURATION_BUCKETS_SECONDS;
+
+mod encode;
 use crate::limiter::Priority;
 use crate::otlp::{Batch, Signal};
 use crate::pipeline::Pipeline;
@@ -14,19 +16,13 @@ use crate::propagation::{self, TraceContext};
 use crate::registry::{Registry, StatusClass};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Version};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
 use otlp_mesh_config::telemetry::{Propagation, TelemetryConfig};
 use prost::Message;
 use std::io::Write;
@@ -124,9 +120,10 @@ pub struct RequestRecord {
     pub start_unix_nanos: u64,
     pub duration: Duration,
     pub method: Method,
-    pub path: String,
+    /// The request's URI (cloning it shares its bytes; only the path is recorded).
+    pub uri: http::Uri,
     pub version: Version,
-    pub host: Option<String>,
+    pub host: Option<http::HeaderValue>,
     pub peer: IpAddr,
     pub listener: Arc<str>,
     pub route: Option<Arc<str>>,
@@ -171,7 +168,8 @@ impl Recorder {
         let stats = Arc::new(RecorderStats::default());
         let resource = resource(cfg);
         let encoder = Encoder {
-            resource: resource.clone(),
+            resource: resource.encode_to_vec(),
+            scope: scope().encode_to_vec(),
             spans: cfg.tracing.enabled,
             otlp_logs: cfg.access_log.otlp,
             stdout_logs: cfg.access_log.stdout,
@@ -315,10 +313,6 @@ fn kv_str(key: &str, value: &str) -> KeyValue {
     kv(key, any_value::Value::StringValue(value.to_string()))
 }
 
-fn kv_int(key: &str, value: i64) -> KeyValue {
-    kv(key, any_value::Value::IntValue(value))
-}
-
 fn protocol(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "0.9",
@@ -330,7 +324,8 @@ fn protocol(v: Version) -> &'static str {
 }
 
 struct Encoder {
-    resource: Resource,
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     spans: bool,
     otlp_logs: bool,
     stdout_logs: bool,
@@ -360,8 +355,8 @@ impl Encoder {
     }
 
     async fn flush(&self, records: &mut Vec<RequestRecord>) {
-        let mut spans = Vec::new();
-        let mut logs = Vec::new();
+        let mut spans = encode::Writer::default();
+        let mut logs = encode::Writer::default();
         let mut stdout = Vec::new();
         for r in records.drain(..) {
             let attempts = r
@@ -370,10 +365,10 @@ impl Encoder {
                 .map(|t| t.take_attempts())
                 .unwrap_or_default();
             if self.spans && r.trace.as_ref().is_some_and(|t| t.sampled) {
-                server_and_client_spans(&r, &attempts, &mut spans);
+                spans.spans(&r, &attempts);
             }
             if self.otlp_logs {
-                logs.push(access_log(&r, &attempts));
+                logs.access_log(&r, &attempts);
             }
             if self.stdout_logs {
                 json_line(&r, &attempts, &mut stdout);
@@ -384,47 +379,19 @@ impl Encoder {
             let _ = out.write_all(&stdout);
             let _ = out.flush();
         }
-        if !spans.is_empty() {
-            let n = spans.len() as u64;
+        if spans.count > 0 {
+            let n = spans.count;
             self.stats.spans.fetch_add(n, Ordering::Relaxed);
-            let req = ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource: Some(self.resource.clone()),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(scope()),
-                        spans,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            };
-            self.submit(Batch::new(
-                Signal::Traces,
-                Bytes::from(req.encode_to_vec()),
-                n,
-            ))
-            .await;
+            let payload = spans.finish(&self.resource, &self.scope);
+            self.submit(Batch::new(Signal::Traces, Bytes::from(payload), n))
+                .await;
         }
-        if !logs.is_empty() {
-            let n = logs.len() as u64;
+        if logs.count > 0 {
+            let n = logs.count;
             self.stats.logs.fetch_add(n, Ordering::Relaxed);
-            let req = ExportLogsServiceRequest {
-                resource_logs: vec![ResourceLogs {
-                    resource: Some(self.resource.clone()),
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(scope()),
-                        log_records: logs,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            };
-            self.submit(Batch::new(
-                Signal::Logs,
-                Bytes::from(req.encode_to_vec()),
-                n,
-            ))
-            .await;
+            let payload = logs.finish(&self.resource, &self.scope);
+            self.submit(Batch::new(Signal::Logs, Bytes::from(payload), n))
+                .await;
         }
     }
 
@@ -440,33 +407,6 @@ impl Encoder {
     }
 }
 
-fn request_attributes(r: &RequestRecord) -> Vec<KeyValue> {
-    let mut a = Vec::with_capacity(12);
-    a.push(kv_str("http.request.method", r.method.as_str()));
-    a.push(kv_str("url.path", &r.path));
-    a.push(kv_str("url.scheme", "http"));
-    if let Some(route) = &r.route {
-        a.push(kv_str("http.route", route));
-    }
-    a.push(kv_int("http.response.status_code", i64::from(r.status)));
-    if let Some(h) = &r.host {
-        a.push(kv_str("server.address", h));
-    }
-    a.push(kv_str("network.peer.address", &r.peer.to_string()));
-    a.push(kv_str("network.protocol.version", protocol(r.version)));
-    a.push(kv_str("otlp_mesh.listener", &r.listener));
-    if let Some(c) = &r.cluster {
-        a.push(kv_str("otlp_mesh.cluster", c));
-    }
-    if let Some(e) = error_type(r) {
-        a.push(kv_str("error.type", &e));
-    }
-    if let Some(f) = &r.faults {
-        a.push(kv_str("otlp_mesh.fault", f));
-    }
-    a
-}
-
 /// `error.type`: the proxy's error code, or the status code for 5xx responses.
 fn error_type(r: &RequestRecord) -> Option<String> {
     match &r.error {
@@ -476,156 +416,13 @@ fn error_type(r: &RequestRecord) -> Option<String> {
     }
 }
 
-fn server_and_client_spans(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<Span>) {
-    let Some(t) = &r.trace else {
-        return;
-    };
-    let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
-    let name = match &r.route {
-        Some(route) => format!("{} {}", r.method, route),
-        None => r.method.to_string(),
-    };
-    let mut attributes = request_attributes(r);
-    if attempts.len() > 1 {
-        attributes.push(kv_int("otlp_mesh.retries", attempts.len() as i64 - 1));
-    }
-    let mut events = Vec::new();
-    if let Some(f) = &r.faults {
-        events.push(span::Event {
-            time_unix_nano: r.start_unix_nanos,
-            name: "fault injected".into(),
-            attributes: vec![kv_str("otlp_mesh.fault", f)],
-            ..Default::default()
-        });
-    }
-    for a in attempts.iter().filter(|a| a.number > 1) {
-        events.push(span::Event {
-            time_unix_nano: a.start_unix_nanos,
-            name: "retry".into(),
-            attributes: vec![kv_int("http.request.resend_count", i64::from(a.number - 1))],
-            ..Default::default()
-        });
-    }
-    out.push(Span {
-        trace_id: t.trace_id.to_vec(),
-        span_id: t.span_id.to_vec(),
-        trace_state: t
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        parent_span_id: t.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        name,
-        kind: span::SpanKind::Server as i32,
-        start_time_unix_nano: r.start_unix_nanos,
-        end_time_unix_nano: end,
-        attributes,
-        events,
-        status: Some(if r.status >= 500 || r.error.is_some() {
-            Status {
-                code: status::StatusCode::Error as i32,
-                message: error_type(r).unwrap_or_default(),
-            }
-        } else {
-            Status::default()
-        }),
-        ..Default::default()
-    });
-    for a in attempts {
-        let mut attributes = vec![
-            kv_str("http.request.method", r.method.as_str()),
-            kv_str("url.path", &r.path),
-        ];
-        if a.status > 0 {
-            attributes.push(kv_int("http.response.status_code", i64::from(a.status)));
-        }
-        if let Some(c) = &r.cluster {
-            attributes.push(kv_str("otlp_mesh.cluster", c));
-        }
-        if a.number > 1 {
-            attributes.push(kv_int("http.request.resend_count", i64::from(a.number - 1)));
-        }
-        let failed = a.error.is_some() || a.status >= 400;
-        let error = a
-            .error
-            .clone()
-            .or_else(|| (a.status >= 400).then(|| a.status.to_string()));
-        if let Some(e) = &error {
-            attributes.push(kv_str("error.type", e));
-        }
-        out.push(Span {
-            trace_id: t.trace_id.to_vec(),
-            span_id: a.span_id.to_vec(),
-            parent_span_id: t.span_id.to_vec(),
-            name: r.method.to_string(),
-            kind: span::SpanKind::Client as i32,
-            start_time_unix_nano: a.start_unix_nanos,
-            end_time_unix_nano: a.end_unix_nanos,
-            attributes,
-            status: Some(if failed {
-                Status {
-                    code: status::StatusCode::Error as i32,
-                    message: error.unwrap_or_default(),
-                }
-            } else {
-                Status::default()
-            }),
-            ..Default::default()
-        });
-    }
-}
-
-fn access_log(r: &RequestRecord, attempts: &[AttemptRecord]) -> LogRecord {
-    let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
-    let (severity, text) = match r.status {
-        500.. => (13, "WARN"),
-        _ => (9, "INFO"),
-    };
-    let mut attributes = request_attributes(r);
-    attributes.push(kv(
-        "otlp_mesh.duration_ms",
-        any_value::Value::DoubleValue(r.duration.as_secs_f64() * 1e3),
-    ));
-    attributes.push(kv_int("otlp_mesh.attempts", attempts.len() as i64));
-    let (trace_id, span_id, flags) = match &r.trace {
-        Some(t) => (
-            t.trace_id.to_vec(),
-            t.span_id.to_vec(),
-            u32::from(t.sampled),
-        ),
-        None => (Vec::new(), Vec::new(), 0),
-    };
-    LogRecord {
-        time_unix_nano: end,
-        observed_time_unix_nano: end,
-        severity_number: severity,
-        severity_text: text.into(),
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(format!(
-                "{} {} {} {:.3}ms",
-                r.method,
-                r.path,
-                r.status,
-                r.duration.as_secs_f64() * 1e3
-            ))),
-        }),
-        attributes,
-        flags,
-        trace_id,
-        span_id,
-        event_name: "http.access".into(),
-        ..Default::default()
-    }
-}
-
 fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
     let v = serde_json::json!({
         "time_unix_nano": r.start_unix_nanos,
         "trace_id": r.trace.as_ref().map(|t| propagation::hex(&t.trace_id)),
         "span_id": r.trace.as_ref().map(|t| propagation::hex(&t.span_id)),
         "method": r.method.as_str(),
-        "path": r.path,
+        "path": r.uri.path(),
         "protocol": protocol(r.version),
         "status": r.status,
         "duration_ms": r.duration.as_secs_f64() * 1e3,
@@ -633,7 +430,7 @@ fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
         "route": r.route.as_deref(),
         "cluster": r.cluster.as_deref(),
         "peer": r.peer.to_string(),
-        "host": r.host,
+        "host": r.host.as_ref().and_then(|h| h.to_str().ok()),
         "attempts": attempts.len(),
         "error": error_type(r),
         "fault": r.faults,
@@ -768,6 +565,9 @@ mod tests {
     use super::*;
     use crate::pipeline::{Consumer, Refused};
     use futures_util::future::BoxFuture;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{span, status};
 
     struct Collect(Mutex<Vec<Batch>>);
 
@@ -792,9 +592,9 @@ mod tests {
             start_unix_nanos: 1_000,
             duration: Duration::from_millis(5),
             method: Method::GET,
-            path: "/api/orders".into(),
+            uri: "/api/orders?id=7".parse().unwrap(),
             version: Version::HTTP_11,
-            host: Some("shop".into()),
+            host: Some(http::HeaderValue::from_static("shop")),
             peer: "127.0.0.1".parse().unwrap(),
             listener: "edge".into(),
             route: Some("orders".into()),
@@ -878,6 +678,59 @@ mod tests {
         let log = &req.resource_logs[0].scope_logs[0].log_records[0];
         assert_eq!(log.trace_id, t.trace_id.to_vec());
         assert_eq!(log.span_id, t.span_id.to_vec());
+        assert_eq!(log.flags, 1);
+        assert_eq!(log.severity_text, "INFO");
+        assert_eq!(log.event_name, "http.access");
+        let body = match log.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(body, "GET /api/orders 200 5.000ms");
+        let attr = |attrs: &[KeyValue], k: &str| {
+            attrs
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            attr(&log.attributes, "otlp_mesh.duration_ms"),
+            Some(any_value::Value::DoubleValue(5.0))
+        );
+        assert_eq!(
+            attr(&log.attributes, "otlp_mesh.attempts"),
+            Some(any_value::Value::IntValue(2))
+        );
+        let a = &server.attributes;
+        for (k, v) in [
+            ("http.request.method", "GET"),
+            ("url.path", "/api/orders"),
+            ("http.route", "orders"),
+            ("server.address", "shop"),
+            ("network.peer.address", "127.0.0.1"),
+            ("network.protocol.version", "1.1"),
+            ("otlp_mesh.cluster", "orders-v1"),
+        ] {
+            assert_eq!(
+                attr(a, k),
+                Some(any_value::Value::StringValue(v.into())),
+                "{k}"
+            );
+        }
+        assert_eq!(
+            attr(a, "http.response.status_code"),
+            Some(any_value::Value::IntValue(200))
+        );
+        assert_eq!(
+            attr(a, "otlp_mesh.retries"),
+            Some(any_value::Value::IntValue(1))
+        );
+        assert_eq!(server.start_time_unix_nano, 1_000);
+        assert_eq!(server.end_time_unix_nano, 1_000 + 5_000_000);
+        assert_eq!(
+            attr(&spans[2].attributes, "http.request.resend_count"),
+            Some(any_value::Value::IntValue(1))
+        );
         assert_eq!(rec.stats().spans.load(Ordering::Relaxed), 3);
     }
 

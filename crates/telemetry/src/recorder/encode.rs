@@ -1,0 +1,267 @@
+//! Direct protobuf encoding of the proxy's spans and access logs: fields are written straight
+//! into one buffer per batch (static attribute keys, no intermediate message structs), because
+//! the encoder runs for every proxied request. Field numbers follow opentelemetry-proto; the
+//! tests decode the output with prost to check it.
+
+use super::{AttemptRecord, RequestRecord, error_type, protocol};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use std::fmt::Write as _;
+
+/// Buffers reused across batches.
+#[derive(Debug, Default)]
+pub(super) struct Writer {
+    /// Encoded items (spans or log records), each as a length-delimited field.
+    items: Vec<u8>,
+    /// One item being written (its length must be known before it is copied into `items`).
+    scratch: Vec<u8>,
+    /// Small text (span names, numbers) built without allocating each time.
+    text: String,
+    pub(super) count: u64,
+}
+
+fn bytes_field(buf: &mut Vec<u8>, tag: u32, v: &[u8]) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(v.len() as u64, buf);
+    buf.extend_from_slice(v);
+}
+
+fn fixed64(buf: &mut Vec<u8>, tag: u32, v: u64) {
+    encode_key(tag, WireType::SixtyFourBit, buf);
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn varint_field(buf: &mut Vec<u8>, tag: u32, v: u64) {
+    encode_key(tag, WireType::Varint, buf);
+    encode_varint(v, buf);
+}
+
+fn len_delimited_len(inner: usize) -> usize {
+    1 + encoded_len_varint(inner as u64) + inner
+}
+
+/// A `KeyValue` with a string value as field `tag`.
+fn attr_str(buf: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
+    let any = len_delimited_len(value.len()); // AnyValue.string_value = 1
+    let kv = len_delimited_len(key.len()) + len_delimited_len(any);
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(kv as u64, buf);
+    bytes_field(buf, 1, key.as_bytes());
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(any as u64, buf);
+    bytes_field(buf, 1, value.as_bytes());
+}
+
+/// A `KeyValue` with an int value (AnyValue.int_value = 3).
+fn attr_int(buf: &mut Vec<u8>, tag: u32, key: &str, value: i64) {
+    let any = 1 + encoded_len_varint(value as u64);
+    let kv = len_delimited_len(key.len()) + len_delimited_len(any);
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(kv as u64, buf);
+    bytes_field(buf, 1, key.as_bytes());
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(any as u64, buf);
+    varint_field(buf, 3, value as u64);
+}
+
+/// A `KeyValue` with a double value (AnyValue.double_value = 4).
+fn attr_f64(buf: &mut Vec<u8>, tag: u32, key: &str, value: f64) {
+    let any = 9;
+    let kv = len_delimited_len(key.len()) + len_delimited_len(any);
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(kv as u64, buf);
+    bytes_field(buf, 1, key.as_bytes());
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(any as u64, buf);
+    fixed64(buf, 4, value.to_bits());
+}
+
+/// The attributes a server span and an access log share, as fields `tag`.
+fn request_attributes(buf: &mut Vec<u8>, tag: u32, r: &RequestRecord, text: &mut String) {
+    attr_str(buf, tag, "http.request.method", r.method.as_str());
+    attr_str(buf, tag, "url.path", r.uri.path());
+    attr_str(buf, tag, "url.scheme", "http");
+    if let Some(route) = &r.route {
+        attr_str(buf, tag, "http.route", route);
+    }
+    attr_int(buf, tag, "http.response.status_code", i64::from(r.status));
+    if let Some(h) = r.host.as_ref().and_then(|h| h.to_str().ok()) {
+        attr_str(buf, tag, "server.address", h);
+    }
+    text.clear();
+    let _ = write!(text, "{}", r.peer);
+    attr_str(buf, tag, "network.peer.address", text);
+    attr_str(buf, tag, "network.protocol.version", protocol(r.version));
+    attr_str(buf, tag, "otlp_mesh.listener", &r.listener);
+    if let Some(c) = &r.cluster {
+        attr_str(buf, tag, "otlp_mesh.cluster", c);
+    }
+    if let Some(e) = error_type(r) {
+        attr_str(buf, tag, "error.type", &e);
+    }
+    if let Some(f) = &r.faults {
+        attr_str(buf, tag, "otlp_mesh.fault", f);
+    }
+}
+
+/// `Span.Event` (field 11): time 1, name 2, one attribute 3.
+fn event(buf: &mut Vec<u8>, time: u64, name: &str, attr: impl FnOnce(&mut Vec<u8>)) {
+    let mut body = Vec::with_capacity(64);
+    fixed64(&mut body, 1, time);
+    bytes_field(&mut body, 2, name.as_bytes());
+    attr(&mut body);
+    bytes_field(buf, 11, &body);
+}
+
+/// `Status` (field 15): message 2, code 3 (2 = ERROR).
+fn error_status(buf: &mut Vec<u8>, message: &str) {
+    let inner = len_delimited_len(message.len()) + 2;
+    encode_key(15, WireType::LengthDelimited, buf);
+    encode_varint(inner as u64, buf);
+    bytes_field(buf, 2, message.as_bytes());
+    varint_field(buf, 3, 2);
+}
+
+impl Writer {
+    fn push_item(&mut self) {
+        bytes_field(&mut self.items, 2, &self.scratch);
+        self.scratch.clear();
+        self.count += 1;
+    }
+
+    /// Writes the server span and one client span per attempt.
+    pub(super) fn spans(&mut self, r: &RequestRecord, attempts: &[AttemptRecord]) {
+        let Some(t) = &r.trace else { return };
+        let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
+        let s = &mut self.scratch;
+        bytes_field(s, 1, &t.trace_id);
+        bytes_field(s, 2, &t.span_id);
+        if let Some(ts) = t.tracestate.as_ref().and_then(|v| v.to_str().ok()) {
+            bytes_field(s, 3, ts.as_bytes());
+        }
+        if let Some(p) = &t.parent {
+            bytes_field(s, 4, p);
+        }
+        self.text.clear();
+        match &r.route {
+            Some(route) => {
+                let _ = write!(self.text, "{} {route}", r.method);
+            }
+            None => self.text.push_str(r.method.as_str()),
+        }
+        bytes_field(s, 5, self.text.as_bytes());
+        varint_field(s, 6, 2); // SPAN_KIND_SERVER
+        fixed64(s, 7, r.start_unix_nanos);
+        fixed64(s, 8, end);
+        request_attributes(s, 9, r, &mut self.text);
+        if attempts.len() > 1 {
+            attr_int(s, 9, "otlp_mesh.retries", attempts.len() as i64 - 1);
+        }
+        if let Some(f) = &r.faults {
+            event(s, r.start_unix_nanos, "fault injected", |b| {
+                attr_str(b, 3, "otlp_mesh.fault", f)
+            });
+        }
+        for a in attempts.iter().filter(|a| a.number > 1) {
+            event(s, a.start_unix_nanos, "retry", |b| {
+                attr_int(b, 3, "http.request.resend_count", i64::from(a.number - 1))
+            });
+        }
+        if r.status >= 500 || r.error.is_some() {
+            error_status(s, &error_type(r).unwrap_or_default());
+        }
+        self.push_item();
+
+        for a in attempts {
+            let s = &mut self.scratch;
+            bytes_field(s, 1, &t.trace_id);
+            bytes_field(s, 2, &a.span_id);
+            bytes_field(s, 4, &t.span_id);
+            bytes_field(s, 5, r.method.as_str().as_bytes());
+            varint_field(s, 6, 3); // SPAN_KIND_CLIENT
+            fixed64(s, 7, a.start_unix_nanos);
+            fixed64(s, 8, a.end_unix_nanos);
+            attr_str(s, 9, "http.request.method", r.method.as_str());
+            attr_str(s, 9, "url.path", r.uri.path());
+            if a.status > 0 {
+                attr_int(s, 9, "http.response.status_code", i64::from(a.status));
+            }
+            if let Some(c) = &r.cluster {
+                attr_str(s, 9, "otlp_mesh.cluster", c);
+            }
+            if a.number > 1 {
+                attr_int(s, 9, "http.request.resend_count", i64::from(a.number - 1));
+            }
+            let error = match (&a.error, a.status) {
+                (Some(e), _) => Some(e.as_str()),
+                (None, 400..) => {
+                    self.text.clear();
+                    let _ = write!(self.text, "{}", a.status);
+                    Some(self.text.as_str())
+                }
+                _ => None,
+            };
+            if let Some(e) = error {
+                attr_str(s, 9, "error.type", e);
+                error_status(s, e);
+            }
+            self.push_item();
+        }
+    }
+
+    /// Writes one access log record.
+    pub(super) fn access_log(&mut self, r: &RequestRecord, attempts: &[AttemptRecord]) {
+        let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
+        let (severity, text) = match r.status {
+            500.. => (13, "WARN"),
+            _ => (9, "INFO"),
+        };
+        let ms = r.duration.as_secs_f64() * 1e3;
+        let s = &mut self.scratch;
+        fixed64(s, 1, end);
+        varint_field(s, 2, severity);
+        bytes_field(s, 3, text.as_bytes());
+        self.text.clear();
+        let _ = write!(
+            self.text,
+            "{} {} {} {ms:.3}ms",
+            r.method,
+            r.uri.path(),
+            r.status
+        );
+        // body (5): AnyValue.string_value
+        encode_key(5, WireType::LengthDelimited, s);
+        encode_varint(len_delimited_len(self.text.len()) as u64, s);
+        bytes_field(s, 1, self.text.as_bytes());
+        request_attributes(s, 6, r, &mut self.text);
+        attr_f64(s, 6, "otlp_mesh.duration_ms", ms);
+        attr_int(s, 6, "otlp_mesh.attempts", attempts.len() as i64);
+        if let Some(t) = &r.trace {
+            encode_key(8, WireType::ThirtyTwoBit, s);
+            s.extend_from_slice(&u32::from(t.sampled).to_le_bytes());
+            bytes_field(s, 9, &t.trace_id);
+            bytes_field(s, 10, &t.span_id);
+        }
+        fixed64(s, 11, end);
+        bytes_field(s, 12, b"http.access");
+        self.push_item();
+    }
+
+    /// The export request holding every item written since the last call, under one resource
+    /// and scope (both pre-encoded); resets the writer.
+    pub(super) fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Vec<u8> {
+        // Export*ServiceRequest.resource_* (1) { resource (1), scope_* (2) { scope (1), items (2)… } }
+        let scope_msg = len_delimited_len(scope.len()) + self.items.len();
+        let resource_msg = len_delimited_len(resource.len()) + len_delimited_len(scope_msg);
+        let mut out = Vec::with_capacity(len_delimited_len(resource_msg));
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(resource_msg as u64, &mut out);
+        bytes_field(&mut out, 1, resource);
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(scope_msg as u64, &mut out);
+        bytes_field(&mut out, 1, scope);
+        out.extend_from_slice(&self.items);
+        self.items.clear();
+        self.count = 0;
+        out
+    }
+}
