@@ -46,7 +46,7 @@ pub struct CompareArgs {
 }
 
 /// A process started for the run; killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -65,12 +65,12 @@ struct Outcome {
     report: Option<Report>,
 }
 
-fn free_addr() -> Result<SocketAddr, String> {
+pub(crate) fn free_addr() -> Result<SocketAddr, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     l.local_addr().map_err(|e| e.to_string())
 }
 
-fn find(program: &str) -> Option<PathBuf> {
+pub(crate) fn find(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -80,7 +80,7 @@ fn find(program: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
-fn pinned(core: usize, program: &Path, args: &[String]) -> Result<Proc, String> {
+pub(crate) fn pinned(core: usize, program: &Path, args: &[String]) -> Result<Proc, String> {
     Command::new("taskset")
         .arg("-c")
         .arg(core.to_string())
@@ -95,7 +95,7 @@ fn pinned(core: usize, program: &Path, args: &[String]) -> Result<Proc, String> 
 }
 
 /// Waits (at most 10 s) until `addr` accepts connections or the process exits.
-fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String> {
+pub(crate) fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {

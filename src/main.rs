@@ -2,6 +2,7 @@
 
 mod app;
 mod bench;
+mod bench_otlp;
 mod compare;
 mod demo;
 
@@ -50,6 +51,17 @@ enum Command {
     /// Measure otlp-mesh and each installed peer (nginx, haproxy, Envoy) in front of the same
     /// upstream, side by side in one run, proxies and load pinned to different cores.
     BenchCompare(compare::CompareArgs),
+    /// OTLP forwarding throughput per CPU-second: otlp-mesh and Rotel as OTLP/gRPC forwarders to
+    /// the same sink, side by side in one run, forwarder and load pinned to different cores.
+    BenchOtlp(bench_otlp::BenchOtlpArgs),
+    /// OTLP/gRPC load generator: realistic trace export requests, closed loop, with span
+    /// delivery checked at a `bench-otlp-sink` and CPU/RSS of given processes.
+    BenchOtlpLoad(bench_otlp::LoadArgs),
+    /// OTLP/gRPC sink: answers Export calls, counts spans, serves its counters on GET /stats.
+    BenchOtlpSink {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+    },
     /// A minimal fast upstream for benchmarks (used by bench-compare).
     #[command(hide = true)]
     BenchUpstream {
@@ -79,6 +91,9 @@ fn main() -> ExitCode {
         Command::Run { config, workers } => app::run_file(config, workers),
         Command::Bench(args) => bench::run(*args),
         Command::BenchCompare(args) => compare::run(args),
+        Command::BenchOtlp(args) => bench_otlp::run(args),
+        Command::BenchOtlpLoad(args) => bench_otlp::load(args),
+        Command::BenchOtlpSink { bind } => bench_otlp::sink(bind),
         Command::BenchUpstream { bind } => compare::upstream(bind),
         Command::Demo {
             port,

@@ -1,13 +1,15 @@
 //! `otlp-mesh bench`: an HTTP/1.1 and h2c load generator with HDR latency histograms,
 //! closed-loop and fixed-rate open-loop modes (with coordinated-omission correction),
 //! CPU and memory sampling of target processes, JSON/CSV/HTML reports, a JSON Lines run history
-//! and baseline comparison.
+//! and baseline comparison; and an OTLP/gRPC load generator and sink ([`otlp`]) for forwarding
+//! benchmarks.
 
 mod baseline;
 mod histogram;
 pub mod history;
 pub mod html;
 mod load;
+pub mod otlp;
 mod report;
 mod resources;
 pub mod timeline;

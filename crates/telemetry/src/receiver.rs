@@ -239,7 +239,7 @@ async fn http(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         shared.stats.count(false, signal, Outcome::Refused);
         return http_busy(format, "memory limit reached; retry later");
     }
-    let body = match read_body(req.into_body(), shared.limits.max_message_size).await {
+    let body = match read_body(req.into_body(), shared.limits.max_message_size, false).await {
         Ok(b) => b,
         Err(e) => return http_decode_error(shared, signal, format, e),
     };
@@ -334,23 +334,50 @@ fn http_error(status: StatusCode, format: Format, message: &str) -> Response<Rep
     r
 }
 
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, DecodeError> {
+/// Reads a request body of at most `limit` bytes into one buffer. A body that arrives in one
+/// frame is returned as that frame (no copy); a longer one is copied once, frame by frame, into
+/// a buffer sized up front (from the length the body announces, or for gRPC from the message
+/// prefix), so each frame is freed as soon as it is copied: the peak is one body, not the frames
+/// plus their concatenation.
+async fn read_body(mut body: Incoming, limit: usize, grpc: bool) -> Result<Bytes, DecodeError> {
+    let too_large = || DecodeError::TooLarge {
+        what: "request body",
+        limit,
+    };
     if body.size_hint().lower() > limit as u64 {
-        return Err(DecodeError::TooLarge {
-            what: "request body",
-            limit,
-        });
+        return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(DecodeError::TooLarge {
-            what: "request body",
-            limit,
-        }),
-        Err(e) => Err(DecodeError::Invalid(format!(
-            "request body cannot be read: {e}"
-        ))),
+    let announced = body.size_hint().exact();
+    let mut first: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| DecodeError::Invalid(format!("request body cannot be read: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            return Err(too_large());
+        }
+        if data.is_empty() {
+            continue;
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                let grpc_len = (grpc && f.len() >= 5)
+                    .then(|| 5 + u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as u64);
+                let expected = announced.or(grpc_len).unwrap_or(0).min(limit as u64) as usize;
+                buf.reserve(expected.max(len));
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
     }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 // ---------------------------------------------------------------- OTLP/gRPC
@@ -375,7 +402,7 @@ async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         return grpc_busy("memory limit reached; retry later");
     }
     // The 5-byte gRPC message prefix is allowed on top of the message size limit.
-    let body = match read_body(req.into_body(), shared.limits.max_message_size + 5).await {
+    let body = match read_body(req.into_body(), shared.limits.max_message_size + 5, true).await {
         Ok(b) => b,
         Err(e) => return grpc_decode_error(shared, signal, e),
     };

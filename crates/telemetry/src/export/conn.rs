@@ -1,7 +1,6 @@
 //! What both OTLP clients share: parsing the endpoint, opening TCP (+TLS) connections,
 //! compressing bodies and reading `partial_success` from responses.
 
-use bytes::Bytes;
 use otlp_mesh_config::telemetry::{Compression, OtlpEndpointConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -139,19 +138,52 @@ pub(crate) fn encoding_name(c: Compression) -> Option<&'static str> {
     }
 }
 
-/// Compresses a body once per batch (retries reuse it).
-pub(crate) fn compress(c: Compression, data: &[u8]) -> std::io::Result<Bytes> {
+/// Compresses one buffer (tests).
+#[cfg(test)]
+pub(crate) fn compress(c: Compression, data: &[u8]) -> std::io::Result<bytes::Bytes> {
+    compress_parts(c, [data], data.len(), 0).map(bytes::Bytes::from)
+}
+
+/// Compresses the concatenation of `parts` (`total` bytes) without first concatenating them,
+/// after `reserve` zero bytes at the start of the output (room for a gRPC message prefix).
+/// Gzip uses the fastest level: telemetry is forwarded, not archived.
+pub(crate) fn compress_parts<'a>(
+    c: Compression,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+    total: usize,
+    reserve: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(
+        reserve
+            + match c {
+                Compression::None => total,
+                _ => total / 3,
+            },
+    );
+    out.resize(reserve, 0);
     match c {
-        Compression::None => Ok(Bytes::copy_from_slice(data)),
-        Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 4),
-                flate2::Compression::fast(),
-            );
-            enc.write_all(data)?;
-            Ok(enc.finish()?.into())
+        Compression::None => {
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+            Ok(out)
         }
-        Compression::Zstd => Ok(zstd::bulk::compress(data, 1)?.into()),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+            for p in parts {
+                enc.write_all(p)?;
+            }
+            enc.finish()
+        }
+        Compression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(out, 1)?;
+            enc.include_contentsize(true)?;
+            enc.set_pledged_src_size(Some(total as u64))?;
+            for p in parts {
+                enc.write_all(p)?;
+            }
+            enc.finish()
+        }
     }
 }
 

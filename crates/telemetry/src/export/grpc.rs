@@ -6,7 +6,8 @@ use super::retry::{Failure, code, retry_info_from_details};
 use crate::Signal;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use otlp_mesh_config::telemetry::{Compression, OtlpEndpointConfig};
@@ -15,7 +16,7 @@ use std::time::Duration;
 /// Sends export requests to one OTLP/gRPC backend.
 pub(crate) struct GrpcClient {
     connector: Connector,
-    conn: tokio::sync::Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
+    conn: tokio::sync::Mutex<Option<http2::SendRequest<Chunks>>>,
     headers: HeaderMap,
     compression: Compression,
     timeout: Duration,
@@ -52,23 +53,31 @@ impl GrpcClient {
         })
     }
 
-    /// The request body for `payload`: compressed (flag 1) or not, behind the 5-byte prefix.
-    pub fn prepare(&self, payload: &[u8]) -> std::io::Result<Bytes> {
-        let (flag, msg) = match self.compression {
-            Compression::None => (0u8, Bytes::copy_from_slice(payload)),
-            c => (1u8, conn::compress(c, payload)?),
-        };
-        let len =
-            u32::try_from(msg.len()).map_err(|_| std::io::Error::other("message over 4GiB"))?;
-        let mut buf = BytesMut::with_capacity(5 + msg.len());
-        buf.put_u8(flag);
-        buf.put_u32(len);
-        buf.extend_from_slice(&msg);
-        Ok(buf.freeze())
+    /// The request body for the concatenation of `parts` (`total` bytes) behind the 5-byte
+    /// gRPC prefix. Uncompressed, the parts are sent as they are, after the prefix (no copy);
+    /// compressed, they are compressed straight into the body after room for the prefix.
+    pub fn prepare(&self, parts: Vec<Bytes>, total: usize) -> std::io::Result<Chunks> {
+        let too_big = || std::io::Error::other("message over 4GiB");
+        if self.compression == Compression::None {
+            let len = u32::try_from(total).map_err(|_| too_big())?;
+            let mut prefix = BytesMut::with_capacity(5);
+            prefix.put_u8(0);
+            prefix.put_u32(len);
+            let mut chunks = Vec::with_capacity(parts.len() + 1);
+            chunks.push(prefix.freeze());
+            chunks.extend(parts.into_iter().filter(|p| !p.is_empty()));
+            return Ok(Chunks::new(chunks));
+        }
+        let mut body =
+            conn::compress_parts(self.compression, parts.iter().map(|p| &p[..]), total, 5)?;
+        let len = u32::try_from(body.len() - 5).map_err(|_| too_big())?;
+        body[0] = 1;
+        body[1..5].copy_from_slice(&len.to_be_bytes());
+        Ok(Chunks::new(vec![Bytes::from(body)]))
     }
 
     /// A sender on the shared connection, connecting if there is none or it closed.
-    async fn sender(&self) -> Result<http2::SendRequest<Full<Bytes>>, Failure> {
+    async fn sender(&self) -> Result<http2::SendRequest<Chunks>, Failure> {
         let mut guard = self.conn.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
@@ -93,19 +102,19 @@ impl GrpcClient {
     }
 
     /// One attempt: send `body` (from [`prepare`](Self::prepare)) and read the status.
-    pub async fn send(&self, signal: Signal, body: Bytes) -> Result<Accepted, Failure> {
+    pub async fn send(&self, signal: Signal, body: Chunks) -> Result<Accepted, Failure> {
         match tokio::time::timeout(self.timeout, self.attempt(signal, body)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Timeout(self.timeout)),
         }
     }
 
-    async fn attempt(&self, signal: Signal, body: Bytes) -> Result<Accepted, Failure> {
+    async fn attempt(&self, signal: Signal, body: Chunks) -> Result<Accepted, Failure> {
         let mut sender = self.sender().await?;
         let uri = format!("{}{}", self.connector.origin, signal.grpc_path());
         let mut req = Request::post(uri)
             .version(http::Version::HTTP_2)
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| Failure::Transport(format!("building request: {e}")))?;
         req.headers_mut().extend(self.headers.clone());
         sender
@@ -134,6 +143,54 @@ impl GrpcClient {
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
         status_result(&trailers, &data, &parts.headers)
+    }
+}
+
+/// A request body made of reference-counted chunks, sent in order; cloning it (for a retry)
+/// clones handles, not bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct Chunks {
+    chunks: Vec<Bytes>,
+    next: usize,
+    remaining: u64,
+}
+
+impl Chunks {
+    pub fn new(chunks: Vec<Bytes>) -> Chunks {
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Chunks {
+            chunks,
+            next: 0,
+            remaining,
+        }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(chunk) = this.chunks.get_mut(this.next) else {
+            return std::task::Poll::Ready(None);
+        };
+        // Hand the chunk over (the clone kept for retries holds its own handles).
+        let chunk = std::mem::take(chunk);
+        this.next += 1;
+        this.remaining -= chunk.len() as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -227,6 +284,44 @@ fn percent_decode(v: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(compression: &str) -> GrpcClient {
+        let ep: OtlpEndpointConfig = serde_json::from_value(serde_json::json!({
+            "endpoint": "http://127.0.0.1:4317",
+            "compression": compression,
+        }))
+        .unwrap();
+        GrpcClient::new(&ep).unwrap()
+    }
+
+    async fn body_bytes(c: Chunks) -> Vec<u8> {
+        c.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn parts_become_one_framed_message_without_concatenation() {
+        let parts = vec![
+            Bytes::from_static(b"abc"),
+            Bytes::new(),
+            Bytes::from_static(b"defg"),
+        ];
+        let plain = client("none").prepare(parts.clone(), 7).unwrap();
+        assert_eq!(plain.size_hint().exact(), Some(12));
+        // The parts are the very same buffers (no copy): prefix + 2 non-empty parts.
+        assert_eq!(plain.chunks.len(), 3);
+        assert_eq!(plain.chunks[1].as_ptr(), parts[0].as_ptr());
+        assert_eq!(body_bytes(plain.clone()).await, b"\0\0\0\0\x07abcdefg");
+        // A clone kept for a retry still has everything after the first copy was sent.
+        assert_eq!(body_bytes(plain).await.len(), 12);
+
+        let gz = body_bytes(client("gzip").prepare(parts, 7).unwrap()).await;
+        assert_eq!(gz[0], 1);
+        assert_eq!(
+            u32::from_be_bytes(gz[1..5].try_into().unwrap()) as usize,
+            gz.len() - 5
+        );
+        assert_eq!(conn::decompress("gzip", &gz[5..]).unwrap(), b"abcdefg");
+    }
 
     #[test]
     fn grpc_message_is_percent_decoded() {

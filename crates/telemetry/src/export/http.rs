@@ -59,8 +59,14 @@ impl HttpClient {
     }
 
     /// The request body for `payload` (compressed once; retries reuse it).
-    pub fn prepare(&self, payload: &[u8]) -> std::io::Result<Bytes> {
-        conn::compress(self.compression, payload)
+    pub fn prepare(&self, parts: &[Bytes], total: usize) -> std::io::Result<Bytes> {
+        match (self.compression, parts) {
+            // A single queued batch sent uncompressed: the received bytes themselves.
+            (Compression::None, [one]) => Ok(one.clone()),
+            (c, _) => {
+                conn::compress_parts(c, parts.iter().map(|p| &p[..]), total, 0).map(Bytes::from)
+            }
+        }
     }
 
     /// One attempt: POST `body` and interpret the status.

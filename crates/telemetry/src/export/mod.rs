@@ -81,19 +81,29 @@ enum Client {
 }
 
 impl Client {
-    fn prepare(&self, payload: &[u8]) -> std::io::Result<bytes::Bytes> {
+    /// The request body for the concatenation of `parts` (retries reuse it).
+    fn prepare(&self, parts: Vec<bytes::Bytes>, total: usize) -> std::io::Result<Prepared> {
         match self {
-            Client::Grpc(c) => c.prepare(payload),
-            Client::Http(c) => c.prepare(payload),
+            Client::Grpc(c) => c.prepare(parts, total).map(Prepared::Grpc),
+            Client::Http(c) => c.prepare(&parts, total).map(Prepared::Http),
         }
     }
 
-    async fn send(&self, signal: Signal, body: bytes::Bytes) -> Result<Accepted, Failure> {
-        match self {
-            Client::Grpc(c) => c.send(signal, body).await,
-            Client::Http(c) => c.send(signal, body).await,
+    async fn send(&self, signal: Signal, body: &Prepared) -> Result<Accepted, Failure> {
+        match (self, body) {
+            (Client::Grpc(c), Prepared::Grpc(chunks)) => c.send(signal, chunks.clone()).await,
+            (Client::Http(c), Prepared::Http(b)) => c.send(signal, b.clone()).await,
+            _ => Err(Failure::Transport(
+                "body prepared for another client".into(),
+            )),
         }
     }
+}
+
+/// A request body ready to send (cheap to clone: reference-counted chunks).
+enum Prepared {
+    Grpc(grpc::Chunks),
+    Http(bytes::Bytes),
 }
 
 enum Queue {
@@ -448,13 +458,19 @@ async fn run(inner: Arc<Inner>) {
             match inner.take_ready(Instant::now(), deadline.is_some()) {
                 Ok(taken) => {
                     let req = InFlight {
-                        signal: taken.batch.signal,
-                        items: taken.batch.items,
-                        bytes: taken.batch.len() as u64,
+                        signal: taken.signal,
+                        items: taken.items,
+                        bytes: taken.bytes,
                         seqs: taken.seqs,
                     };
                     inner.stats.in_flight.fetch_add(1, Relaxed);
-                    let handle = in_flight.spawn(export(inner.clone(), taken.batch));
+                    let handle = in_flight.spawn(export(
+                        inner.clone(),
+                        taken.signal,
+                        taken.items,
+                        taken.parts,
+                        taken.bytes as usize,
+                    ));
                     meta.insert(handle.id(), req);
                 }
                 Err(next) => {
@@ -539,23 +555,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Sends one merged batch, retrying per the policy; says how it ended.
-async fn export(inner: Arc<Inner>, batch: Batch) -> Outcome {
-    let (signal, items) = (batch.signal, batch.items);
+/// Sends one export request made of the queued payloads `parts` (`total` bytes), retrying per
+/// the policy; says how it ended.
+async fn export(
+    inner: Arc<Inner>,
+    signal: Signal,
+    items: u64,
+    parts: Vec<bytes::Bytes>,
+    total: usize,
+) -> Outcome {
     let name = &inner.name;
-    let body = match inner.client.prepare(&batch.payload) {
+    let body = match inner.client.prepare(parts, total) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(exporter = %name, %signal, items, error = %e, "dropping {items} {}: compression failed", signal.item_name());
             return Outcome::Dropped(DropReason::PermanentError);
         }
     };
-    drop(batch);
     let policy = inner.retry;
     let started = Instant::now();
     let mut backoff = retry::Backoff::new(policy.initial, policy.max);
     loop {
-        let failure = match inner.client.send(signal, body.clone()).await {
+        let failure = match inner.client.send(signal, &body).await {
             Ok(accepted) => return Outcome::Sent(accepted),
             Err(f) => f,
         };

@@ -44,10 +44,15 @@ pub(crate) struct Limits {
     pub timeout: Duration,
 }
 
-/// Batches taken for one export request.
+/// Batches taken for one export request: their payloads in order, not yet concatenated (the
+/// client compresses them into one body, or sends them as consecutive chunks, without a copy).
 #[derive(Debug)]
 pub(crate) struct Taken {
-    pub batch: Batch,
+    pub signal: Signal,
+    pub items: u64,
+    /// Sum of the parts' lengths.
+    pub bytes: u64,
+    pub parts: Vec<bytes::Bytes>,
     /// Sequence numbers of the merged entries (persistent queue acknowledgement).
     pub seqs: Vec<u64>,
 }
@@ -127,19 +132,17 @@ impl Pending {
             items += fi;
             bytes += fb;
             seqs.push(e.seq);
-            parts.push(e.batch);
+            parts.push(e.batch.payload);
         }
         q.items -= items;
         q.bytes -= bytes;
-        let signal = Signal::ALL[i];
-        let batch = if parts.len() == 1 {
-            parts
-                .pop()
-                .unwrap_or_else(|| Batch::new(signal, Default::default(), 0))
-        } else {
-            Batch::concat(signal, &parts)
-        };
-        Taken { batch, seqs }
+        Taken {
+            signal: Signal::ALL[i],
+            items,
+            bytes,
+            parts,
+            seqs,
+        }
     }
 
     /// Removes everything (the memory queue at shutdown).
@@ -241,7 +244,7 @@ mod tests {
         // 20 items waiting ≥ 10: due now; merged up to 10 items → 2 batches (8 items).
         let t = p.take_ready(t0, &limits, false).unwrap();
         assert_eq!(
-            (t.batch.items, t.batch.len(), t.seqs.clone()),
+            (t.items, t.bytes as usize, t.seqs.clone()),
             (8, 20, vec![0, 1])
         );
         let t = p.take_ready(t0, &limits, false).unwrap();
@@ -261,7 +264,7 @@ mod tests {
         p.push(entry(11, batch(Signal::Logs, 1, 60), t0));
         p.push(entry(12, batch(Signal::Logs, 1, 500), t0));
         let sizes: Vec<usize> = (0..3)
-            .map(|_| p.take_ready(t0, &limits, false).unwrap().batch.len())
+            .map(|_| p.take_ready(t0, &limits, false).unwrap().bytes as usize)
             .collect();
         assert_eq!(sizes, vec![60, 60, 500]);
     }
@@ -280,9 +283,9 @@ mod tests {
         p.push(entry(2, batch(Signal::Traces, 1, 3), t0));
         assert!(p.take_ready(t0, &limits, false).is_err());
         let t = p.take_ready(t0, &limits, true).unwrap();
-        assert_eq!((t.batch.signal, t.seqs), (Signal::Traces, vec![0, 2]));
+        assert_eq!((t.signal, t.seqs), (Signal::Traces, vec![0, 2]));
         let t = p.take_ready(t0, &limits, true).unwrap();
-        assert_eq!((t.batch.signal, t.seqs), (Signal::Metrics, vec![1]));
+        assert_eq!((t.signal, t.seqs), (Signal::Metrics, vec![1]));
     }
 
     #[test]
