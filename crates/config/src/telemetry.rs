@@ -379,6 +379,11 @@ pub struct StoreConfig {
     /// Memory bound; the oldest data is evicted past it. Default `64MiB`.
     #[serde(default = "default_store_bytes")]
     pub max_bytes: Located<ByteSize>,
+    /// CPU bound: items (spans, data points, log records) indexed per second; whole batches
+    /// past it skip the store (exporters still get them), so under heavy load the store holds
+    /// a sample. `0` = no bound. Default 5000.
+    #[serde(default = "default_store_rate")]
+    pub max_items_per_second: Located<u64>,
 }
 
 impl Default for StoreConfig {
@@ -386,8 +391,13 @@ impl Default for StoreConfig {
         StoreConfig {
             enabled: true,
             max_bytes: default_store_bytes(),
+            max_items_per_second: default_store_rate(),
         }
     }
+}
+
+fn default_store_rate() -> Located<u64> {
+    Located::new(5000)
 }
 
 fn default_store_bytes() -> Located<ByteSize> {

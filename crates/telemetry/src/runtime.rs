@@ -113,7 +113,10 @@ impl Telemetry {
         let mut consumers: Vec<Arc<dyn Consumer>> = Vec::new();
         let store = if cfg.store.enabled {
             let store = Arc::new(Store::from_config(&cfg.store));
-            let feed = Arc::new(StoreFeed::start(store.clone()).map_err(TelemetryError::Store)?);
+            let feed = Arc::new(
+                StoreFeed::start(store.clone(), cfg.store.max_items_per_second.value)
+                    .map_err(TelemetryError::Store)?,
+            );
             consumers.push(feed.clone());
             Some((store, feed))
         } else {
@@ -243,13 +246,19 @@ impl Telemetry {
                 out,
                 "otlp_mesh_store_skipped_batches_total",
                 "counter",
-                "Batches that bypassed the embedded store because it fell behind.",
+                "Batches that bypassed the embedded store: its thread fell behind (backlog) or its items-per-second budget was spent (budget).",
             );
             crate::write_sample(
                 out,
                 "otlp_mesh_store_skipped_batches_total",
-                &[],
+                &[("reason", "backlog")],
                 feed.skipped(),
+            );
+            crate::write_sample(
+                out,
+                "otlp_mesh_store_skipped_batches_total",
+                &[("reason", "budget")],
+                feed.over_budget(),
             );
         }
     }
