@@ -376,7 +376,7 @@ pub struct StoreConfig {
     /// Default `true`.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Memory bound; the oldest data is evicted past it. Default `64MiB`.
+    /// Memory bound; the oldest data is evicted past it. Default `16MiB`.
     #[serde(default = "default_store_bytes")]
     pub max_bytes: Located<ByteSize>,
     /// CPU bound: items (spans, data points, log records) indexed per second; whole batches
@@ -401,7 +401,7 @@ fn default_store_rate() -> Located<u64> {
 }
 
 fn default_store_bytes() -> Located<ByteSize> {
-    Located::new(ByteSize(64 << 20))
+    Located::new(ByteSize(16 << 20))
 }
 
 /// One exporter: exactly one of `otlp_grpc` / `otlp_http` / `loadbalancing`.

@@ -81,8 +81,14 @@ pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, formats: &[Propagatio
     for f in formats {
         match f {
             Propagation::W3c => {
-                let v = format!("00-{trace}-{span}-{}", if sampled { "01" } else { "00" });
-                if let Ok(v) = HeaderValue::from_str(&v) {
+                // 00-{32 hex}-{16 hex}-{flags}: built on the stack (this runs per upstream try).
+                let mut v = [0u8; 55];
+                v[..3].copy_from_slice(b"00-");
+                v[3..35].copy_from_slice(trace.as_bytes());
+                v[35] = b'-';
+                v[36..52].copy_from_slice(span.as_bytes());
+                v[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
                     headers.insert(TRACEPARENT, v);
                 }
             }

@@ -33,11 +33,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Records waiting for the encoder; past this the request path drops them (counted).
-const CHANNEL_CAPACITY: usize = 8192;
+const CHANNEL_CAPACITY: usize = 16384;
 /// Records per encoded batch.
 const MAX_BATCH: usize = 1024;
 /// How long a record may wait before its batch is sent.
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Nanoseconds since the Unix epoch now.
 pub fn unix_nanos() -> u64 {
@@ -335,22 +335,38 @@ struct Encoder {
 
 impl Encoder {
     async fn run(self, mut rx: mpsc::Receiver<RequestRecord>) {
+        // The encoder wakes on a timer and drains what arrived, instead of being woken by every
+        // record: a wake-up per proxied request would cost more than encoding it. The channel
+        // holds more than one interval's worth at the rates one core can proxy.
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(MAX_BATCH);
         loop {
-            // Wait for the first record, then gather more for up to FLUSH_EVERY.
-            if rx.recv_many(&mut buf, MAX_BATCH).await == 0 {
-                return;
-            }
-            let deadline = tokio::time::sleep(FLUSH_EVERY);
-            tokio::pin!(deadline);
-            while buf.len() < MAX_BATCH {
-                let room = MAX_BATCH - buf.len();
-                tokio::select! {
-                    n = rx.recv_many(&mut buf, room) => if n == 0 { break },
-                    _ = &mut deadline => break,
+            tick.tick().await;
+            loop {
+                let closed = loop {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            buf.push(r);
+                            if buf.len() == MAX_BATCH {
+                                break false;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break false,
+                        Err(mpsc::error::TryRecvError::Disconnected) => break true,
+                    }
+                };
+                let full = buf.len() == MAX_BATCH;
+                if !buf.is_empty() {
+                    self.flush(&mut buf).await;
+                }
+                if closed {
+                    return;
+                }
+                if !full {
+                    break;
                 }
             }
-            self.flush(&mut buf).await;
         }
     }
 
