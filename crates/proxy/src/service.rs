@@ -258,13 +258,12 @@ pub async fn handle(
     let start_unix_nanos = unix_nanos();
     let start = Instant::now();
     let method = req.method().clone();
-    let uri = req.uri().clone();
+    let path = Box::from(req.uri().path());
     let version = req.version();
-    let host = req.headers().get(HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-    });
+    let host = match req.headers().get(HOST).map(|h| h.to_str()) {
+        Some(Ok(h)) => Some(Box::from(h)),
+        _ => req.uri().authority().map(|a| Box::from(a.as_str())),
+    };
     let listener = state.listener_name.clone();
     let mut picked = Picked::default();
     let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
@@ -290,7 +289,7 @@ pub async fn handle(
         start_unix_nanos,
         duration: start.elapsed(),
         method,
-        uri,
+        path,
         version,
         host,
         peer: peer.ip().to_canonical(),

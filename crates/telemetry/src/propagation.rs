@@ -29,7 +29,10 @@ pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
     if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
         && let Some(mut ctx) = parse_traceparent(tp)
     {
-        ctx.tracestate = headers.get(TRACESTATE).cloned();
+        // Copied: a clone would share (and pin) the connection's read buffer until the span is sent.
+        ctx.tracestate = headers
+            .get(TRACESTATE)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
         return Some(ctx);
     }
     if let Some(b3) = headers.get(B3).and_then(|v| v.to_str().ok())
