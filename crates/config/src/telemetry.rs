@@ -381,7 +381,7 @@ pub struct StoreConfig {
     pub max_bytes: Located<ByteSize>,
     /// CPU bound: items (spans, data points, log records) indexed per second; whole batches
     /// past it skip the store (exporters still get them), so under heavy load the store holds
-    /// a sample. `0` = no bound. Default 5000.
+    /// a sample. `0` = no bound. Default 2000.
     #[serde(default = "default_store_rate")]
     pub max_items_per_second: Located<u64>,
 }
@@ -397,7 +397,7 @@ impl Default for StoreConfig {
 }
 
 fn default_store_rate() -> Located<u64> {
-    Located::new(5000)
+    Located::new(2000)
 }
 
 fn default_store_bytes() -> Located<ByteSize> {

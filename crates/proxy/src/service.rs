@@ -266,7 +266,16 @@ pub async fn handle(
     };
     let listener = state.listener_name.clone();
     let mut picked = Picked::default();
-    let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
+    // Boxed so the recording path does not make every connection's request future larger
+    // (the plain path above awaits it inline).
+    let result = Box::pin(route_and_forward(
+        state,
+        peer,
+        req,
+        trace.clone(),
+        &mut picked,
+    ))
+    .await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),

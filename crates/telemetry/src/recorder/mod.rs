@@ -325,6 +325,13 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
+/// The span and log writers of the encoder task.
+#[derive(Default)]
+struct Writers {
+    spans: encode::Writer,
+    logs: encode::Writer,
+}
+
 struct Encoder {
     resource: Vec<u8>,
     scope: Vec<u8>,
@@ -343,6 +350,8 @@ impl Encoder {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(MAX_BATCH);
+        // Reused across flushes so their buffers keep their capacity.
+        let mut writers = Writers::default();
         loop {
             tick.tick().await;
             loop {
@@ -360,7 +369,7 @@ impl Encoder {
                 };
                 let full = buf.len() == MAX_BATCH;
                 if !buf.is_empty() {
-                    self.flush(&mut buf).await;
+                    self.flush(&mut buf, &mut writers).await;
                 }
                 if closed {
                     return;
@@ -372,9 +381,8 @@ impl Encoder {
         }
     }
 
-    async fn flush(&self, records: &mut Vec<RequestRecord>) {
-        let mut spans = encode::Writer::default();
-        let mut logs = encode::Writer::default();
+    async fn flush(&self, records: &mut Vec<RequestRecord>, w: &mut Writers) {
+        let Writers { spans, logs } = w;
         let mut stdout = Vec::new();
         for r in records.drain(..) {
             let attempts = r
