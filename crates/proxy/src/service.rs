@@ -255,6 +255,10 @@ pub async fn handle(
         return route_and_forward(state, peer, req, None, &mut Picked::default()).await;
     };
     let trace = recorder.begin(req.headers());
+    if !trace.as_ref().is_some_and(|t| t.records()) {
+        // Not sampled and no access log: only the trace headers travel on.
+        return route_and_forward(state, peer, req, trace, &mut Picked::default()).await;
+    }
     let start_unix_nanos = unix_nanos();
     let start = Instant::now();
     let method = req.method().clone();
@@ -266,16 +270,7 @@ pub async fn handle(
     };
     let listener = state.listener_name.clone();
     let mut picked = Picked::default();
-    // Boxed so the recording path does not make every connection's request future larger
-    // (the plain path above awaits it inline).
-    let result = Box::pin(route_and_forward(
-        state,
-        peer,
-        req,
-        trace.clone(),
-        &mut picked,
-    ))
-    .await;
+    let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),

@@ -47,7 +47,12 @@ where
             .extensions()
             .get::<Arc<RequestTrace>>()
             .cloned()
-            .map(|trace| {
+            .and_then(|trace| {
+                if !trace.records() {
+                    // Unrecorded: the headers still carry the (unsampled) context upstream.
+                    trace.begin_attempt(req.headers_mut());
+                    return None;
+                }
                 let number = req
                     .headers()
                     .get(X_MESH_ATTEMPT)
@@ -55,12 +60,12 @@ where
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
                 let span_id = trace.begin_attempt(req.headers_mut());
-                Started {
+                Some(Started {
                     trace,
                     span_id,
                     number,
                     start: unix_nanos(),
-                }
+                })
             });
         TraceAttemptFuture {
             inner: self.inner.call(req),

@@ -73,6 +73,8 @@ pub struct RequestTrace {
     formats: Arc<[Propagation]>,
     /// False when only access logs are on: trace headers pass through untouched.
     inject: bool,
+    /// Whether this request is recorded at all (sampled, or access logs on).
+    record: bool,
     attempts: Mutex<Vec<AttemptRecord>>,
 }
 
@@ -97,6 +99,12 @@ impl RequestTrace {
             );
         }
         span_id
+    }
+
+    /// Whether the request gets a span or an access log record; when not, nothing about it
+    /// is captured (only its trace headers are passed on).
+    pub fn records(&self) -> bool {
+        self.record
     }
 
     /// Records a finished attempt.
@@ -219,6 +227,7 @@ impl Recorder {
             tracestate,
             formats: self.formats.clone(),
             inject: self.tracing,
+            record: sampled || self.access_log,
             attempts: Mutex::new(Vec::new()),
         }))
     }
@@ -377,6 +386,9 @@ impl Encoder {
                 if !full {
                     break;
                 }
+                // Let the requests sharing this worker run between chunks, so a backlog is
+                // encoded in slices of ~1 ms instead of one long stall (tail latency).
+                tokio::task::yield_now().await;
             }
         }
     }

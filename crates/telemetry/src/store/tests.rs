@@ -986,7 +986,7 @@ fn size_estimates_cover_the_stored_strings() {
 #[test]
 fn sized_from_config() {
     let c = otlp_mesh_config::telemetry::StoreConfig::default();
-    assert_eq!(Store::from_config(&c).stats().max_bytes, 64 << 20);
+    assert_eq!(Store::from_config(&c).stats().max_bytes, 16 << 20);
 }
 
 #[test]
