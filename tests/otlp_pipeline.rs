@@ -13,22 +13,7 @@ use prost::Message;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
-
-fn python_send(protocol: &str, endpoint: &str, service: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/send.py");
-    let out = Command::new("python3")
-        .args([script, protocol, endpoint, service])
-        .output()
-        .expect("python3 must be installed (.ci/run installs the OpenTelemetry SDK)");
-    assert!(
-        out.status.success(),
-        "send.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A backend otlp-mesh: receiver and store only.
 async fn backend(grpc: SocketAddr, http: SocketAddr) -> Mesh {

@@ -11,7 +11,6 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 
 struct Otlp {
     mesh: Mesh,
@@ -28,20 +27,6 @@ async fn start(extra: &str) -> Otlp {
     );
     let mesh = Mesh::start(admin, &yaml).await;
     Otlp { mesh, grpc, http }
-}
-
-fn python_send(protocol: &str, endpoint: &str, service: &str) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/send.py");
-    let out = Command::new("python3")
-        .args([script, protocol, endpoint, service])
-        .output()
-        .expect("python3 must be installed (.ci/run installs the OpenTelemetry SDK)");
-    assert!(
-        out.status.success(),
-        "send.py {protocol} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn spans(n: usize, name_len: usize) -> Vec<u8> {

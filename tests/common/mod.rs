@@ -822,3 +822,19 @@ pub fn echoed_joined(echo: &serde_json::Value, name: &str) -> Option<String> {
         Some(values.join(", "))
     }
 }
+
+/// Runs `tests/otlp/send.py` (the OpenTelemetry Python SDK) against an OTLP endpoint; returns
+/// what it says it sent.
+pub fn python_send(protocol: &str, endpoint: &str, service: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/send.py");
+    let out = Command::new("python3")
+        .args([script, protocol, endpoint, service])
+        .output()
+        .expect("python3 must be installed (.ci/run installs the OpenTelemetry SDK)");
+    assert!(
+        out.status.success(),
+        "send.py {protocol} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -9,7 +9,6 @@ use crate::report::ProcessUsage;
 use crate::resources::ProcessSampler;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -21,10 +20,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -228,40 +225,8 @@ impl SinkCounters {
     }
 }
 
-/// A response body of at most one data frame and optional trailers.
-#[derive(Debug)]
-pub struct OnceBody {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl Body for OnceBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(d) = this.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match (&self.data, &self.trailers) {
-            (Some(d), None) => http_body::SizeHint::with_exact(d.len() as u64),
-            (None, None) => http_body::SizeHint::with_exact(0),
-            _ => http_body::SizeHint::default(),
-        }
-    }
-}
+/// The sink's response body: one data frame and optional trailers.
+pub use otlp_mesh_telemetry::receiver::ReplyBody as OnceBody;
 
 /// Serves the sink on `listener` until the task is dropped: OTLP/gRPC `Export` (any signal path;
 /// spans are counted for traces) and `GET /stats`. HTTP/1.1 and h2c are auto-detected.
@@ -296,11 +261,11 @@ fn grpc_reply(status: u32, message: Option<&str>) -> Response<OnceBody> {
     if let Some(m) = message.and_then(|m| HeaderValue::from_str(m).ok()) {
         trailers.insert("grpc-message", m);
     }
-    let mut r = Response::new(OnceBody {
+    let mut r = Response::new(OnceBody::new(
         // An empty Export*ServiceResponse.
-        data: (status == 0).then(|| Bytes::from_static(&[0, 0, 0, 0, 0])),
-        trailers: Some(trailers),
-    });
+        (status == 0).then(|| Bytes::from_static(&[0, 0, 0, 0, 0])),
+        Some(trailers),
+    ));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
@@ -314,10 +279,7 @@ async fn sink_handle(
 ) -> Response<OnceBody> {
     if req.method() == http::Method::GET {
         let body = serde_json::to_vec(&counters.snapshot()).unwrap_or_default();
-        let mut r = Response::new(OnceBody {
-            data: Some(Bytes::from(body)),
-            trailers: None,
-        });
+        let mut r = Response::new(OnceBody::new(Some(Bytes::from(body)), None));
         if req.uri().path() != "/stats" {
             *r.status_mut() = StatusCode::NOT_FOUND;
         }

@@ -539,6 +539,11 @@ pub struct ReplyBody {
 }
 
 impl ReplyBody {
+    /// A body of `data` (if any) followed by `trailers` (if any).
+    pub fn new(data: Option<Bytes>, trailers: Option<HeaderMap>) -> Self {
+        ReplyBody { data, trailers }
+    }
+
     fn data(b: Bytes) -> Self {
         ReplyBody {
             data: Some(b),
@@ -570,6 +575,14 @@ impl Body for ReplyBody {
 
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.data, &self.trailers) {
+            (Some(d), None) => http_body::SizeHint::with_exact(d.len() as u64),
+            (None, None) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! server's hint (gRPC `RetryInfo`, HTTP `Retry-After`).
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// gRPC status codes (google.rpc.Code) that the exporter names.
 pub mod code {
@@ -187,51 +187,10 @@ pub fn wait_for(backoff: &mut Backoff, hint: Option<Duration>) -> Duration {
     }
 }
 
-/// Parses `Retry-After`: delta-seconds, or an HTTP date (IMF-fixdate) relative to `now`.
+/// Parses `Retry-After`: delay-seconds or an HTTP-date relative to `now` (the proxy's retry
+/// layer's parser, which takes all three RFC 9110 date forms).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = parse_http_date(value)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form RFC 9110 requires senders
-/// to use.
-pub fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let (_, rest) = s.split_once(", ")?;
-    let mut parts = rest.split(' ');
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = parts.next()?;
-    let year: i64 = parts.next()?.parse().ok()?;
-    let time = parts.next()?;
-    if parts.next()? != "GMT" || parts.next().is_some() {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
-    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day as i64);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    otlp_mesh_resilience::retry::parse_retry_after(value.as_bytes(), now)
 }
 
 pub use crate::otlp::status::{
@@ -368,7 +327,7 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_and_dates() {
-        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
         assert_eq!(
             parse_retry_after(" 120 ", now),
@@ -382,13 +341,14 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
             Some(Duration::ZERO)
         );
+        // RFC 850 and asctime dates too.
         assert_eq!(
-            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
-            Some(UNIX_EPOCH)
+            parse_retry_after("Sunday, 06-Nov-94 08:49:57 GMT", now),
+            Some(Duration::from_secs(20))
         );
         assert_eq!(
-            parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
-            Some(UNIX_EPOCH + Duration::from_secs(951_825_600))
+            parse_retry_after("Sun Nov  6 08:49:39 1994", now),
+            Some(Duration::from_secs(2))
         );
         for bad in [
             "soon",
