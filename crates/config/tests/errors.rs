@@ -1,6 +1,7 @@
 //! Every kind of bad config is reported with file, line and field path, all at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use otlp_mesh_config::telemetry::ExportProtocol;
 use otlp_mesh_config::{ConfigError, ValueMatch, parse_str};
 
 fn errors(yaml: &str) -> Vec<ConfigError> {
@@ -238,4 +239,114 @@ mod robustness {
             let _ = parse_str(&text, "fuzz.yaml");
         }
     }
+}
+
+// ---- telemetry section ----
+
+#[test]
+fn tail_sampling_defaults_and_values() {
+    let c = parse_str(
+        "telemetry:\n  processors:\n    tail_sampling: {}\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let ts = c
+        .telemetry
+        .unwrap()
+        .value
+        .processors
+        .tail_sampling
+        .unwrap()
+        .value;
+    assert_eq!(ts.decision_wait.value.0, std::time::Duration::from_secs(5));
+    assert_eq!(ts.max_traces.value, 50_000);
+    assert_eq!(ts.max_bytes.value.0, 32 << 20);
+    assert!(ts.keep_errors);
+    assert!(ts.keep_latency_above.is_none() && ts.rate_limit.is_none());
+    assert_eq!(ts.decision_cache.value, 100_000);
+
+    let c = parse_str(
+        "telemetry:\n  processors:\n    tail_sampling:\n      decision_wait: 2s\n      keep_errors: false\n      keep_latency_above: 500ms\n      rate_limit: { spans_per_second: 1000 }\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let ts = c
+        .telemetry
+        .unwrap()
+        .value
+        .processors
+        .tail_sampling
+        .unwrap()
+        .value;
+    assert_eq!(ts.decision_wait.value.0, std::time::Duration::from_secs(2));
+    assert!(!ts.keep_errors);
+    assert_eq!(
+        ts.keep_latency_above.unwrap().value.0,
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(ts.rate_limit.unwrap().spans_per_second.value, 1000);
+}
+
+#[test]
+fn tail_sampling_errors_name_line_and_field() {
+    let errs = errors(
+        "telemetry:\n  processors:\n    tail_sampling:\n      decision_wait: 0s\n      max_traces: 0\n      max_bytes: 10\n      keep_latency_above: 0ms\n      rate_limit: { spans_per_second: 0 }\n      decision_cache: 0\n",
+    );
+    let p = "telemetry.processors.tail_sampling";
+    has(&errs, 4, &format!("{p}.decision_wait"), "above 0");
+    has(&errs, 5, &format!("{p}.max_traces"), "above 0");
+    has(&errs, 6, &format!("{p}.max_bytes"), "at least 1KiB");
+    has(&errs, 7, &format!("{p}.keep_latency_above"), "above 0");
+    has(
+        &errs,
+        8,
+        &format!("{p}.rate_limit.spans_per_second"),
+        "above 0",
+    );
+    has(&errs, 9, &format!("{p}.decision_cache"), "above 0");
+}
+
+#[test]
+fn loadbalancing_exporter_parses_with_defaults() {
+    let c = parse_str(
+        "telemetry:\n  exporters:\n    - name: lb\n      loadbalancing:\n        backends: [ http://a:4317, http://b:4317 ]\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let t = c.telemetry.unwrap().value;
+    let lb = t.exporters[0].loadbalancing.clone().unwrap().value;
+    assert_eq!(lb.backends.len(), 2);
+    assert_eq!(lb.protocol, ExportProtocol::OtlpGrpc);
+    let ep = lb.endpoint(&lb.backends[1]);
+    assert_eq!(ep.endpoint.value, "http://b:4317");
+    assert_eq!(ep.timeout.value.0, std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn loadbalancing_errors_name_the_backend() {
+    let errs = errors(
+        "telemetry:\n  exporters:\n    - loadbalancing:\n        protocol: otlp_http\n        backends:\n          - http://a:4318\n          - ftp://b\n          - http://a:4318/\n        headers: { 'bad header': x }\n        timeout: 0s\n    - loadbalancing: { backends: [] }\n    - otlp_grpc: { endpoint: http://c:4317 }\n      loadbalancing: { backends: [ http://d:4317 ] }\n",
+    );
+    let p = "telemetry.exporters[0].loadbalancing";
+    has(
+        &errs,
+        7,
+        &format!("{p}.backends[1]"),
+        "not an http:// or https:// URL",
+    );
+    has(&errs, 8, &format!("{p}.backends[2]"), "duplicate backend");
+    has(&errs, 4, &format!("{p}.headers"), "not a header name");
+    has(&errs, 10, &format!("{p}.timeout"), "above 0");
+    has(
+        &errs,
+        11,
+        "telemetry.exporters[1].loadbalancing.backends",
+        "at least one",
+    );
+    has(
+        &errs,
+        12,
+        "telemetry.exporters[2]",
+        "exactly one of `otlp_grpc`, `otlp_http` and `loadbalancing`",
+    );
 }

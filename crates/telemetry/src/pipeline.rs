@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Why a batch was not taken; the sender should retry after `retry_after`.
+/// How long a refused sender is asked to wait before retrying.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a batch was not taken; the sender should retry after [`RETRY_AFTER`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The memory limit is reached.
@@ -25,13 +28,6 @@ pub enum Refused {
     /// A consumer's queue is full.
     #[error("queue of `{0}` is full")]
     QueueFull(String),
-}
-
-impl Refused {
-    /// How long the sender should wait before retrying.
-    pub fn retry_after(&self) -> Duration {
-        Duration::from_secs(1)
-    }
 }
 
 /// Something that takes accepted batches: an exporter or the store.
@@ -122,11 +118,6 @@ impl Pipeline {
         if let Some(t) = &self.tail {
             t.flush().await;
         }
-    }
-
-    /// The shared memory limiter.
-    pub fn memory(&self) -> &Arc<MemoryLimiter> {
-        &self.memory
     }
 
     /// Counters.

@@ -8,8 +8,8 @@
 use crate::limiter::Priority;
 use crate::otlp::Signal;
 use crate::otlp::decode::{self, DecodeError, Encoding, Format};
-use crate::otlp::status::{Code, RpcStatus, status_details_with_retry_info};
-use crate::pipeline::{Pipeline, Refused};
+use crate::otlp::status::{RpcStatus, status_details_with_retry_info};
+use crate::pipeline::{Pipeline, RETRY_AFTER};
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use otlp_mesh_resilience::GrpcCode as Code;
 use prost::Message;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -299,7 +300,7 @@ fn http_decode_error(
 
 fn http_busy(format: Format, message: &str) -> Response<ReplyBody> {
     let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, format, message);
-    let secs = Refused::MemoryLimit.retry_after().as_secs().max(1);
+    let secs = RETRY_AFTER.as_secs().max(1);
     if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
         r.headers_mut().insert(header::RETRY_AFTER, v);
     }
@@ -317,15 +318,15 @@ fn http_error(status: StatusCode, format: Format, message: &str) -> Response<Rep
     let body = match format {
         Format::Protobuf => Bytes::from(
             RpcStatus {
-                code: code.as_i32(),
+                code: code as i32,
                 message: message.to_string(),
                 details: Vec::new(),
             }
             .encode_to_vec(),
         ),
-        Format::Json => Bytes::from(
-            serde_json::json!({ "code": code.as_i32(), "message": message }).to_string(),
-        ),
+        Format::Json => {
+            Bytes::from(serde_json::json!({ "code": code as i32, "message": message }).to_string())
+        }
     };
     let mut r = Response::new(ReplyBody::data(body));
     *r.status_mut() = status;
@@ -490,11 +491,7 @@ fn grpc_decode_error(shared: &Shared, signal: Signal, e: DecodeError) -> Respons
 
 fn grpc_busy(message: &str) -> Response<ReplyBody> {
     let mut r = grpc_status(Code::Unavailable, message);
-    let details = status_details_with_retry_info(
-        Code::Unavailable.as_i32(),
-        message,
-        Refused::MemoryLimit.retry_after(),
-    );
+    let details = status_details_with_retry_info(Code::Unavailable as i32, message, RETRY_AFTER);
     if let Ok(v) = HeaderValue::from_str(&details) {
         r.headers_mut().insert("grpc-status-details-bin", v);
     }
@@ -509,7 +506,7 @@ fn grpc_status(code: Code, message: &str) -> Response<ReplyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(code.as_i32()));
+    h.insert("grpc-status", HeaderValue::from(code as i32));
     if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
         h.insert("grpc-message", v);
     }

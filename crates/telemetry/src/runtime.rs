@@ -41,7 +41,6 @@ pub enum TelemetryError {
 
 /// The running telemetry pipeline and its endpoints.
 pub struct Telemetry {
-    config: TelemetryConfig,
     pipeline: Arc<Pipeline>,
     recorder: Arc<Recorder>,
     receivers: Mutex<Vec<(&'static str, ReceiverHandle)>>,
@@ -187,7 +186,6 @@ impl Telemetry {
             }
         }
         Ok(Arc::new(Telemetry {
-            config: cfg.clone(),
             pipeline,
             recorder,
             receivers: Mutex::new(receivers),
@@ -195,11 +193,6 @@ impl Telemetry {
             store,
             exporters,
         }))
-    }
-
-    /// The config it was started with.
-    pub fn config(&self) -> &TelemetryConfig {
-        &self.config
     }
 
     /// The proxy's span/access-log recorder.
@@ -246,7 +239,7 @@ impl Telemetry {
                 out,
                 "otlp_mesh_store_skipped_batches_total",
                 "counter",
-                "Batches that bypassed the embedded store: its thread fell behind (backlog) or its items-per-second budget was spent (budget).",
+                "Batches that bypassed the embedded store: its thread fell behind (backlog) or its items-per-second budget was spent (budget), or it could not decode them (undecodable).",
             );
             crate::write_sample(
                 out,
@@ -259,6 +252,12 @@ impl Telemetry {
                 "otlp_mesh_store_skipped_batches_total",
                 &[("reason", "budget")],
                 feed.over_budget(),
+            );
+            crate::write_sample(
+                out,
+                "otlp_mesh_store_skipped_batches_total",
+                &[("reason", "undecodable")],
+                feed.failed(),
             );
         }
     }

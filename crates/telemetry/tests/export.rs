@@ -588,7 +588,9 @@ telemetry:
     let handler: Handler = Arc::new(|_: &Req| grpc_ok(&ExportTraceServiceResponse::default()));
     let seen = serve(l, handler);
     wait_for("replayed spans", Duration::from_secs(10), || {
-        seen.span_count() >= 100 && exp.stats().queued_items == 0
+        seen.span_count() >= 100
+            && exp.stats().queued_items == 0
+            && traces(&exp.stats()).items_sent >= 100
     })
     .await;
     assert_exactly_once(&seen, 0..100);

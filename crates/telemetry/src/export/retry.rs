@@ -5,52 +5,52 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-/// gRPC status codes (google.rpc.Code) that the exporter names.
+/// gRPC status codes as the `i32` of `grpc-status` / `google.rpc.Status.code` (constants, so
+/// they can be matched on), from the retry layer's [`GrpcCode`].
 pub mod code {
-    pub const OK: i32 = 0;
-    pub const CANCELLED: i32 = 1;
-    pub const UNKNOWN: i32 = 2;
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const DEADLINE_EXCEEDED: i32 = 4;
-    pub const NOT_FOUND: i32 = 5;
-    pub const ALREADY_EXISTS: i32 = 6;
-    pub const PERMISSION_DENIED: i32 = 7;
-    pub const RESOURCE_EXHAUSTED: i32 = 8;
-    pub const FAILED_PRECONDITION: i32 = 9;
-    pub const ABORTED: i32 = 10;
-    pub const OUT_OF_RANGE: i32 = 11;
-    pub const UNIMPLEMENTED: i32 = 12;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-    pub const DATA_LOSS: i32 = 15;
-    pub const UNAUTHENTICATED: i32 = 16;
+    use otlp_mesh_resilience::GrpcCode;
 
-    /// The canonical upper-case name of a code.
-    pub fn name(code: i32) -> &'static str {
-        const NAMES: [&str; 17] = [
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        ];
-        usize::try_from(code)
-            .ok()
-            .and_then(|i| NAMES.get(i))
-            .copied()
-            .unwrap_or("UNKNOWN_CODE")
+    pub const OK: i32 = GrpcCode::Ok as i32;
+    pub const CANCELLED: i32 = GrpcCode::Cancelled as i32;
+    pub const UNKNOWN: i32 = GrpcCode::Unknown as i32;
+    pub const INVALID_ARGUMENT: i32 = GrpcCode::InvalidArgument as i32;
+    pub const DEADLINE_EXCEEDED: i32 = GrpcCode::DeadlineExceeded as i32;
+    pub const NOT_FOUND: i32 = GrpcCode::NotFound as i32;
+    pub const ALREADY_EXISTS: i32 = GrpcCode::AlreadyExists as i32;
+    pub const PERMISSION_DENIED: i32 = GrpcCode::PermissionDenied as i32;
+    pub const RESOURCE_EXHAUSTED: i32 = GrpcCode::ResourceExhausted as i32;
+    pub const FAILED_PRECONDITION: i32 = GrpcCode::FailedPrecondition as i32;
+    pub const ABORTED: i32 = GrpcCode::Aborted as i32;
+    pub const OUT_OF_RANGE: i32 = GrpcCode::OutOfRange as i32;
+    pub const UNIMPLEMENTED: i32 = GrpcCode::Unimplemented as i32;
+    pub const INTERNAL: i32 = GrpcCode::Internal as i32;
+    pub const UNAVAILABLE: i32 = GrpcCode::Unavailable as i32;
+    pub const DATA_LOSS: i32 = GrpcCode::DataLoss as i32;
+    pub const UNAUTHENTICATED: i32 = GrpcCode::Unauthenticated as i32;
+
+    /// The code's canonical name (`UNAVAILABLE`), or `UNKNOWN_CODE` outside 0–16.
+    pub fn name(code: i32) -> impl std::fmt::Display {
+        Name(u8::try_from(code).ok().and_then(GrpcCode::from_u8))
+    }
+
+    struct Name(Option<GrpcCode>);
+
+    impl std::fmt::Display for Name {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let Some(c) = self.0 else {
+                return f.write_str("UNKNOWN_CODE");
+            };
+            // The retry layer spells names in kebab case; gRPC's canonical form is upper snake.
+            for ch in c.name().chars() {
+                let up = if ch == '-' {
+                    '_'
+                } else {
+                    ch.to_ascii_uppercase()
+                };
+                std::fmt::Write::write_char(f, up)?;
+            }
+            Ok(())
+        }
     }
 }
 

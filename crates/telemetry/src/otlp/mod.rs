@@ -110,17 +110,4 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.payload.is_empty()
     }
-
-    /// Merges batches of one signal into one by concatenating their encodings.
-    pub fn concat(signal: Signal, parts: &[Batch]) -> Batch {
-        let len = parts.iter().map(Batch::len).sum();
-        let mut buf = bytes::BytesMut::with_capacity(len);
-        let mut items = 0;
-        for p in parts {
-            debug_assert_eq!(p.signal, signal);
-            buf.extend_from_slice(&p.payload);
-            items += p.items;
-        }
-        Batch::new(signal, buf.freeze(), items)
-    }
 }

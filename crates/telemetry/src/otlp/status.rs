@@ -27,30 +27,6 @@ pub struct ProtoAny {
     pub value: Vec<u8>,
 }
 
-/// gRPC status codes used by OTLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Code {
-    Ok = 0,
-    Cancelled = 1,
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    ResourceExhausted = 8,
-    Aborted = 10,
-    OutOfRange = 11,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    DataLoss = 15,
-}
-
-impl Code {
-    /// The numeric code.
-    pub fn as_i32(self) -> i32 {
-        self as i32
-    }
-}
-
 /// `google.rpc.RetryInfo`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RetryInfo {
