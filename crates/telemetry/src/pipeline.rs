@@ -16,6 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Longest a receiver waits for a healthy but busy exporter before its request is refused with a
+/// retryable status (below the OTLP exporters' default 10 s timeout).
+pub const PACE_MAX_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a refused sender is asked to wait before retrying.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -36,6 +40,12 @@ pub trait Consumer: Send + Sync {
     fn name(&self) -> &str;
     /// Takes `batch`; resolves once it is safely queued (or refused).
     fn consume(&self, batch: Batch, priority: Priority) -> BoxFuture<'_, Result<(), Refused>>;
+    /// Resolves when a receiver may read a request for this consumer: at once unless it is busy
+    /// and wants the sender paced (false when it stayed busy for `max_wait`).
+    fn ready(&self, max_wait: Duration) -> BoxFuture<'_, bool> {
+        let _ = max_wait;
+        Box::pin(std::future::ready(true))
+    }
 }
 
 /// Items accepted and refused per signal.
@@ -128,6 +138,20 @@ impl Pipeline {
     /// True when receivers should refuse new data before even reading it.
     pub fn is_saturated(&self) -> bool {
         self.memory.used() >= self.memory.soft_limit()
+    }
+
+    /// Waits (up to `max_wait`) until every consumer can take more without growing its queue:
+    /// a receiver calls this before reading a request body, so a busy exporter slows the
+    /// senders through HTTP/2 flow control instead of holding their data. False on timeout.
+    pub async fn ready(&self, max_wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        for c in &self.consumers {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !c.ready(left).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Runs `batch` through the processors and hands it to every consumer.

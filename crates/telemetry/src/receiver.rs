@@ -9,7 +9,7 @@ use crate::limiter::Priority;
 use crate::otlp::Signal;
 use crate::otlp::decode::{self, DecodeError, Encoding, Format};
 use crate::otlp::status::{RpcStatus, status_details_with_retry_info};
-use crate::pipeline::{Pipeline, RETRY_AFTER};
+use crate::pipeline::{PACE_MAX_WAIT, Pipeline, RETRY_AFTER};
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
@@ -240,6 +240,10 @@ async fn http(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         shared.stats.count(false, signal, Outcome::Refused);
         return http_busy(format, "memory limit reached; retry later");
     }
+    if !shared.pipeline.ready(PACE_MAX_WAIT).await {
+        shared.stats.count(false, signal, Outcome::Refused);
+        return http_busy(format, "exporters busy; retry later");
+    }
     let body = match read_body(req.into_body(), shared.limits.max_message_size, false).await {
         Ok(b) => b,
         Err(e) => return http_decode_error(shared, signal, format, e),
@@ -401,6 +405,10 @@ async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
     if shared.pipeline.is_saturated() {
         shared.stats.count(true, signal, Outcome::Refused);
         return grpc_busy("memory limit reached; retry later");
+    }
+    if !shared.pipeline.ready(PACE_MAX_WAIT).await {
+        shared.stats.count(true, signal, Outcome::Refused);
+        return grpc_busy("exporters busy; retry later");
     }
     // The 5-byte gRPC message prefix is allowed on top of the message size limit.
     let body = match read_body(req.into_body(), shared.limits.max_message_size + 5, true).await {

@@ -69,6 +69,10 @@ impl Consumer for ExportConsumer {
             })
         })
     }
+
+    fn ready(&self, max_wait: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(self.0.ready(max_wait))
+    }
 }
 
 /// A load-balancing exporter as a pipeline consumer: refused when a backend's queue is full.

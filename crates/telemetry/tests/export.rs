@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -82,7 +83,7 @@ fn decompress(encoding: &str, data: &[u8]) -> Vec<u8> {
 /// Serves HTTP/1.1 and h2c on `listener`; gRPC requests are unframed. Spans of requests
 /// answered with success (HTTP 200 and, for gRPC, grpc-status 0) are recorded.
 fn serve(listener: TcpListener, handler: Handler) -> Arc<Seen> {
-    serve_tls(listener, handler, None)
+    serve_with(listener, handler, None, None)
 }
 
 /// Like [`serve`], over TLS when `tls` is set.
@@ -90,6 +91,16 @@ fn serve_tls(
     listener: TcpListener,
     handler: Handler,
     tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Arc<Seen> {
+    serve_with(listener, handler, tls, None)
+}
+
+/// Like [`serve`]; with a `gate`, each request takes one permit from it before it is answered.
+fn serve_with(
+    listener: TcpListener,
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    gate: Option<Arc<Semaphore>>,
 ) -> Arc<Seen> {
     let seen = Arc::new(Seen::default());
     let counter = Arc::new(AtomicU64::new(0));
@@ -100,11 +111,17 @@ fn serve_tls(
                 return;
             };
             let (seen, handler, counter) = (s.clone(), handler.clone(), counter.clone());
-            let tls = tls.clone();
+            let (tls, gate) = (tls.clone(), gate.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (seen, handler, counter) = (seen.clone(), handler.clone(), counter.clone());
-                    async move { Ok::<_, Infallible>(handle(req, &seen, &handler, &counter).await) }
+                    let gate = gate.clone();
+                    async move {
+                        if let Some(g) = gate {
+                            g.acquire().await.unwrap().forget();
+                        }
+                        Ok::<_, Infallible>(handle(req, &seen, &handler, &counter).await)
+                    }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 match tls {
@@ -541,6 +558,96 @@ telemetry:
     let s = exp.stats();
     assert_eq!(traces(&s).items_failed.shutdown, accepted * 5);
     assert_eq!(memory.used(), 0);
+}
+
+#[tokio::test]
+async fn receivers_wait_for_a_busy_healthy_backend_and_not_for_a_failing_one() {
+    // The backend answers only when the test hands out permits.
+    let (l, addr) = listener().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let ok: Handler = Arc::new(|_: &Req| grpc_ok(&ExportTraceServiceResponse::default()));
+    let seen = serve_with(l, ok, None, Some(gate.clone()));
+    let (cfg, batch_cfg) = config(&format!(
+        r#"
+telemetry:
+  batch: {{ size: 5, timeout: 10ms }}
+  exporters:
+    - name: paced
+      otlp_grpc: {{ endpoint: "http://{addr}", compression: none }}
+"#
+    ));
+    let exp = Exporter::start("paced".into(), &cfg, &batch_cfg, limiter())
+        .await
+        .unwrap();
+    // Four full requests fill the sending slots; a fifth waits in the queue.
+    for i in 0..4 {
+        exp.enqueue(batch(i * 5..i * 5 + 5)).await.unwrap();
+        wait_for("request in flight", Duration::from_secs(5), || {
+            exp.stats().in_flight_requests == i + 1
+        })
+        .await;
+    }
+    exp.enqueue(batch(20..25)).await.unwrap();
+    assert_eq!(exp.stats().paced_enqueues, 0);
+    // The next receiver waits: the backend is healthy, only busy.
+    let waiting = tokio::spawn({
+        let exp = exp.clone();
+        async move { exp.enqueue(batch(25..30)).await }
+    });
+    wait_for("the enqueue to wait", Duration::from_secs(5), || {
+        exp.stats().paced_enqueues == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "enqueue did not wait for room");
+    assert_eq!(
+        exp.stats().queued_items,
+        25,
+        "the waiting batch is not queued"
+    );
+    // Receivers ask before reading a body: still busy, so a short wait times out.
+    assert!(!exp.ready(Duration::from_millis(50)).await);
+    // One answer frees a slot: the queued request goes out and the waiting one gets in.
+    gate.add_permits(1);
+    waiting.await.unwrap().unwrap();
+    gate.add_permits(100);
+    wait_for("all delivered", Duration::from_secs(5), || {
+        seen.span_count() == 30
+    })
+    .await;
+    assert_exactly_once(&seen, 0..30);
+    exp.shutdown(Duration::from_secs(1)).await;
+
+    // A failing backend: nobody waits, the queue absorbs the outage.
+    let (l, addr) = listener().await;
+    let down: Handler = Arc::new(|_: &Req| grpc_status(code::UNAVAILABLE, "down", None));
+    let _seen = serve(l, down);
+    let (cfg, batch_cfg) = config(&format!(
+        r#"
+telemetry:
+  batch: {{ size: 5, timeout: 10ms }}
+  exporters:
+    - name: down
+      otlp_grpc: {{ endpoint: "http://{addr}", compression: none }}
+      retry: {{ initial_interval: 5s, max_interval: 5s, max_elapsed_time: 60s }}
+"#
+    ));
+    let exp = Exporter::start("down".into(), &cfg, &batch_cfg, limiter())
+        .await
+        .unwrap();
+    exp.enqueue(batch(0..5)).await.unwrap();
+    wait_for("a failed attempt", Duration::from_secs(5), || {
+        traces(&exp.stats()).retries >= 1
+    })
+    .await;
+    for i in 1..20 {
+        exp.enqueue(batch(i * 5..i * 5 + 5)).await.unwrap();
+    }
+    assert!(exp.ready(Duration::from_secs(5)).await);
+    let s = exp.stats();
+    assert_eq!(s.paced_enqueues, 0);
+    assert_eq!(s.queued_items, 100);
+    exp.shutdown(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]

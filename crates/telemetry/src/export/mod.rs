@@ -21,6 +21,7 @@ pub use queue::QueueFull;
 pub use retry::{Decision, Failure, classify};
 pub use stats::{DropReason, ExporterStatsSnapshot, FailedItems, SignalStatsSnapshot};
 
+use crate::pipeline::PACE_MAX_WAIT;
 use crate::{Batch, MemoryLimiter, Priority, Signal};
 use conn::Accepted;
 use otlp_mesh_config::telemetry::{BatchConfig, ExporterConfig, FsyncPolicy, OtlpEndpointConfig};
@@ -131,6 +132,10 @@ struct Inner {
     limits: Limits,
     retry: RetryPolicy,
     wake: Notify,
+    /// Notified when queued bytes are taken for sending or a request finishes (paced receivers).
+    room: Notify,
+    /// The last export attempt failed: receivers are not paced (the queue absorbs the outage).
+    failing: AtomicBool,
     stopping: AtomicBool,
     /// Set by `shutdown`: send what is queued until then.
     deadline: watch::Sender<Option<Instant>>,
@@ -252,6 +257,8 @@ impl Exporter {
             limits,
             retry,
             wake: Notify::new(),
+            room: Notify::new(),
+            failing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             deadline: watch::Sender::new(None),
             task: Mutex::new(None),
@@ -277,6 +284,12 @@ impl Exporter {
         self.push(batch, Priority::Receiver).await
     }
 
+    /// Waits (up to `max_wait`) while the backend is healthy and this exporter already has a
+    /// full request waiting for a sending slot; see [`Inner::pace`]. False on timeout.
+    pub async fn ready(&self, max_wait: Duration) -> bool {
+        self.inner.pace(max_wait).await
+    }
+
     /// Queues the proxy's own telemetry (held to the memory limiter's hard limit).
     pub async fn enqueue_internal(&self, batch: Batch) -> Result<(), QueueFull> {
         self.push(batch, Priority::Internal).await
@@ -288,6 +301,8 @@ impl Exporter {
             Err(QueueFull::ShuttingDown)
         } else if batch.is_empty() {
             Ok(())
+        } else if priority == Priority::Receiver && !inner.pace(PACE_MAX_WAIT).await {
+            Err(QueueFull::Full)
         } else {
             match &inner.queue {
                 Queue::Memory(m) => m.push(batch, priority, &inner.stats),
@@ -362,14 +377,46 @@ async fn batched_fsync(wal: Arc<Wal>, name: String) {
 
 impl Inner {
     fn take_ready(&self, now: Instant, flush: bool) -> Result<Taken, Option<Instant>> {
-        let pending = match &self.queue {
-            Queue::Memory(m) => &m.pending,
-            Queue::Wal(w) => &w.pending,
+        let taken = match &self.queue {
+            Queue::Memory(m) => m.take_ready(now, &self.limits, flush),
+            Queue::Wal(w) => w
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_ready(now, &self.limits, flush),
         };
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_ready(now, &self.limits, flush)
+        if taken.is_ok() {
+            self.room.notify_waiters();
+        }
+        taken
+    }
+
+    /// Backpressure towards receivers: while the backend is healthy and a full request is
+    /// already waiting for a free sending slot, a receiver waits (up to `max_wait`) rather
+    /// than queue more, so memory follows the backend's pace instead of filling the queue.
+    /// Returns false if there was no room in time. While exports fail, nobody waits: the
+    /// queue (up to `queue.max_bytes`) absorbs the outage.
+    async fn pace(&self, max_wait: Duration) -> bool {
+        let Queue::Memory(m) = &self.queue else {
+            return true;
+        };
+        let deadline = Instant::now() + max_wait;
+        let mut waited = false;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.failing.load(Relaxed) || !m.full_request_waiting(&self.limits) {
+                return true;
+            }
+            if !waited {
+                waited = true;
+                self.stats.paced.fetch_add(1, Relaxed);
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return false;
+            }
+        }
     }
 
     fn queue_empty(&self) -> bool {
@@ -431,6 +478,7 @@ impl Inner {
             }
         }
         self.stats.in_flight.fetch_sub(1, Relaxed);
+        self.room.notify_waiters();
     }
 }
 
@@ -439,6 +487,9 @@ impl Inner {
 async fn run(inner: Arc<Inner>) {
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
     let mut meta: HashMap<tokio::task::Id, InFlight> = HashMap::new();
+    // Bytes in flight: a new request starts only while less than one full request is out, so
+    // at most about two full requests are held in memory beside the queue.
+    let mut bytes_in_flight: u64 = 0;
     let mut deadline_rx = inner.deadline.subscribe();
     loop {
         let deadline = *deadline_rx.borrow_and_update();
@@ -454,7 +505,9 @@ async fn run(inner: Arc<Inner>) {
             }
         }
         let mut next_due = None;
-        while in_flight.len() < MAX_IN_FLIGHT {
+        while in_flight.len() < MAX_IN_FLIGHT
+            && (in_flight.is_empty() || bytes_in_flight < inner.limits.bytes)
+        {
             match inner.take_ready(Instant::now(), deadline.is_some()) {
                 Ok(taken) => {
                     let req = InFlight {
@@ -464,6 +517,7 @@ async fn run(inner: Arc<Inner>) {
                         seqs: taken.seqs,
                     };
                     inner.stats.in_flight.fetch_add(1, Relaxed);
+                    bytes_in_flight += req.bytes;
                     let handle = in_flight.spawn(export(
                         inner.clone(),
                         taken.signal,
@@ -491,11 +545,13 @@ async fn run(inner: Arc<Inner>) {
             Some(res) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 if let Ok((id, outcome)) = res {
                     if let Some(req) = meta.remove(&id) {
+                        bytes_in_flight -= req.bytes;
                         inner.finish(req, outcome).await;
                     }
                 } else if let Err(e) = res {
                     tracing::error!(exporter = %inner.name, error = %e, "export task failed");
                     if let Some(req) = meta.remove(&e.id()) {
+                        bytes_in_flight -= req.bytes;
                         inner.finish(req, Outcome::Dropped(DropReason::PermanentError)).await;
                     }
                 }
@@ -530,7 +586,7 @@ async fn run(inner: Arc<Inner>) {
     }
     match &inner.queue {
         Queue::Memory(m) => {
-            let left = m.pending.lock().unwrap_or_else(|e| e.into_inner()).drain();
+            let left = m.drain();
             let items: u64 = left.iter().map(|e| e.batch.items).sum();
             if items > 0 {
                 tracing::warn!(exporter = %inner.name, items, "shutdown deadline passed; dropping queued items");
@@ -577,8 +633,16 @@ async fn export(
     let mut backoff = retry::Backoff::new(policy.initial, policy.max);
     loop {
         let failure = match inner.client.send(signal, &body).await {
-            Ok(accepted) => return Outcome::Sent(accepted),
-            Err(f) => f,
+            Ok(accepted) => {
+                inner.failing.store(false, Relaxed);
+                return Outcome::Sent(accepted);
+            }
+            Err(f) => {
+                inner.failing.store(true, Relaxed);
+                // Paced receivers stop waiting: the queue takes the outage from here.
+                inner.room.notify_waiters();
+                f
+            }
         };
         let after = match classify(&failure) {
             Decision::Permanent(reason) => {

@@ -162,6 +162,9 @@ pub(crate) struct MemoryQueue {
     pub pending: std::sync::Mutex<Pending>,
     /// Bytes queued or in flight (released when a request finishes).
     bytes: AtomicU64,
+    /// Items and bytes queued and not yet taken for sending.
+    waiting_items: AtomicU64,
+    waiting: AtomicU64,
     max_bytes: u64,
     limiter: Arc<MemoryLimiter>,
 }
@@ -171,6 +174,8 @@ impl MemoryQueue {
         MemoryQueue {
             pending: Default::default(),
             bytes: AtomicU64::new(0),
+            waiting_items: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
             max_bytes,
             limiter,
         }
@@ -193,11 +198,44 @@ impl MemoryQueue {
             batch,
             arrived: Instant::now(),
         };
-        self.pending
+        let items = entry.batch.items;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push(entry);
+        self.waiting_items.fetch_add(items, Ordering::Relaxed);
+        self.waiting.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes everything waiting (at shutdown).
+    pub fn drain(&self) -> Vec<Entry> {
+        let left = self
+            .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(entry);
-        Ok(())
+            .drain();
+        self.waiting_items.store(0, Ordering::Relaxed);
+        self.waiting.store(0, Ordering::Relaxed);
+        left
+    }
+
+    /// True when at least one full export request (by `limits`) waits to be taken.
+    pub fn full_request_waiting(&self, limits: &Limits) -> bool {
+        self.waiting_items.load(Ordering::Relaxed) >= limits.items
+            || self.waiting.load(Ordering::Relaxed) >= limits.bytes
+    }
+
+    /// [`Pending::take_ready`], keeping the count of waiting bytes.
+    pub fn take_ready(
+        &self,
+        now: Instant,
+        limits: &Limits,
+        flush: bool,
+    ) -> Result<Taken, Option<Instant>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = pending.take_ready(now, limits, flush)?;
+        self.waiting_items.fetch_sub(taken.items, Ordering::Relaxed);
+        self.waiting.fetch_sub(taken.bytes, Ordering::Relaxed);
+        Ok(taken)
     }
 
     /// Returns the bytes of a finished (sent or dropped) request.

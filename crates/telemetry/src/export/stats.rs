@@ -55,6 +55,7 @@ pub(crate) struct Stats {
     pub signals: [SignalCounters; 3],
     pub in_flight: AtomicU64,
     pub queue_full: AtomicU64,
+    pub paced: AtomicU64,
 }
 
 fn sub(a: &AtomicU64, n: u64) {
@@ -116,6 +117,7 @@ impl Stats {
             persistent,
             in_flight_requests: self.in_flight.load(Relaxed),
             queue_full_refusals: self.queue_full.load(Relaxed),
+            paced_enqueues: self.paced.load(Relaxed),
             queued_items: signals.iter().map(|s| s.queued_items).sum(),
             queued_bytes: signals.iter().map(|s| s.queued_bytes).sum(),
             signals,
@@ -134,6 +136,8 @@ pub struct ExporterStatsSnapshot {
     pub in_flight_requests: u64,
     /// `enqueue` calls refused (queue or memory full, or shutting down).
     pub queue_full_refusals: u64,
+    /// `enqueue` calls from receivers that waited for a busy exporter (backpressure).
+    pub paced_enqueues: u64,
     pub queued_items: u64,
     pub queued_bytes: u64,
     /// Traces, metrics, logs in that order.
@@ -264,5 +268,15 @@ pub fn render_prometheus(exporters: &[ExporterStatsSnapshot], out: &mut String) 
     );
     for e in exporters {
         write_sample(out, name, &[("exporter", &e.name)], e.queue_full_refusals);
+    }
+    let name = "otlp_mesh_exporter_paced_total";
+    write_family(
+        out,
+        name,
+        "counter",
+        "Enqueue calls from receivers that waited for a busy exporter (backpressure).",
+    );
+    for e in exporters {
+        write_sample(out, name, &[("exporter", &e.name)], e.paced_enqueues);
     }
 }
