@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use otlp_mesh_telemetry::export::loadbalance::LoadBalancingExporter;
+use otlp_mesh_telemetry::export::loadbalance::{LoadBalancingExporter, backend_name};
 use otlp_mesh_telemetry::{Batch, MemoryLimiter, Priority, Registry, Signal, Telemetry};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -203,9 +203,19 @@ async fn every_trace_reaches_exactly_one_backend_evenly_and_stably() {
     let lb = LoadBalancingExporter::start("lb".into(), &t.exporters[0].value, &t.batch, memory)
         .await
         .unwrap();
+    // Backends are named after their address, in URL order.
+    let mut sorted = urls.clone();
+    sorted.sort();
+    assert_eq!(lb.urls(), sorted);
     assert_eq!(
-        lb.backends().iter().map(|b| b.name()).collect::<Vec<_>>(),
-        ["lb-0", "lb-1", "lb-2"]
+        lb.backends()
+            .iter()
+            .map(|b| b.name().to_string())
+            .collect::<Vec<_>>(),
+        sorted
+            .iter()
+            .map(|u| backend_name("lb", u))
+            .collect::<Vec<_>>()
     );
     for b in batches(100, 10) {
         lb.enqueue(b, Priority::Receiver).await.unwrap();
@@ -217,8 +227,8 @@ async fn every_trace_reaches_exactly_one_backend_evenly_and_stably() {
     for (trace, i) in &at {
         per_sink[*i] += 1;
         assert_eq!(
-            lb.backend_for_trace(trace),
-            *i,
+            lb.backend_for_trace(trace).as_ref(),
+            Some(&urls[*i]),
             "placement follows the hash"
         );
     }
@@ -261,6 +271,14 @@ async fn every_trace_reaches_exactly_one_backend_evenly_and_stably() {
     assert_eq!(placement(&sinks, 100, 10), at, "mapping is stable");
     let mut prom = String::new();
     telemetry.render_prometheus(&mut prom);
-    assert!(prom.contains("exporter=\"lb-2\""), "per-backend metrics");
+    let b2 = backend_name("lb", &urls[2]);
+    assert!(
+        prom.contains(&format!("exporter=\"{b2}\"")),
+        "per-backend metrics"
+    );
+    assert!(
+        prom.contains("otlp_mesh_loadbalancer_backends{exporter=\"lb\"} 3"),
+        "{prom}"
+    );
     telemetry.shutdown(Duration::from_secs(1)).await;
 }
