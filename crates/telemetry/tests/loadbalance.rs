@@ -486,12 +486,26 @@ async fn file_resolver_adds_and_removes_backends_while_spans_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_backend_that_never_answers_has_its_spans_rerouted() {
+    removed_silent_backend_is_rerouted(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_with_a_persistent_queue_is_rerouted_and_its_directory_removed() {
+    removed_silent_backend_is_rerouted(true).await;
+}
+
+async fn removed_silent_backend_is_rerouted(persistent: bool) {
     let (a, sa) = sink().await;
     let (b, sb, _held) = holding_sink(true).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backends.yaml");
     write_backends(&file, &[&a, &b]);
-    let lb = start_lb(&resolver_yaml(&file, "        drain_timeout: 300ms\n")).await;
+    let queues = dir.path().join("queues");
+    let mut extra = "        drain_timeout: 300ms\n".to_string();
+    if persistent {
+        extra += &format!("      queue: {{ dir: '{}' }}\n", queues.display());
+    }
+    let lb = start_lb(&resolver_yaml(&file, &extra)).await;
     wait_for_urls(&lb, &[&a, &b]).await;
     // 100 traces of 4 spans over 4 batches; `b`'s share waits in requests it never answers
     // (and in its queue behind them).
@@ -515,6 +529,11 @@ async fn a_removed_backend_that_never_answers_has_its_spans_rerouted() {
     assert_eq!(count(&sb), 0);
     assert_eq!(lb.rerouted_items(), on_b as u64);
     assert_eq!(lb.dropped_items(), 0);
+    if persistent {
+        // Everything `b` held was handed over: its queue directory is gone, `a`'s stays.
+        assert!(queues.join(backend_name("lb", &a)).is_dir());
+        assert!(!queues.join(backend_name("lb", &b)).exists());
+    }
     lb.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -575,5 +594,42 @@ async fn a_full_backend_refuses_the_whole_batch_and_the_retry_duplicates_nothing
     wait_for("every span", || count(&sa) + count(&sb) == spans).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     exactly_once(&[&sa, &sb], spans);
+    lb.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_gone_across_a_restart_has_its_persistent_queue_rerouted() {
+    let (a, sa) = sink().await;
+    let (b, sb, _held) = holding_sink(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |backends: &str| {
+        format!(
+            "telemetry:\n  store: {{ enabled: false }}\n  batch: {{ timeout: 20ms }}\n  exporters:\n    - name: lb\n      loadbalancing:\n        backends: [ {backends} ]\n        compression: none\n        drain_timeout: 300ms\n      queue: {{ dir: '{}' }}\n",
+            dir.path().display()
+        )
+    };
+    let lb = start_lb(&yaml(&format!("{a}, {b}"))).await;
+    for batch in batches(100, 4).into_iter().take(4) {
+        send_until_taken(&lb, batch).await;
+    }
+    let on_b: usize = (0..100)
+        .filter(|t| lb.backend_for_trace(&trace_id(*t)).as_ref() == Some(&b))
+        .count()
+        * 4;
+    wait_for("a's share", || count(&sa) == 400 - on_b).await;
+    // `b` never answered: its records stay in its queue directory.
+    lb.shutdown(Duration::from_millis(200)).await;
+    let b_dir = dir.path().join(backend_name("lb", &b));
+    assert!(b_dir.join("lb-backend-url").is_file());
+
+    // Restarted without `b`: its queue is found, retired, and handed to `a`.
+    let lb = start_lb(&yaml(&a)).await;
+    wait_for("all 400 spans at a", || count(&sa) == 400).await;
+    wait_for("b's retirement", || {
+        lb.retiring().is_empty() && !b_dir.exists()
+    })
+    .await;
+    exactly_once(&[&sa, &sb], 400);
+    assert_eq!(lb.rerouted_items(), on_b as u64);
     lb.shutdown(Duration::from_secs(1)).await;
 }

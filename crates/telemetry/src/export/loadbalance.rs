@@ -49,7 +49,7 @@ use otlp_mesh_config::telemetry::{
 use otlp_mesh_discovery::{Endpoints, SourceStatus};
 use prost::Message;
 use std::collections::{BTreeSet, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +63,8 @@ const HANDOVER_RETRY: Duration = Duration::from_millis(50);
 const GRACE_LIMIT: Duration = Duration::from_secs(5);
 /// A resolved backend that could not start (or is still retiring) is tried again after this.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// File in a backend's persistent queue directory holding the backend's URL.
+const MARKER: &str = "lb-backend-url";
 
 /// An exporter over several backends, routing by trace id. Cheap to clone.
 #[derive(Clone)]
@@ -138,13 +140,23 @@ impl Template {
             ExportProtocol::OtlpGrpc => one.otlp_grpc = ep,
             ExportProtocol::OtlpHttp => one.otlp_http = ep,
         }
-        Exporter::start(
-            backend_name(lb_name, url),
-            &one,
-            &self.batch,
-            self.memory.clone(),
-        )
-        .await
+        let name = backend_name(lb_name, url);
+        let exporter =
+            Exporter::start(name.clone(), &one, &self.batch, self.memory.clone()).await?;
+        if let Some(dir) = self.queue_dir() {
+            // Marks the directory as this backend's, so that a later start can find it when
+            // the backend is gone from the set and hand its records over.
+            let (path, url) = (dir.join(&name).join(MARKER), url.to_string());
+            let written = tokio::task::spawn_blocking(move || std::fs::write(&path, url)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(exporter = %name, error = %e, "cannot mark the persistent queue directory with its backend URL");
+            }
+        }
+        Ok(exporter)
+    }
+
+    fn queue_dir(&self) -> Option<PathBuf> {
+        self.cfg.queue.dir.as_ref().map(|d| PathBuf::from(&d.value))
     }
 
     fn drain(&self) -> Duration {
@@ -251,7 +263,10 @@ impl LoadBalancingExporter {
                         }
                     }
                 }
-                Ok(Self::from_parts(name, template, Ring::new(backends), None))
+                let lb = Self::from_parts(name, template, Ring::new(backends), None);
+                let task = tokio::spawn(control(lb.inner.clone(), None));
+                *lock(&lb.inner.control) = Some(task);
+                Ok(lb)
             }
             (Some(resolver), true) => {
                 let discovered = otlp_mesh_discovery::spawn(&name, resolver);
@@ -261,7 +276,7 @@ impl LoadBalancingExporter {
                     Ring::default(),
                     Some(discovered.status.clone()),
                 );
-                let task = tokio::spawn(control(lb.inner.clone(), discovered.updates));
+                let task = tokio::spawn(control(lb.inner.clone(), Some(discovered.updates)));
                 *lock(&lb.inner.control) = Some(task);
                 Ok(lb)
             }
@@ -495,24 +510,40 @@ async fn wait_unshared(name: &str, ring: &Arc<Ring>) {
     }
 }
 
-/// The control task: applies each resolved set; on stop, waits for retirements to wrap up.
-async fn control(inner: Arc<Inner>, mut updates: watch::Receiver<Endpoints>) {
+/// The control task: applies each resolved set (`updates`; none for a static list), retires
+/// backends whose persistent queues are left from an earlier run, and on stop waits for
+/// retirements to wrap up.
+async fn control(inner: Arc<Inner>, mut updates: Option<watch::Receiver<Endpoints>>) {
     let mut stop = inner.stop.subscribe();
     let mut retirements: JoinSet<()> = JoinSet::new();
-    let mut source_open = true;
+    let mut adopted = false;
     'apply: loop {
         if *stop.borrow_and_update() {
             break;
         }
-        let set = updates.borrow_and_update().clone();
-        let incomplete = apply(&inner, &set, &mut retirements).await;
+        let mut incomplete = false;
+        if let Some(u) = &mut updates {
+            let set = u.borrow_and_update().clone();
+            incomplete = apply(&inner, &set, &mut retirements).await;
+        }
+        // Once there are backends to hand to (for a resolver: its first set), queues of
+        // backends from an earlier run that are not in the set are retired like removed ones.
+        if !adopted && !inner.ring.load().urls.is_empty() {
+            adopted = true;
+            adopt_orphans(&inner, &mut retirements).await;
+        }
         let retry_at = incomplete.then(|| Instant::now() + RESTART_DELAY);
         loop {
             tokio::select! {
-                changed = updates.changed(), if source_open => {
+                changed = async {
+                    match &mut updates {
+                        Some(u) => u.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     if changed.is_err() {
                         // A static source publishes once; keep its set.
-                        source_open = false;
+                        updates = None;
                         continue;
                     }
                     continue 'apply;
@@ -525,6 +556,56 @@ async fn control(inner: Arc<Inner>, mut updates: watch::Receiver<Endpoints>) {
     }
     // Retirements see the stop themselves (they cut their drain short and give up handing over).
     while retirements.join_next().await.is_some() {}
+}
+
+/// Backend URLs of this exporter's persistent queue directories (`<dir>/<name>-<key>` holding
+/// the URL in [`MARKER`]).
+fn queue_dirs_of(dir: &Path, name: &str) -> Vec<String> {
+    let prefix = format!("{name}-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            if !file.starts_with(&prefix) {
+                return None;
+            }
+            let url = std::fs::read_to_string(e.path().join(MARKER)).ok()?;
+            let url = url.trim().to_string();
+            (backend_name(name, &url) == file).then_some(url)
+        })
+        .collect()
+}
+
+/// Starts and retires the backends whose queue directories are left from an earlier run (a
+/// backend gone from the set, or from the static list, while the process was down).
+async fn adopt_orphans(inner: &Arc<Inner>, retirements: &mut JoinSet<()>) {
+    let Some(dir) = inner.template.queue_dir() else {
+        return;
+    };
+    let name = inner.name.clone();
+    let urls = tokio::task::spawn_blocking(move || queue_dirs_of(&dir, &name))
+        .await
+        .unwrap_or_default();
+    let current = inner.ring.load_full();
+    for url in urls {
+        let retiring = lock(&inner.retiring).iter().any(|(u, _)| *u == url);
+        if current.urls.contains(&url) || retiring {
+            continue;
+        }
+        match inner.template.start(&inner.name, &url).await {
+            Ok(e) => {
+                tracing::info!(exporter = %inner.name, backend = %url, "queue of a backend no longer in the set: retiring it");
+                lock(&inner.retiring).push((url.clone(), e.clone()));
+                retirements.spawn(retire(inner.clone(), url, e));
+            }
+            Err(e) => {
+                tracing::warn!(exporter = %inner.name, backend = %url, error = %e, "cannot open the queue of a former backend; its records stay on disk");
+            }
+        }
+    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
