@@ -418,8 +418,11 @@ pub struct ExporterConfig {
     #[serde(default)]
     pub otlp_http: Option<Located<OtlpEndpointConfig>>,
     /// Several backends, with every span of a trace sent to the same one (e.g. to tail-sampling
-    /// collectors). Each backend gets its own queue and retries (queue directory
-    /// `<dir>/<name>-<i>`, metrics as exporter `<name>-<i>`).
+    /// collectors), from a static list or a discovery source. Each backend gets its own queue and
+    /// retries, named after its address: queue directory `<dir>/<name>-<key>`, metrics as
+    /// exporter `<name>-<key>`, where `<key>` is the backend URL without its scheme and every
+    /// character other than letters, digits and `-` replaced by `_`
+    /// (`http://10.0.0.7:4317` → `lb-10_0_0_7_4317`).
     #[serde(default)]
     pub loadbalancing: Option<Located<LoadBalancingConfig>>,
     /// Retry of failed exports (per the OTLP specification's retryable statuses).
@@ -450,7 +453,8 @@ pub struct OtlpEndpointConfig {
     pub ca_file: Option<Located<String>>,
 }
 
-/// Trace-id load balancing over a static list of backends.
+/// Trace-id load balancing over several backends: a static list (`backends`) or the addresses a
+/// discovery source yields (`resolver`).
 ///
 /// Spans go to the backend chosen by rendezvous hashing of their trace id over the backend URLs,
 /// so the choice does not depend on the list's order and adding or removing one backend moves
@@ -459,8 +463,26 @@ pub struct OtlpEndpointConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancingConfig {
-    /// Backend URLs, `http://` or `https://` (base URLs for `otlp_http`). Required, at least one.
+    /// Backend URLs, `http://` or `https://` (base URLs for `otlp_http`). Set this or `resolver`.
+    #[serde(default)]
     pub backends: Vec<Located<String>>,
+    /// A discovery source, written as a cluster's `discovery:` (static, dns, file, etcd, consul
+    /// or kubernetes). Each discovered `ip:port` becomes the backend `<scheme>://ip:port`; the
+    /// backends follow the source's changes. Set this or `backends`.
+    #[serde(default)]
+    pub resolver: Option<Located<crate::Discovery>>,
+    /// Scheme of discovered backends (with `resolver`): `http` (default) or `https`. With
+    /// `https` the backend's certificate must be valid for its IP address.
+    #[serde(default)]
+    pub scheme: Option<Located<BackendScheme>>,
+    /// Port of discovered backends (with `resolver`), replacing the discovered one; absent keeps
+    /// the discovered port.
+    #[serde(default)]
+    pub port: Option<Located<u16>>,
+    /// How long a backend that left the resolved set may keep sending what it holds; what is
+    /// still queued or unanswered then goes to the current backends. Default `10s`.
+    #[serde(default = "default_lb_drain")]
+    pub drain_timeout: Located<Duration>,
     /// How every backend is spoken to. Default `otlp_grpc`.
     #[serde(default)]
     pub protocol: ExportProtocol,
@@ -478,7 +500,35 @@ pub struct LoadBalancingConfig {
     pub ca_file: Option<Located<String>>,
 }
 
+/// Scheme of the URLs of discovered load-balancing backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendScheme {
+    /// `http://ip:port` (h2c for gRPC).
+    #[default]
+    Http,
+    /// `https://ip:port`.
+    Https,
+}
+
+fn default_lb_drain() -> Located<Duration> {
+    Located::new(Duration::from_secs(10))
+}
+
 impl LoadBalancingConfig {
+    /// The backend URL of a discovered address: `<scheme>://ip:port`, with `port` if set.
+    pub fn discovered_url(&self, addr: std::net::SocketAddr) -> String {
+        let mut addr = addr;
+        if let Some(p) = &self.port {
+            addr.set_port(p.value);
+        }
+        let scheme = match self.scheme.as_ref().map(|s| s.value) {
+            Some(BackendScheme::Https) => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{addr}")
+    }
+
     /// The single-backend endpoint config of `backend`, with this config's settings.
     pub fn endpoint(&self, backend: &Located<String>) -> OtlpEndpointConfig {
         OtlpEndpointConfig {

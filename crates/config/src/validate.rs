@@ -63,157 +63,12 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                 format!("duplicate cluster name `{}`", cluster.name.value),
             );
         }
-        let d = &cluster.discovery;
-        let sources = [
-            d.static_endpoints.is_some(),
-            d.dns.is_some(),
-            d.file.is_some(),
-            d.etcd.is_some(),
-            d.consul.is_some(),
-            d.kubernetes.is_some(),
-        ]
-        .iter()
-        .filter(|s| **s)
-        .count();
-        if sources > 1 {
-            c.at(
-                cluster,
-                format!("{path}.discovery"),
-                "set exactly one discovery source (static, dns, file, etcd, consul or kubernetes)",
-            );
-        }
-        if let Some(dns) = &d.dns {
-            let p = format!("{path}.discovery.dns");
-            let name = dns.name.trim();
-            match dns.record_type {
-                crate::DnsRecordType::A => {
-                    let ok = name
-                        .rsplit_once(':')
-                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
-                    if !ok {
-                        c.at(
-                            dns,
-                            format!("{p}.name"),
-                            format!("`{name}` must be host:port"),
-                        );
-                    }
-                }
-                crate::DnsRecordType::Srv => {
-                    if name.is_empty() || name.contains(':') {
-                        c.at(
-                            dns,
-                            format!("{p}.name"),
-                            format!("`{name}` must be an SRV name like _http._tcp.example.com"),
-                        );
-                    }
-                }
-            }
-            if dns.min_ttl.is_zero() || dns.min_ttl.0 > dns.max_ttl.0 {
-                c.at(
-                    dns,
-                    format!("{p}.min_ttl"),
-                    "must be above 0 and at most max_ttl",
-                );
-            }
-        }
-        if let Some(file) = &d.file {
-            if file.path.trim().is_empty() {
-                c.at(
-                    file,
-                    format!("{path}.discovery.file.path"),
-                    "must not be empty",
-                );
-            }
-            if file.interval.is_zero() {
-                c.at(
-                    file,
-                    format!("{path}.discovery.file.interval"),
-                    "must be above 0",
-                );
-            }
-        }
-        if let Some(etcd) = &d.etcd {
-            let p = format!("{path}.discovery.etcd");
-            if etcd.endpoints.is_empty() {
-                c.at(
-                    etcd,
-                    format!("{p}.endpoints"),
-                    "list at least one etcd client URL",
-                );
-            }
-            for (k, ep) in etcd.endpoints.iter().enumerate() {
-                if !ep.starts_with("http://") || ep.len() <= "http://".len() {
-                    c.at(
-                        etcd,
-                        format!("{p}.endpoints[{k}]"),
-                        format!("`{ep}` must be an http:// URL (https is not supported yet)"),
-                    );
-                }
-            }
-            if etcd.prefix.is_empty() {
-                c.at(etcd, format!("{p}.prefix"), "must not be empty");
-            }
-        }
-        if let Some(consul) = &d.consul {
-            let p = format!("{path}.discovery.consul");
-            if !consul.address.starts_with("http://") {
-                c.at(
-                    consul,
-                    format!("{p}.address"),
-                    format!("`{}` must be an http:// URL", consul.address),
-                );
-            }
-            if consul.service.trim().is_empty() {
-                c.at(consul, format!("{p}.service"), "must not be empty");
-            }
-        }
-        if let Some(k8s) = &d.kubernetes {
-            let p = format!("{path}.discovery.kubernetes");
-            if k8s.service.trim().is_empty() {
-                c.at(k8s, format!("{p}.service"), "must not be empty");
-            }
-            if k8s.namespace.trim().is_empty() {
-                c.at(k8s, format!("{p}.namespace"), "must not be empty");
-            }
-            if let Some(api) = &k8s.api_server
-                && !api.starts_with("http://")
-                && !api.starts_with("https://")
-            {
-                c.at(
-                    k8s,
-                    format!("{p}.api_server"),
-                    format!("`{api}` must be a URL"),
-                );
-            }
-            if matches!(k8s.port, Some(crate::PortRef::Number(0))) {
-                c.at(k8s, format!("{p}.port"), "must be 1..=65535");
-            }
-        }
-        match &d.static_endpoints {
-            Some(endpoints) => {
-                for (j, ep) in endpoints.iter().enumerate() {
-                    let loc = Located {
-                        value: ep.address.clone(),
-                        line: ep.line,
-                        column: ep.column,
-                    };
-                    c.socket_addr(&loc, &format!("{path}.discovery.static[{j}]"));
-                    if ep.weight == 0 {
-                        c.at(
-                            ep,
-                            format!("{path}.discovery.static[{j}].weight"),
-                            "must be at least 1",
-                        );
-                    }
-                }
-            }
-            None if sources == 0 => c.at(
-                cluster,
-                format!("{path}.discovery"),
-                "no discovery source: set one of static, dns, file, etcd, consul or kubernetes",
-            ),
-            None => {}
-        }
+        validate_discovery(
+            &mut c,
+            &cluster.discovery,
+            cluster,
+            &format!("{path}.discovery"),
+        );
         let hashing = matches!(
             cluster.balancer.value,
             crate::BalancerKind::RingHash | crate::BalancerKind::Maglev
@@ -442,6 +297,153 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
     c.errors
 }
 
+/// Checks a `discovery` block (a cluster's, or a load-balancing exporter's `resolver`) at
+/// `path`; problems with the block as a whole are reported at `at`.
+fn validate_discovery<T>(c: &mut Collector<'_>, d: &crate::Discovery, at: &Located<T>, path: &str) {
+    let sources = [
+        d.static_endpoints.is_some(),
+        d.dns.is_some(),
+        d.file.is_some(),
+        d.etcd.is_some(),
+        d.consul.is_some(),
+        d.kubernetes.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    if sources > 1 {
+        c.at(
+            at,
+            path.to_string(),
+            "set exactly one discovery source (static, dns, file, etcd, consul or kubernetes)",
+        );
+    }
+    if let Some(dns) = &d.dns {
+        let p = format!("{path}.dns");
+        let name = dns.name.trim();
+        match dns.record_type {
+            crate::DnsRecordType::A => {
+                let ok = name
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    c.at(
+                        dns,
+                        format!("{p}.name"),
+                        format!("`{name}` must be host:port"),
+                    );
+                }
+            }
+            crate::DnsRecordType::Srv => {
+                if name.is_empty() || name.contains(':') {
+                    c.at(
+                        dns,
+                        format!("{p}.name"),
+                        format!("`{name}` must be an SRV name like _http._tcp.example.com"),
+                    );
+                }
+            }
+        }
+        if dns.min_ttl.is_zero() || dns.min_ttl.0 > dns.max_ttl.0 {
+            c.at(
+                dns,
+                format!("{p}.min_ttl"),
+                "must be above 0 and at most max_ttl",
+            );
+        }
+    }
+    if let Some(file) = &d.file {
+        if file.path.trim().is_empty() {
+            c.at(file, format!("{path}.file.path"), "must not be empty");
+        }
+        if file.interval.is_zero() {
+            c.at(file, format!("{path}.file.interval"), "must be above 0");
+        }
+    }
+    if let Some(etcd) = &d.etcd {
+        let p = format!("{path}.etcd");
+        if etcd.endpoints.is_empty() {
+            c.at(
+                etcd,
+                format!("{p}.endpoints"),
+                "list at least one etcd client URL",
+            );
+        }
+        for (k, ep) in etcd.endpoints.iter().enumerate() {
+            if !ep.starts_with("http://") || ep.len() <= "http://".len() {
+                c.at(
+                    etcd,
+                    format!("{p}.endpoints[{k}]"),
+                    format!("`{ep}` must be an http:// URL (https is not supported yet)"),
+                );
+            }
+        }
+        if etcd.prefix.is_empty() {
+            c.at(etcd, format!("{p}.prefix"), "must not be empty");
+        }
+    }
+    if let Some(consul) = &d.consul {
+        let p = format!("{path}.consul");
+        if !consul.address.starts_with("http://") {
+            c.at(
+                consul,
+                format!("{p}.address"),
+                format!("`{}` must be an http:// URL", consul.address),
+            );
+        }
+        if consul.service.trim().is_empty() {
+            c.at(consul, format!("{p}.service"), "must not be empty");
+        }
+    }
+    if let Some(k8s) = &d.kubernetes {
+        let p = format!("{path}.kubernetes");
+        if k8s.service.trim().is_empty() {
+            c.at(k8s, format!("{p}.service"), "must not be empty");
+        }
+        if k8s.namespace.trim().is_empty() {
+            c.at(k8s, format!("{p}.namespace"), "must not be empty");
+        }
+        if let Some(api) = &k8s.api_server
+            && !api.starts_with("http://")
+            && !api.starts_with("https://")
+        {
+            c.at(
+                k8s,
+                format!("{p}.api_server"),
+                format!("`{api}` must be a URL"),
+            );
+        }
+        if matches!(k8s.port, Some(crate::PortRef::Number(0))) {
+            c.at(k8s, format!("{p}.port"), "must be 1..=65535");
+        }
+    }
+    match &d.static_endpoints {
+        Some(endpoints) => {
+            for (j, ep) in endpoints.iter().enumerate() {
+                let loc = Located {
+                    value: ep.address.clone(),
+                    line: ep.line,
+                    column: ep.column,
+                };
+                c.socket_addr(&loc, &format!("{path}.static[{j}]"));
+                if ep.weight == 0 {
+                    c.at(
+                        ep,
+                        format!("{path}.static[{j}].weight"),
+                        "must be at least 1",
+                    );
+                }
+            }
+        }
+        None if sources == 0 => c.at(
+            at,
+            path.to_string(),
+            "no discovery source: set one of static, dns, file, etcd, consul or kubernetes",
+        ),
+        None => {}
+    }
+}
+
 fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::TelemetryConfig>) {
     let ratio = &t.tracing.sampling_ratio;
     if !(0.0..=1.0).contains(&ratio.value) {
@@ -577,11 +579,41 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
         }
         if let Some(lb) = &e.loadbalancing {
             let lpath = format!("{path}.loadbalancing");
-            if lb.backends.is_empty() {
-                c.at(
+            match (&lb.resolver, lb.backends.is_empty()) {
+                (None, true) => c.at(
                     lb,
                     format!("{lpath}.backends"),
-                    "list at least one backend URL",
+                    "list at least one backend URL, or set `resolver`",
+                ),
+                (Some(r), false) => c.at(
+                    r,
+                    format!("{lpath}.resolver"),
+                    "set exactly one of `backends` and `resolver`",
+                ),
+                (Some(r), true) => {
+                    validate_discovery(c, r, r, &format!("{lpath}.resolver"));
+                }
+                (None, false) => {
+                    for (field, set) in [
+                        ("scheme", lb.scheme.as_ref().map(|s| (s.line, s.column))),
+                        ("port", lb.port.as_ref().map(|p| (p.line, p.column))),
+                    ] {
+                        if let Some((line, column)) = set {
+                            c.push(line, column, format!("{lpath}.{field}"), "only used with `resolver` (discovered addresses); write it in the backend URLs instead");
+                        }
+                    }
+                }
+            }
+            if let Some(p) = &lb.port
+                && p.value == 0
+            {
+                c.at(p, format!("{lpath}.port"), "must be 1..=65535");
+            }
+            if lb.drain_timeout.value.is_zero() {
+                c.at(
+                    &lb.drain_timeout,
+                    format!("{lpath}.drain_timeout"),
+                    "must be above 0",
                 );
             }
             let mut seen = HashSet::new();

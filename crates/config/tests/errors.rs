@@ -350,3 +350,85 @@ fn loadbalancing_errors_name_the_backend() {
         "exactly one of `otlp_grpc`, `otlp_http` and `loadbalancing`",
     );
 }
+
+#[test]
+fn loadbalancing_resolver_takes_any_discovery_source() {
+    let c = parse_str(
+        "telemetry:\n  exporters:\n    - name: lb\n      loadbalancing:\n        resolver: { dns: { name: 'collectors.internal:4317' } }\n        scheme: https\n        port: 4318\n        protocol: otlp_http\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let t = c.telemetry.unwrap().value;
+    let lb = t.exporters[0].loadbalancing.clone().unwrap().value;
+    assert!(lb.backends.is_empty());
+    let r = lb.resolver.as_ref().unwrap();
+    assert_eq!(r.dns.as_ref().unwrap().name, "collectors.internal:4317");
+    assert_eq!(
+        lb.discovered_url("10.0.0.7:4317".parse().unwrap()),
+        "https://10.0.0.7:4318"
+    );
+    assert_eq!(
+        lb.discovered_url("[fd00::7]:4317".parse().unwrap()),
+        "https://[fd00::7]:4318"
+    );
+    assert_eq!(lb.drain_timeout.value.0, std::time::Duration::from_secs(10));
+
+    // Defaults: http, the discovered port.
+    let c = parse_str(
+        "telemetry:\n  exporters:\n    - loadbalancing:\n        resolver:\n          file: { path: /etc/collectors.yaml }\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let lb = c.telemetry.unwrap().value.exporters[0]
+        .loadbalancing
+        .clone()
+        .unwrap()
+        .value;
+    assert_eq!(
+        lb.discovered_url("10.0.0.7:4317".parse().unwrap()),
+        "http://10.0.0.7:4317"
+    );
+}
+
+#[test]
+fn loadbalancing_resolver_errors_name_field_and_line() {
+    let errs = errors(
+        "telemetry:\n  exporters:\n    - loadbalancing:\n        backends: [ http://a:4317 ]\n        resolver: { file: { path: x.yaml } }\n    - loadbalancing:\n        resolver:\n          dns: { name: nohostport }\n          file: { path: '' }\n        port: 0\n        drain_timeout: 0s\n    - loadbalancing:\n        backends: [ http://a:4317 ]\n        scheme: https\n        port: 4317\n    - loadbalancing: { resolver: {} }\n",
+    );
+    has(
+        &errs,
+        5,
+        "telemetry.exporters[0].loadbalancing.resolver",
+        "exactly one of `backends` and `resolver`",
+    );
+    let p = "telemetry.exporters[1].loadbalancing";
+    has(
+        &errs,
+        8,
+        &format!("{p}.resolver"),
+        "exactly one discovery source",
+    );
+    has(&errs, 8, &format!("{p}.resolver.dns.name"), "host:port");
+    has(
+        &errs,
+        9,
+        &format!("{p}.resolver.file.path"),
+        "must not be empty",
+    );
+    has(&errs, 10, &format!("{p}.port"), "1..=65535");
+    has(&errs, 11, &format!("{p}.drain_timeout"), "above 0");
+    let p = "telemetry.exporters[2].loadbalancing";
+    has(
+        &errs,
+        14,
+        &format!("{p}.scheme"),
+        "only used with `resolver`",
+    );
+    has(&errs, 15, &format!("{p}.port"), "only used with `resolver`");
+    has(
+        &errs,
+        16,
+        "telemetry.exporters[3].loadbalancing.resolver",
+        "no discovery source",
+    );
+}

@@ -47,6 +47,7 @@ pub struct Telemetry {
     receiver_stats: Arc<ReceiverStats>,
     store: Option<(Arc<Store>, Arc<StoreFeed>)>,
     exporters: Vec<Exporter>,
+    balancers: Vec<LoadBalancingExporter>,
 }
 
 /// An exporter as a pipeline consumer: a full queue refuses the batch, so the sender retries.
@@ -75,7 +76,8 @@ impl Consumer for ExportConsumer {
     }
 }
 
-/// A load-balancing exporter as a pipeline consumer: refused when a backend's queue is full.
+/// A load-balancing exporter as a pipeline consumer: refused (with nothing queued) when a
+/// backend's queue is full or there is no backend.
 struct LoadBalanceConsumer(LoadBalancingExporter);
 
 impl Consumer for LoadBalanceConsumer {
@@ -90,6 +92,10 @@ impl Consumer for LoadBalanceConsumer {
                 Refused::QueueFull(self.0.name().to_string())
             })
         })
+    }
+
+    fn ready(&self, max_wait: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(self.0.ready(max_wait))
     }
 }
 
@@ -126,6 +132,7 @@ impl Telemetry {
             None
         };
         let mut exporters = Vec::new();
+        let mut balancers = Vec::new();
         for (i, e) in cfg.exporters.iter().enumerate() {
             let name = e.name.clone().unwrap_or_else(|| format!("exporter-{i}"));
             if e.loadbalancing.is_some() {
@@ -140,9 +147,9 @@ impl Telemetry {
                     name,
                     reason: err.to_string(),
                 })?;
-                // Each backend reports (and shuts down) as exporter `<name>-<i>`.
-                exporters.extend(lb.backends().iter().cloned());
-                consumers.push(Arc::new(LoadBalanceConsumer(lb)));
+                // Each backend reports as exporter `<name>-<address>`.
+                consumers.push(Arc::new(LoadBalanceConsumer(lb.clone())));
+                balancers.push(lb);
                 continue;
             }
             let exporter = Exporter::start(name.clone(), &e.value, &cfg.batch, memory.clone())
@@ -196,6 +203,7 @@ impl Telemetry {
             receiver_stats,
             store,
             exporters,
+            balancers,
         }))
     }
 
@@ -229,7 +237,14 @@ impl Telemetry {
         self.pipeline.render_prometheus(out);
         self.receiver_stats.render_prometheus(out);
         self.recorder.render_prometheus(out);
-        Exporter::render_prometheus_all(&self.exporters, out);
+        let mut exporters = self.exporters.clone();
+        for lb in &self.balancers {
+            exporters.extend(lb.exporters());
+        }
+        Exporter::render_prometheus_all(&exporters, out);
+        if !self.balancers.is_empty() {
+            LoadBalancingExporter::render_prometheus_all(&self.balancers, out);
+        }
         if let Some((store, feed)) = &self.store {
             let stats = store.stats();
             crate::write_family(
@@ -282,6 +297,9 @@ impl Telemetry {
         // What is still queued gets until the drain deadline; the persistent queue keeps the rest.
         for e in &self.exporters {
             e.shutdown(drain).await;
+        }
+        for lb in &self.balancers {
+            lb.shutdown(drain).await;
         }
     }
 }

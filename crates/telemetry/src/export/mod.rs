@@ -137,6 +137,8 @@ struct Inner {
     /// The last export attempt failed: receivers are not paced (the queue absorbs the outage).
     failing: AtomicBool,
     stopping: AtomicBool,
+    /// Set by `retire`: what is left at the deadline is handed back, not dropped or closed.
+    retiring: AtomicBool,
     /// Set by `shutdown`: send what is queued until then.
     deadline: watch::Sender<Option<Instant>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -154,6 +156,170 @@ struct InFlight {
     items: u64,
     bytes: u64,
     seqs: Vec<u64>,
+    /// The queued batches it merged (reference-counted), handed back if a retiring exporter's
+    /// deadline cuts the request short.
+    parts: Vec<bytes::Bytes>,
+    part_items: Vec<u64>,
+}
+
+impl InFlight {
+    /// Its batches as queue entries again.
+    fn into_entries(self) -> impl Iterator<Item = queue::Entry> {
+        let signal = self.signal;
+        let now = Instant::now();
+        self.seqs
+            .into_iter()
+            .zip(self.parts)
+            .zip(self.part_items)
+            .map(move |((seq, payload), items)| queue::Entry {
+                seq,
+                batch: Batch::new(signal, payload, items),
+                arrived: now,
+            })
+    }
+}
+
+/// Queue space held for one batch: [`Reservation::commit`] queues the batch, dropping the
+/// reservation gives the space back. Lets a caller that splits a batch over several exporters
+/// queue either every part or none.
+pub(crate) struct Reservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+    live: bool,
+}
+
+impl Reservation {
+    /// Queues `batch` (the one the space was reserved for) in the reserved space. Only a
+    /// persistent queue's write can fail here ([`QueueFull::Io`]).
+    pub(crate) async fn commit(mut self, batch: Batch) -> Result<(), QueueFull> {
+        if !self.live {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        match &inner.queue {
+            Queue::Memory(m) => m.commit(batch, &inner.stats),
+            Queue::Wal(w) => {
+                let w = w.clone();
+                let appended = tokio::task::spawn_blocking(move || w.append_reserved(&batch))
+                    .await
+                    .unwrap_or(Err(QueueFull::Io));
+                if let Err(e) = appended {
+                    inner.stats.queue_full.fetch_add(1, Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        self.live = false;
+        inner.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.live {
+            match &self.inner.queue {
+                Queue::Memory(m) => m.unreserve(self.bytes),
+                Queue::Wal(w) => w.unreserve(self.bytes),
+            }
+        }
+    }
+}
+
+/// What a retired exporter still held at its deadline (queued, or in requests cut short), to be
+/// handed to other exporters. Memory: the bytes stay reserved until handed or abandoned.
+/// Persistent: records are acknowledged once handed; abandoned ones stay on disk.
+pub(crate) struct Leftovers {
+    inner: Arc<Inner>,
+}
+
+impl Leftovers {
+    /// The next batches to hand over; empty once nothing is left.
+    pub(crate) async fn take(&self) -> Vec<queue::Entry> {
+        let drain = |inner: &Inner| match &inner.queue {
+            Queue::Memory(m) => m.drain(),
+            Queue::Wal(w) => w.pending.lock().unwrap_or_else(|e| e.into_inner()).drain(),
+        };
+        let got = drain(&self.inner);
+        if !got.is_empty() {
+            return got;
+        }
+        if let Queue::Wal(w) = &self.inner.queue {
+            let w = w.clone();
+            match tokio::task::spawn_blocking(move || w.refill()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(exporter = %self.inner.name, error = %e, "persistent queue: reading records back failed");
+                }
+                Err(_) => {}
+            }
+            return drain(&self.inner);
+        }
+        Vec::new()
+    }
+
+    /// Records `entries` as taken by other exporters: frees their memory or acknowledges them.
+    pub(crate) async fn handed(&self, entries: Vec<queue::Entry>) {
+        let inner = &self.inner;
+        match &inner.queue {
+            Queue::Memory(m) => {
+                for e in entries {
+                    let b = e.batch;
+                    m.release(b.signal, b.items, b.len() as u64, &inner.stats);
+                }
+            }
+            Queue::Wal(w) => {
+                let w = w.clone();
+                let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.finish(&seqs)).await {
+                    tracing::error!(exporter = %inner.name, error = %e, "persistent queue: recording the acknowledgement failed (the records will be sent again after a restart)");
+                }
+            }
+        }
+    }
+
+    /// Everything was handed over: closes the queue; a persistent one's directory is removed.
+    pub(crate) async fn finish(self) {
+        if let Queue::Wal(w) = &self.inner.queue {
+            let w = w.clone();
+            let name = self.inner.name.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                w.close();
+                if let Err(e) = std::fs::remove_dir_all(w.dir()) {
+                    tracing::warn!(exporter = %name, dir = %w.dir().display(), error = %e, "cannot remove the queue directory of a retired backend");
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Gives up on `taken` and the rest: a memory queue drops them (counted as `shutdown`), a
+    /// persistent queue keeps them on disk for the next time this backend is started. Returns
+    /// the items dropped.
+    pub(crate) async fn abandon(self, taken: Vec<queue::Entry>) -> u64 {
+        let inner = &self.inner;
+        match &inner.queue {
+            Queue::Memory(m) => {
+                let mut left = taken;
+                left.extend(m.drain());
+                let items: u64 = left.iter().map(|e| e.batch.items).sum();
+                if items > 0 {
+                    tracing::warn!(exporter = %inner.name, items, "retired backend: dropping items no other backend took");
+                }
+                for e in left {
+                    let b = e.batch;
+                    inner.stats.failed(b.signal, DropReason::Shutdown, b.items);
+                    m.release(b.signal, b.items, b.len() as u64, &inner.stats);
+                }
+                items
+            }
+            Queue::Wal(w) => {
+                let w = w.clone();
+                let _ = tokio::task::spawn_blocking(move || w.close()).await;
+                0
+            }
+        }
+    }
 }
 
 /// Request headers from the config.
@@ -260,6 +426,7 @@ impl Exporter {
             room: Notify::new(),
             failing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
             deadline: watch::Sender::new(None),
             task: Mutex::new(None),
         });
@@ -297,30 +464,52 @@ impl Exporter {
 
     async fn push(&self, batch: Batch, priority: Priority) -> Result<(), QueueFull> {
         let inner = &self.inner;
-        let result = if inner.stopping.load(Relaxed) {
+        if priority == Priority::Receiver
+            && !batch.is_empty()
+            && !inner.stopping.load(Relaxed)
+            && !inner.pace(PACE_MAX_WAIT).await
+        {
+            inner.stats.queue_full.fetch_add(1, Relaxed);
+            return Err(QueueFull::Full);
+        }
+        self.reserve(&batch, priority)?.commit(batch).await
+    }
+
+    /// Reserves queue space for `batch` (refused as `enqueue` would refuse it); see
+    /// [`Reservation`].
+    pub(crate) fn reserve(
+        &self,
+        batch: &Batch,
+        priority: Priority,
+    ) -> Result<Reservation, QueueFull> {
+        let inner = &self.inner;
+        let reserved = if inner.stopping.load(Relaxed) {
             Err(QueueFull::ShuttingDown)
         } else if batch.is_empty() {
-            Ok(())
-        } else if priority == Priority::Receiver && !inner.pace(PACE_MAX_WAIT).await {
-            Err(QueueFull::Full)
+            Ok(0)
         } else {
             match &inner.queue {
-                Queue::Memory(m) => m.push(batch, priority, &inner.stats),
+                Queue::Memory(m) => {
+                    let n = batch.len() as u64;
+                    m.reserve(n, priority).map(|()| n)
+                }
                 Queue::Wal(w) => {
-                    let w = w.clone();
-                    tokio::task::spawn_blocking(move || w.append(&batch))
-                        .await
-                        .unwrap_or(Err(QueueFull::Io))
+                    let n = Wal::record_len(batch);
+                    w.reserve(n).map(|()| n)
                 }
             }
         };
-        match result {
-            Ok(()) => inner.wake.notify_one(),
-            Err(_) => {
+        match reserved {
+            Ok(bytes) => Ok(Reservation {
+                inner: inner.clone(),
+                bytes,
+                live: bytes > 0,
+            }),
+            Err(e) => {
                 inner.stats.queue_full.fetch_add(1, Relaxed);
+                Err(e)
             }
         }
-        result
     }
 
     /// A copy of the counters.
@@ -347,6 +536,33 @@ impl Exporter {
         let inner = &self.inner;
         inner.stopping.store(true, Relaxed);
         inner.deadline.send_replace(Some(Instant::now() + deadline));
+        self.join().await;
+    }
+
+    /// Like [`Exporter::shutdown`], but what is still queued or being sent at the deadline is
+    /// handed back (requests in flight are cut short and their batches returned) instead of
+    /// dropped or left on disk.
+    pub(crate) async fn retire(&self, drain: Duration) -> Leftovers {
+        let inner = &self.inner;
+        inner.retiring.store(true, Relaxed);
+        inner.stopping.store(true, Relaxed);
+        inner.deadline.send_replace(Some(Instant::now() + drain));
+        self.join().await;
+        Leftovers {
+            inner: inner.clone(),
+        }
+    }
+
+    /// Moves a stopping exporter's deadline to now.
+    pub(crate) fn hurry(&self) {
+        let inner = &self.inner;
+        if inner.stopping.load(Relaxed) {
+            inner.deadline.send_replace(Some(Instant::now()));
+        }
+    }
+
+    async fn join(&self) {
+        let inner = &self.inner;
         let task = inner.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task
             && let Err(e) = task.await
@@ -515,6 +731,8 @@ async fn run(inner: Arc<Inner>) {
                         items: taken.items,
                         bytes: taken.bytes,
                         seqs: taken.seqs,
+                        parts: taken.parts.clone(),
+                        part_items: taken.part_items,
                     };
                     inner.stats.in_flight.fetch_add(1, Relaxed);
                     bytes_in_flight += req.bytes;
@@ -562,6 +780,7 @@ async fn run(inner: Arc<Inner>) {
         }
     }
     // The deadline passed: stop what is still being sent or retried.
+    let retiring = inner.retiring.load(Relaxed);
     in_flight.abort_all();
     while let Some(res) = in_flight.join_next_with_id().await {
         let (id, outcome) = match res {
@@ -573,6 +792,17 @@ async fn run(inner: Arc<Inner>) {
         };
         match (outcome, &inner.queue) {
             (Some(outcome), _) => inner.finish(req, outcome).await,
+            // Retiring: the batches go back to the queue for the retirer to hand elsewhere.
+            (None, q) if retiring => {
+                inner.stats.in_flight.fetch_sub(1, Relaxed);
+                match q {
+                    Queue::Memory(m) => req.into_entries().for_each(|e| m.requeue(e)),
+                    Queue::Wal(w) => {
+                        let mut pending = w.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        req.into_entries().for_each(|e| pending.push(e));
+                    }
+                }
+            }
             // Unsent persistent records stay on disk for the next start.
             (None, Queue::Wal(_)) => {
                 inner.stats.in_flight.fetch_sub(1, Relaxed);
@@ -583,6 +813,10 @@ async fn run(inner: Arc<Inner>) {
                     .await;
             }
         }
+    }
+    if retiring {
+        // `Exporter::retire` hands the rest to its caller.
+        return;
     }
     match &inner.queue {
         Queue::Memory(m) => {

@@ -20,6 +20,9 @@ pub enum QueueFull {
     /// The exporter is shutting down.
     #[error("exporter is shutting down")]
     ShuttingDown,
+    /// A load-balancing exporter has no backend (its resolver has found none yet).
+    #[error("no backend available")]
+    NoBackend,
     /// The persistent queue could not write (disk full, I/O error; logged).
     #[error("persistent queue write failed")]
     Io,
@@ -55,6 +58,8 @@ pub(crate) struct Taken {
     pub parts: Vec<bytes::Bytes>,
     /// Sequence numbers of the merged entries (persistent queue acknowledgement).
     pub seqs: Vec<u64>,
+    /// Items of each part.
+    pub part_items: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +125,7 @@ impl Pending {
         let q = &mut self.sigs[i];
         let mut parts = Vec::new();
         let mut seqs = Vec::new();
+        let mut part_items = Vec::new();
         let (mut items, mut bytes) = (0u64, 0u64);
         while let Some(front) = q.entries.front() {
             let (fi, fb) = (front.batch.items, front.batch.len() as u64);
@@ -132,6 +138,7 @@ impl Pending {
             items += fi;
             bytes += fb;
             seqs.push(e.seq);
+            part_items.push(fi);
             parts.push(e.batch.payload);
         }
         q.items -= items;
@@ -142,6 +149,7 @@ impl Pending {
             bytes,
             parts,
             seqs,
+            part_items,
         }
     }
 
@@ -181,8 +189,17 @@ impl MemoryQueue {
         }
     }
 
+    #[cfg(test)]
     pub fn push(&self, batch: Batch, priority: Priority, stats: &Stats) -> Result<(), QueueFull> {
-        let n = batch.len() as u64;
+        self.reserve(batch.len() as u64, priority)?;
+        self.commit(batch, stats);
+        Ok(())
+    }
+
+    /// Takes `n` bytes of the queue's bound and of the memory limiter for a batch about to be
+    /// committed; refused when either is full (a lone batch larger than the bound still fits an
+    /// empty queue).
+    pub fn reserve(&self, n: u64, priority: Priority) -> Result<(), QueueFull> {
         self.bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 (b + n <= self.max_bytes || b == 0).then_some(b + n)
@@ -192,18 +209,37 @@ impl MemoryQueue {
             self.bytes.fetch_sub(n, Ordering::AcqRel);
             return Err(QueueFull::MemoryLimit);
         }
-        stats.queued(batch.signal, batch.items, n);
+        Ok(())
+    }
+
+    /// Gives back a reservation that was not committed.
+    pub fn unreserve(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(n))
+            });
+        self.limiter.release(n);
+    }
+
+    /// Queues `batch` in the space reserved for it (never refused).
+    pub fn commit(&self, batch: Batch, stats: &Stats) {
+        stats.queued(batch.signal, batch.items, batch.len() as u64);
         let entry = Entry {
             seq: 0,
             batch,
             arrived: Instant::now(),
         };
-        let items = entry.batch.items;
+        self.requeue(entry);
+    }
+
+    /// Puts an entry (back) in the queue; its bytes are already counted in the bound.
+    pub fn requeue(&self, entry: Entry) {
+        let (items, n) = (entry.batch.items, entry.batch.len() as u64);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.push(entry);
         self.waiting_items.fetch_add(items, Ordering::Relaxed);
         self.waiting.fetch_add(n, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Removes everything waiting (at shutdown).
@@ -324,6 +360,29 @@ mod tests {
         assert_eq!((t.signal, t.seqs), (Signal::Traces, vec![0, 2]));
         let t = p.take_ready(t0, &limits, true).unwrap();
         assert_eq!((t.signal, t.seqs), (Signal::Metrics, vec![1]));
+    }
+
+    #[test]
+    fn reservations_hold_queue_and_memory_until_committed_or_dropped() {
+        let limiter = Arc::new(MemoryLimiter::new(1000, 1000));
+        let stats = Stats::default();
+        let q = MemoryQueue::new(100, limiter.clone());
+        q.reserve(60, Priority::Receiver).unwrap();
+        assert_eq!(q.reserve(60, Priority::Receiver), Err(QueueFull::Full));
+        assert_eq!(limiter.used(), 60);
+        q.unreserve(60);
+        assert_eq!(limiter.used(), 0);
+        q.reserve(60, Priority::Receiver).unwrap();
+        q.commit(batch(Signal::Traces, 2, 60), &stats);
+        assert_eq!(
+            stats
+                .sig(Signal::Traces)
+                .queued_items
+                .load(Ordering::Relaxed),
+            2
+        );
+        assert!(!q.pending.lock().unwrap().is_empty());
+        assert_eq!(q.reserve(60, Priority::Receiver), Err(QueueFull::Full));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -74,7 +75,6 @@ struct State {
     reader_file: Option<(u64, BufReader<File>)>,
     outstanding: BTreeMap<u64, Loaded>,
     loaded_bytes: u64,
-    unacked_bytes: u64,
     acked: u64,
     dirty: bool,
 }
@@ -87,6 +87,9 @@ pub(crate) struct Wal {
     /// Loaded records waiting to be taken by the sender.
     pub pending: Mutex<Pending>,
     stats: Arc<Stats>,
+    /// Unacknowledged record bytes plus reservations (appends about to happen), against
+    /// `opts.max_bytes`.
+    used: AtomicU64,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -304,7 +307,6 @@ impl Wal {
             reader_file: None,
             outstanding: BTreeMap::new(),
             loaded_bytes: 0,
-            unacked_bytes,
             acked,
             dirty: false,
         };
@@ -314,6 +316,7 @@ impl Wal {
             state: Mutex::new(Some(state)),
             pending: Mutex::new(Pending::default()),
             stats,
+            used: AtomicU64::new(unacked_bytes),
         };
         wal.refill()?;
         Ok(wal)
@@ -380,14 +383,53 @@ impl Wal {
 
     /// Appends `batch` (durably when the policy is `always`) and, when the sender has caught up
     /// with the disk, hands it straight to the pending queue.
+    #[cfg(test)]
     pub fn append(&self, batch: &Batch) -> Result<(), QueueFull> {
+        if self.is_closed() {
+            return Err(QueueFull::ShuttingDown);
+        }
+        let n = Wal::record_len(batch);
+        self.reserve(n)?;
+        let result = self.append_reserved(batch);
+        if result.is_err() {
+            self.unreserve(n);
+        }
+        result
+    }
+
+    /// Bytes `batch` takes in the log.
+    pub fn record_len(batch: &Batch) -> u64 {
+        (HEADER + batch.len()) as u64
+    }
+
+    /// Takes `n` bytes of the bound for a record about to be appended with
+    /// [`Wal::append_reserved`]; refused when full (a lone record larger than the bound still
+    /// fits an empty log).
+    pub fn reserve(&self, n: u64) -> Result<(), QueueFull> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b == 0 || b + n <= self.opts.max_bytes).then_some(b + n)
+            })
+            .map(|_| ())
+            .map_err(|_| QueueFull::Full)
+    }
+
+    /// Gives back a reservation that was not appended.
+    pub fn unreserve(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+
+    /// Appends `batch` in space reserved with [`Wal::reserve`] (refused only when closed or on
+    /// an I/O error; the reservation then stays the caller's to give back).
+    pub fn append_reserved(&self, batch: &Batch) -> Result<(), QueueFull> {
         let mut guard = lock(&self.state);
         let st = guard.as_mut().ok_or(QueueFull::ShuttingDown)?;
         let rec = encode(batch);
         let rec_len = rec.len() as u64;
-        if st.unacked_bytes > 0 && st.unacked_bytes + rec_len > self.opts.max_bytes {
-            return Err(QueueFull::Full);
-        }
         let result = self.write_record(st, &rec);
         if let Err(e) = result {
             tracing::error!(dir = %self.dir.display(), error = %e, "persistent queue: append failed");
@@ -395,7 +437,6 @@ impl Wal {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.unacked_bytes += rec_len;
         self.stats
             .queued(batch.signal, batch.items, batch.len() as u64);
         let active_len = st
@@ -563,7 +604,7 @@ impl Wal {
                 break;
             }
             let o = entry.remove();
-            st.unacked_bytes = st.unacked_bytes.saturating_sub(HEADER as u64 + o.payload);
+            self.unreserve(HEADER as u64 + o.payload);
             self.stats.dequeued(o.signal, o.items, o.payload);
         }
         let ack = st
@@ -604,6 +645,11 @@ impl Wal {
             st.active.try_clone()?
         };
         file.sync_data()
+    }
+
+    /// The queue directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// True once closed.
@@ -869,6 +915,31 @@ mod tests {
         assert_eq!(w.append(&batch(6)), Err(QueueFull::Full));
         w.close();
         assert_eq!(w.append(&batch(6)), Err(QueueFull::ShuttingDown));
+    }
+
+    #[test]
+    fn reservations_count_against_the_bound_until_appended_or_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts();
+        let rec = Wal::record_len(&batch(0));
+        o.max_bytes = rec * 3;
+        let (w, _) = open(dir.path(), o);
+        w.reserve(rec).unwrap();
+        w.reserve(rec).unwrap();
+        w.append(&batch(0)).unwrap();
+        assert_eq!(w.reserve(rec), Err(QueueFull::Full));
+        assert_eq!(w.append(&batch(1)), Err(QueueFull::Full));
+        w.unreserve(rec);
+        w.append_reserved(&batch(1)).unwrap();
+        // The first reservation became record 1; the second was given back.
+        let seqs: Vec<u64> = drain(&w).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs.len(), 2);
+        w.reserve(rec).unwrap();
+        assert_eq!(w.reserve(rec), Err(QueueFull::Full));
+        w.finish(&seqs).unwrap();
+        w.reserve(rec).unwrap();
+        w.reserve(rec).unwrap();
+        assert_eq!(w.reserve(rec), Err(QueueFull::Full));
     }
 
     #[test]
