@@ -413,7 +413,8 @@ fn print_table(outcomes: &[Outcome]) {
     println!("(latencies in µs; cpu/mesh = the target's CPU per request divided by otlp-mesh's)");
 }
 
-/// `otlp-mesh bench-upstream`: a minimal fast HTTP/1.1 + h2c server answering a 20-byte body.
+/// `otlp-mesh bench-upstream`: a minimal fast HTTP/1.1 + h2c server answering a 20-byte body,
+/// and over HTTP/2 a gRPC echo service on every path (see [`answer`]).
 pub fn upstream(bind: SocketAddr) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -435,13 +436,7 @@ pub fn upstream(bind: SocketAddr) -> ExitCode {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(
-                            b"hello from upstream\n",
-                        )),
-                    ))
-                });
+                let svc = hyper::service::service_fn(answer);
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
@@ -457,4 +452,44 @@ pub fn upstream(bind: SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+type Trailers = std::future::Ready<Option<Result<http::HeaderMap, std::convert::Infallible>>>;
+type UpstreamBody =
+    http_body_util::combinators::WithTrailers<http_body_util::Full<bytes::Bytes>, Trailers>;
+
+/// One `bench-upstream` answer. An HTTP/2 request with `content-type: application/grpc*` is a
+/// unary gRPC call to the echo service (`/otlpmesh.bench.Echo/Echo`, but any path answers): its
+/// length-prefixed message comes back as it was sent (with the request's `grpc-encoding`, if
+/// any), then the trailer `grpc-status: 0`. Anything else gets `hello from upstream\n`.
+async fn answer(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<UpstreamBody>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let grpc = req.version() == http::Version::HTTP_2
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"hello from upstream\n"));
+        return Ok(http::Response::new(
+            body.with_trailers(std::future::ready(None)),
+        ));
+    }
+    let encoding = req.headers().get("grpc-encoding").cloned();
+    let message = req.into_body().collect().await?.to_bytes();
+    let mut trailers = http::HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body =
+        http_body_util::Full::new(message).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut resp = http::Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    if let Some(e) = encoding {
+        resp.headers_mut().insert("grpc-encoding", e);
+    }
+    Ok(resp)
 }
