@@ -1,6 +1,6 @@
 //! `otlp-mesh bench`: command-line front of the `otlp-mesh-bench` crate.
 
-use otlp_mesh_bench::{BenchConfig, Protocol, Report, compare};
+use otlp_mesh_bench::{BenchConfig, GRPC_ECHO_METHOD, Protocol, Report, compare};
 use otlp_mesh_config::Duration;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,12 +8,13 @@ use std::process::ExitCode;
 /// Arguments of `otlp-mesh bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Target URL, e.g. http://127.0.0.1:8080/
+    /// Target URL, e.g. http://127.0.0.1:8080/ (for gRPC the path may name the method:
+    /// http://127.0.0.1:8080/pkg.Service/Method).
     url: http::Uri,
     /// TCP connections.
     #[arg(long, short = 'c', default_value_t = 50)]
     connections: usize,
-    /// Concurrent streams per connection (h2c only).
+    /// Concurrent streams per connection (h2c and gRPC).
     #[arg(long, default_value_t = 1)]
     streams: usize,
     /// Measured duration.
@@ -25,14 +26,25 @@ pub struct BenchArgs {
     /// Open loop at this total rate (requests/s) with coordinated-omission correction; closed loop when absent.
     #[arg(long)]
     rate: Option<f64>,
-    /// Speak h2c (HTTP/2 with prior knowledge) instead of HTTP/1.1.
-    #[arg(long)]
+    /// Wire protocol: http1, h2c (HTTP/2 with prior knowledge) or grpc (unary gRPC over h2c).
+    #[arg(long, default_value = "http1")]
+    protocol: Protocol,
+    /// Same as `--protocol h2c`.
+    #[arg(long, conflicts_with = "protocol")]
     h2c: bool,
-    #[arg(long, default_value = "GET")]
-    method: http::Method,
-    /// Request body.
+    /// gRPC method `/package.Service/Method` (default: the URL's path, or the built-in echo
+    /// `/otlpmesh.bench.Echo/Echo` of `bench-upstream` when the path is `/`).
+    #[arg(long)]
+    grpc_method: Option<String>,
+    /// HTTP method (default GET; gRPC always sends POST).
+    #[arg(long)]
+    method: Option<http::Method>,
+    /// Request body; for gRPC the raw (protobuf) message, which the generator frames.
     #[arg(long, default_value = "")]
     body: String,
+    /// Request body read from a file as raw bytes (e.g. an encoded protobuf message for gRPC).
+    #[arg(long, conflicts_with = "body")]
+    body_file: Option<PathBuf>,
     /// Extra request header `name: value` (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
@@ -90,6 +102,24 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("header `{k}` value: {e}"))?;
         headers.push((name, value));
     }
+    let protocol = if args.h2c {
+        Protocol::H2c
+    } else {
+        args.protocol
+    };
+    let url = target_url(&args.url, protocol, args.grpc_method.as_deref())?;
+    if protocol == Protocol::Grpc
+        && args
+            .method
+            .as_ref()
+            .is_some_and(|m| m != http::Method::POST)
+    {
+        return Err("gRPC always uses POST: drop --method".into());
+    }
+    let body = match &args.body_file {
+        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        None => args.body.clone().into_bytes(),
+    };
     let baseline: Option<Report> = match &args.baseline {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -102,14 +132,10 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let cfg = BenchConfig {
-        url: args.url.clone(),
-        protocol: if args.h2c {
-            Protocol::H2c
-        } else {
-            Protocol::Http1
-        },
-        method: args.method.clone(),
-        body: bytes::Bytes::from(args.body.clone()),
+        url,
+        protocol,
+        method: args.method.clone().unwrap_or(http::Method::GET),
+        body: bytes::Bytes::from(body),
         headers,
         connections: args.connections,
         streams_per_connection: args.streams,
@@ -179,4 +205,98 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URL to load: for gRPC the method from `--grpc-method`, else the URL's own path, else the
+/// built-in echo method; checked to be `/package.Service/Method`.
+fn target_url(
+    url: &http::Uri,
+    protocol: Protocol,
+    grpc_method: Option<&str>,
+) -> Result<http::Uri, String> {
+    if protocol != Protocol::Grpc {
+        if grpc_method.is_some() {
+            return Err("--grpc-method needs --protocol grpc".into());
+        }
+        return Ok(url.clone());
+    }
+    if url.query().is_some() {
+        return Err(format!("gRPC url `{url}` must not have a query"));
+    }
+    let path = url.path();
+    let method = match grpc_method {
+        Some(m) if path != "/" && path != m => {
+            return Err(format!(
+                "the url path `{path}` and --grpc-method `{m}` differ: give the method once"
+            ));
+        }
+        Some(m) => m,
+        None if path == "/" => GRPC_ECHO_METHOD,
+        None => path,
+    };
+    otlp_mesh_bench::check_grpc_method(method)?;
+    let mut parts = url.clone().into_parts();
+    parts.path_and_query = Some(
+        method
+            .parse()
+            .map_err(|e| format!("gRPC method `{method}`: {e}"))?,
+    );
+    http::Uri::from_parts(parts).map_err(|e| format!("url with gRPC method `{method}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &'static str) -> http::Uri {
+        http::Uri::from_static(u)
+    }
+
+    #[test]
+    fn grpc_method_comes_from_the_flag_the_path_or_the_echo_default() {
+        let t = |u, m| target_url(&url(u), Protocol::Grpc, m).map(|u| u.to_string());
+        assert_eq!(
+            t("http://h:1/", None).unwrap(),
+            "http://h:1/otlpmesh.bench.Echo/Echo"
+        );
+        assert_eq!(
+            t("http://h:1", None).unwrap(),
+            "http://h:1/otlpmesh.bench.Echo/Echo"
+        );
+        assert_eq!(t("http://h:1/a.B/C", None).unwrap(), "http://h:1/a.B/C");
+        assert_eq!(
+            t("http://h:1/", Some("/a.B/C")).unwrap(),
+            "http://h:1/a.B/C"
+        );
+        assert_eq!(
+            t("http://h:1/a.B/C", Some("/a.B/C")).unwrap(),
+            "http://h:1/a.B/C"
+        );
+        assert!(
+            t("http://h:1/a.B/C", Some("/x.Y/Z"))
+                .unwrap_err()
+                .contains("differ")
+        );
+        assert!(
+            t("http://h:1/", Some("a.B/C"))
+                .unwrap_err()
+                .contains("start with `/`")
+        );
+        assert!(
+            t("http://h:1/a.B", None)
+                .unwrap_err()
+                .contains("/package.Service/Method")
+        );
+        assert!(t("http://h:1/a.B/C?x", None).unwrap_err().contains("query"));
+        // Other protocols keep the url and refuse --grpc-method.
+        assert_eq!(
+            target_url(&url("http://h:1/x"), Protocol::H2c, None).unwrap(),
+            url("http://h:1/x")
+        );
+        assert!(
+            target_url(&url("http://h:1/"), Protocol::Http1, Some("/a/b"))
+                .unwrap_err()
+                .contains("needs --protocol grpc")
+        );
+    }
 }

@@ -3,8 +3,11 @@
 //!
 //! Cores: every proxy runs alone on `--proxy-core`; the generator and the upstream share
 //! `--load-core`. The configs are `bench/configs/*` (embedded), so anyone can rerun them by hand.
+//!
+//! `--protocol h2c|grpc` speaks HTTP/2 with prior knowledge on both sides of every proxy
+//! (`*-h2*` / `nginx-grpc.conf` configs); gRPC calls the upstream's echo method.
 
-use otlp_mesh_bench::Report;
+use otlp_mesh_bench::{Protocol, Report};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -15,6 +18,15 @@ const HAPROXY: &str = include_str!("../bench/configs/haproxy.cfg");
 const ENVOY: &str = include_str!("../bench/configs/envoy.yaml");
 const MESH: &str = include_str!("../bench/configs/otlp-mesh.yaml");
 const MESH_TELEMETRY: &str = include_str!("../bench/configs/otlp-mesh-telemetry.yaml");
+const NGINX_GRPC: &str = include_str!("../bench/configs/nginx-grpc.conf");
+const HAPROXY_H2: &str = include_str!("../bench/configs/haproxy-h2.cfg");
+const ENVOY_H2: &str = include_str!("../bench/configs/envoy-h2.yaml");
+const MESH_H2: &str = include_str!("../bench/configs/otlp-mesh-h2.yaml");
+const MESH_TELEMETRY_H2: &str = include_str!("../bench/configs/otlp-mesh-telemetry-h2.yaml");
+
+/// The gRPC message the generator sends in `--protocol grpc` runs (echoed by the upstream): a
+/// protobuf message with field 1 = the 20 bytes the upstream answers to plain HTTP requests.
+const GRPC_MESSAGE: &[u8] = b"\x0a\x14hello from upstream\n";
 
 /// Arguments of `otlp-mesh bench-compare`.
 #[derive(clap::Args, Debug)]
@@ -25,9 +37,16 @@ pub struct CompareArgs {
     /// Warm-up per target, excluded from results.
     #[arg(long, default_value = "2s")]
     warmup: otlp_mesh_config::Duration,
-    /// Connections (HTTP/1.1 keep-alive).
+    /// Connections (HTTP/1.1 keep-alive, or HTTP/2).
     #[arg(long, short = 'c', default_value_t = 50)]
     connections: usize,
+    /// Protocol on both sides of every proxy: http1, h2c (HTTP/2 with prior knowledge) or grpc
+    /// (unary calls to the upstream's echo method over h2c).
+    #[arg(long, default_value = "http1")]
+    protocol: Protocol,
+    /// Concurrent streams per connection (h2c and grpc).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
     /// Open loop at this total rate (added latency at a fixed load); closed loop when absent.
     #[arg(long)]
     rate: Option<f64>,
@@ -121,10 +140,13 @@ fn measure(
     args: &CompareArgs,
     addr: SocketAddr,
     pid: Option<u32>,
+    body: Option<&Path>,
 ) -> Result<Report, String> {
     let mut cmd = vec![
         "bench".to_string(),
         format!("http://{addr}/"),
+        "--protocol".into(),
+        args.protocol.to_string(),
         "-c".into(),
         args.connections.to_string(),
         "-d".into(),
@@ -140,6 +162,12 @@ fn measure(
     if let Some(p) = pid {
         cmd.extend(["--pid".into(), p.to_string()]);
     }
+    if args.protocol.is_h2() {
+        cmd.extend(["--streams".into(), args.streams.to_string()]);
+    }
+    if let Some(body) = body {
+        cmd.extend(["--body-file".into(), body.display().to_string()]);
+    }
     let out = Command::new("taskset")
         .arg("-c")
         .arg(args.load_core.to_string())
@@ -154,8 +182,16 @@ fn measure(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("generator output is not a report: {e}"))
+    let report: Report = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("generator output is not a report: {e}"))?;
+    if report.ok == 0 {
+        return Err(format!(
+            "no request succeeded ({} errors: {:?})",
+            report.errors.total(),
+            report.errors
+        ));
+    }
+    Ok(report)
 }
 
 /// Runs the comparison; exit 1 when it cannot run at all (no taskset, no upstream).
@@ -205,35 +241,63 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
     )?;
     wait_listening(&mut up, upstream).map_err(|e| format!("upstream: {e}"))?;
     eprintln!(
-        "upstream on {upstream} (core {}); proxies on core {}",
-        args.load_core, args.proxy_core
+        "upstream on {upstream} (core {}); proxies on core {}; protocol {}",
+        args.load_core, args.proxy_core, args.protocol
     );
 
+    let body = match args.protocol {
+        Protocol::Grpc => {
+            let path = dir.join("grpc-message.bin");
+            write_bytes(&path, GRPC_MESSAGE)?;
+            Some(path)
+        }
+        Protocol::Http1 | Protocol::H2c => None,
+    };
+    let body = body.as_deref();
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut outcomes = Vec::new();
     if wanted("direct") {
-        let direct = measure(me, args, upstream, None);
+        let direct = measure(me, args, upstream, None, body);
         outcomes.push(outcome("direct", direct));
     }
 
-    type Start = fn(&Path, &Path, SocketAddr, SocketAddr) -> Result<(PathBuf, Vec<String>), String>;
+    type Start = fn(
+        &Path,
+        &Path,
+        SocketAddr,
+        SocketAddr,
+        Protocol,
+    ) -> Result<(PathBuf, Vec<String>), String>;
     let peers: [(&'static str, Option<PathBuf>, Start); 5] = [
         (
             "otlp-mesh",
             Some(me.to_path_buf()),
-            |me, dir, listen, up| start_mesh(MESH, me, dir, listen, up),
+            |me, dir, listen, up, protocol| {
+                let template = if protocol.is_h2() { MESH_H2 } else { MESH };
+                start_mesh(template, me, dir, listen, up)
+            },
         ),
         (
             "otlp-mesh+telemetry",
             Some(me.to_path_buf()),
-            |me, dir, listen, up| start_mesh(MESH_TELEMETRY, me, dir, listen, up),
+            |me, dir, listen, up, protocol| {
+                let template = if protocol.is_h2() {
+                    MESH_TELEMETRY_H2
+                } else {
+                    MESH_TELEMETRY
+                };
+                start_mesh(template, me, dir, listen, up)
+            },
         ),
-        ("nginx", find("nginx"), |bin, dir, listen, up| {
+        ("nginx", find("nginx"), |bin, dir, listen, up, protocol| {
             let cfg = dir.join("nginx.conf");
+            // nginx speaks HTTP/2 to an upstream only through its gRPC module (`grpc_pass`),
+            // which forwards any HTTP/2 request, gRPC or not.
+            let template = if protocol.is_h2() { NGINX_GRPC } else { NGINX };
             write(
                 &cfg,
                 &fill(
-                    NGINX,
+                    template,
                     &[
                         ("dir", dir.display().to_string()),
                         ("listen", listen.to_string()),
@@ -251,21 +315,30 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
                 ],
             ))
         }),
-        ("haproxy", find("haproxy"), |bin, dir, listen, up| {
-            let cfg = dir.join("haproxy.cfg");
-            write(
-                &cfg,
-                &fill(
-                    HAPROXY,
-                    &[("listen", listen.to_string()), ("upstream", up.to_string())],
-                ),
-            )?;
-            Ok((
-                bin.to_path_buf(),
-                vec!["-f".into(), cfg.display().to_string()],
-            ))
-        }),
-        ("envoy", find("envoy"), |bin, dir, listen, up| {
+        (
+            "haproxy",
+            find("haproxy"),
+            |bin, dir, listen, up, protocol| {
+                let cfg = dir.join("haproxy.cfg");
+                let template = if protocol.is_h2() {
+                    HAPROXY_H2
+                } else {
+                    HAPROXY
+                };
+                write(
+                    &cfg,
+                    &fill(
+                        template,
+                        &[("listen", listen.to_string()), ("upstream", up.to_string())],
+                    ),
+                )?;
+                Ok((
+                    bin.to_path_buf(),
+                    vec!["-f".into(), cfg.display().to_string()],
+                ))
+            },
+        ),
+        ("envoy", find("envoy"), |bin, dir, listen, up, protocol| {
             let cfg = dir.join("envoy.yaml");
             let pairs = [
                 ("listen_host", listen.ip().to_string()),
@@ -273,7 +346,8 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
                 ("upstream_host", up.ip().to_string()),
                 ("upstream_port", up.port().to_string()),
             ];
-            write(&cfg, &fill(ENVOY, &pairs))?;
+            let template = if protocol.is_h2() { ENVOY_H2 } else { ENVOY };
+            write(&cfg, &fill(template, &pairs))?;
             let args = [
                 "-c",
                 &cfg.display().to_string(),
@@ -303,13 +377,14 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
             continue;
         };
         let listen = free_addr()?;
-        let result = start(&bin, dir, listen, upstream).and_then(|(program, argv)| {
-            let mut proc = pinned(args.proxy_core, &program, &argv)?;
-            wait_listening(&mut proc, listen)?;
-            let pid = proc.0.id();
-            // `taskset` execs the program, so the child's pid is the proxy's.
-            measure(me, args, listen, Some(pid))
-        });
+        let result =
+            start(&bin, dir, listen, upstream, args.protocol).and_then(|(program, argv)| {
+                let mut proc = pinned(args.proxy_core, &program, &argv)?;
+                wait_listening(&mut proc, listen)?;
+                let pid = proc.0.id();
+                // `taskset` execs the program, so the child's pid is the proxy's.
+                measure(me, args, listen, Some(pid), body)
+            });
         outcomes.push(outcome(name, result));
     }
     drop(up);
@@ -349,7 +424,11 @@ fn start_mesh(
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_bytes(path, text.as_bytes())
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn outcome(name: &'static str, r: Result<Report, String>) -> Outcome {
@@ -377,13 +456,13 @@ fn print_table(outcomes: &[Outcome]) {
         .and_then(|r| r.processes.first())
         .map(|p| p.cpu_us_per_request);
     println!(
-        "{:<10} {:>12} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10}",
-        "target", "req/s", "p50", "p99", "p99.9", "cpu-µs/req", "rss-MiB", "cpu/mesh"
+        "{:<19} {:>12} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>7}",
+        "target", "req/s", "p50", "p99", "p99.9", "cpu-µs/req", "rss-MiB", "cpu/mesh", "errors"
     );
     for o in outcomes {
         let Some(r) = &o.report else {
             println!(
-                "{:<10} {} ({})",
+                "{:<19} {} ({})",
                 o.name,
                 o.status,
                 o.reason.as_deref().unwrap_or("")
@@ -393,7 +472,7 @@ fn print_table(outcomes: &[Outcome]) {
         let p = r.processes.first();
         let cpu = p.map(|p| p.cpu_us_per_request);
         println!(
-            "{:<10} {:>12.0} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10}",
+            "{:<19} {:>12.0} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>7}",
             o.name,
             r.throughput_rps,
             r.latency.p50_us,
@@ -407,13 +486,15 @@ fn print_table(outcomes: &[Outcome]) {
             match (cpu, mesh_cpu) {
                 (Some(c), Some(m)) if m > 0.0 => format!("{:.2}×", c / m),
                 _ => "-".into(),
-            }
+            },
+            r.errors.total()
         );
     }
     println!("(latencies in µs; cpu/mesh = the target's CPU per request divided by otlp-mesh's)");
 }
 
-/// `otlp-mesh bench-upstream`: a minimal fast HTTP/1.1 + h2c server answering a 20-byte body.
+/// `otlp-mesh bench-upstream`: a minimal fast HTTP/1.1 + h2c server answering a 20-byte body,
+/// and over HTTP/2 a gRPC echo service on every path (see [`answer`]).
 pub fn upstream(bind: SocketAddr) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -435,13 +516,7 @@ pub fn upstream(bind: SocketAddr) -> ExitCode {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(
-                            b"hello from upstream\n",
-                        )),
-                    ))
-                });
+                let svc = hyper::service::service_fn(answer);
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
@@ -457,4 +532,50 @@ pub fn upstream(bind: SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+type Trailers = std::future::Ready<Option<Result<http::HeaderMap, std::convert::Infallible>>>;
+type UpstreamBody =
+    http_body_util::combinators::WithTrailers<http_body_util::Full<bytes::Bytes>, Trailers>;
+
+/// One `bench-upstream` answer. An HTTP/2 request with `content-type: application/grpc*` is a
+/// unary gRPC call to the echo service (`/otlpmesh.bench.Echo/Echo`, but any path answers): its
+/// length-prefixed message comes back as it was sent (with the request's `grpc-encoding`, if
+/// any), then the trailer `grpc-status: 0`. Anything else gets `hello from upstream\n`.
+async fn answer(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<UpstreamBody>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let grpc = req.version() == http::Version::HTTP_2
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        // Read what the request still sends (an HTTP/2 proxy may end even a GET with an empty
+        // DATA frame): answering first would reset the stream.
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"hello from upstream\n"));
+        return Ok(http::Response::new(
+            body.with_trailers(std::future::ready(None)),
+        ));
+    }
+    let encoding = req.headers().get("grpc-encoding").cloned();
+    let message = req.into_body().collect().await?.to_bytes();
+    let mut trailers = http::HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body =
+        http_body_util::Full::new(message).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut resp = http::Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    if let Some(e) = encoding {
+        resp.headers_mut().insert("grpc-encoding", e);
+    }
+    Ok(resp)
 }

@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Generate HTTP/1.1 or h2c load against a URL and report latency percentiles, throughput,
+    /// Generate HTTP/1.1, h2c or unary gRPC load against a URL and report latency percentiles, throughput,
     /// errors and the CPU and memory of given processes.
     Bench(Box<bench::BenchArgs>),
     /// Measure otlp-mesh and each installed peer (nginx, haproxy, Envoy) in front of the same

@@ -1,12 +1,14 @@
 //! `otlp-mesh bench` against an in-process server: the JSON report's fields and counts (with the
 //! throughput timeline and latency distribution), the open-loop mode, the baseline comparison's
-//! exit status (also against a report from before the timeline existed), and the HTML report
-//! with the run history.
+//! exit status (also against a report from before the timeline existed), the HTML report
+//! with the run history, the gRPC mode (against `bench-upstream`'s echo service and a server
+//! answering error statuses) and `bench-compare` over HTTP/1.1, h2c and gRPC.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::*;
+use http_body_util::BodyExt;
 use std::time::Duration;
 
 fn bench(args: &[&str]) -> Proc {
@@ -261,6 +263,31 @@ fn bad_arguments_are_explained() {
     let mut p = bench(&["ftp://example/", "-d", "1s"]);
     assert_eq!(p.exit_code(), Some(1));
     assert!(p.stderr().contains("must be http://"), "{}", p.stderr());
+    for (args, why) in [
+        (
+            &["--protocol", "grpc", "--grpc-method", "pkg.Svc/M"][..],
+            "does not start with `/`",
+        ),
+        (
+            &["--protocol", "grpc", "--grpc-method", "/pkg.Svc"],
+            "no `/` between",
+        ),
+        (&["--grpc-method", "/pkg.Svc/M"], "needs --protocol grpc"),
+        (
+            &["--protocol", "grpc", "--method", "GET"],
+            "always uses POST",
+        ),
+        (&["--body-file", "/nonexistent/message.bin"], "cannot read"),
+    ] {
+        let mut all = vec!["http://127.0.0.1:9/", "-d", "1s"];
+        all.extend_from_slice(args);
+        let mut p = bench(&all);
+        assert_eq!(p.exit_code(), Some(1), "{args:?}");
+        assert!(p.stderr().contains(why), "{args:?}: {}", p.stderr());
+    }
+    let mut p = bench(&["http://127.0.0.1:9/", "--protocol", "h3"]);
+    assert_ne!(p.exit_code(), Some(0));
+    assert!(p.stderr().contains("http1, h2c or grpc"), "{}", p.stderr());
     let mut p = bench(&["http://127.0.0.1:9/", "-d", "10 parsecs"]);
     assert_ne!(p.exit_code(), Some(0));
     assert!(p.stderr().contains("unknown unit"), "{}", p.stderr());
@@ -346,4 +373,226 @@ fn bench_compare_only_runs_the_named_targets() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["otlp-mesh", "otlp-mesh+telemetry"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC
+// ---------------------------------------------------------------------------------------------
+
+/// `otlp-mesh bench-upstream` on a free port, once it accepts connections.
+async fn bench_upstream() -> (Proc, std::net::SocketAddr) {
+    let addr = free_addr();
+    let p = Proc::spawn(&["bench-upstream", "--bind", &addr.to_string()]);
+    eventually("bench-upstream listening", WAIT, || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    (p, addr)
+}
+
+/// A gRPC length-prefixed message (uncompressed).
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// Runs `bench ARGS… --json FILE` in a blocking task and returns the report.
+async fn bench_json(args: Vec<String>) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let mut p = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+            all.extend(["--json", json.to_str().unwrap()]);
+            bench(&all)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(p.status_success(), "bench failed: {}", p.stderr());
+    read_json(&json)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(ToString::to_string).collect()
+}
+
+fn assert_no_errors(r: &serde_json::Value) {
+    for (kind, n) in r["errors"].as_object().unwrap() {
+        assert_eq!(n.as_u64(), Some(0), "{kind} errors: {r}");
+    }
+}
+
+/// `bench-upstream` echoes a unary gRPC call's message with `grpc-status: 0`, and
+/// `bench --protocol grpc` (method defaulting to that echo, message from `--body-file`) counts
+/// every call as ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_mode_against_the_bench_upstream_echo_counts_every_call_ok() {
+    let (_up, addr) = bench_upstream().await;
+    let message = b"\x0a\x05hello\x10\x2a";
+    // The echo service itself, with a plain h2c client.
+    let req = http::Request::post(format!("http://{addr}/otlpmesh.bench.Echo/Echo"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(frame(message)))
+        .unwrap();
+    let resp = send(&h2c_client(), req).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("application/grpc"));
+    assert_eq!(&resp.body[..], &frame(message)[..]);
+    assert_eq!(resp.trailers.as_ref().unwrap()["grpc-status"], "0");
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("message.bin");
+    std::fs::write(&body, message).unwrap();
+    let r = bench_json(strings(&[
+        &format!("http://{addr}/"),
+        "--protocol",
+        "grpc",
+        "-c",
+        "2",
+        "--streams",
+        "4",
+        "-d",
+        "1s",
+        "--warmup",
+        "0",
+        "--body-file",
+        body.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(r["protocol"], "grpc");
+    assert_eq!(r["url"], format!("http://{addr}/otlpmesh.bench.Echo/Echo"));
+    assert_eq!(r["workers"], 8);
+    let ok = r["ok"].as_u64().unwrap();
+    assert!(ok > 50, "{r}");
+    assert_eq!(r["requests"].as_u64(), Some(ok));
+    assert_no_errors(&r);
+}
+
+/// A gRPC server with one method, `/test.Echo/Unary` (message back, `grpc-status: 0` in the
+/// trailers); `/test.Echo/Internal` answers a message then `grpc-status: 13`; any other path is
+/// answered trailers-only with `grpc-status: 12` (UNIMPLEMENTED), as real servers do.
+async fn strict_grpc_server() -> Upstream {
+    Upstream::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_string();
+        let message = req.into_body().collect().await.unwrap().to_bytes();
+        let trailers = |code: &'static str| {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static(code));
+            t.insert("grpc-message", http::HeaderValue::from_static("as asked"));
+            t
+        };
+        let (resp, data, trailers) = match path.as_str() {
+            "/test.Echo/Unary" => (http::Response::builder(), message, Some(trailers("0"))),
+            "/test.Echo/Internal" => (http::Response::builder(), message, Some(trailers("13"))),
+            _ => (
+                http::Response::builder().header("grpc-status", "12"),
+                bytes::Bytes::new(),
+                None,
+            ),
+        };
+        let body = http_body_util::Full::new(data)
+            .with_trailers(std::future::ready(trailers.map(Ok)))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        resp.header("content-type", "application/grpc")
+            .body(body)
+            .unwrap()
+    })
+    .await
+}
+
+/// Calls of a method the server does not have (trailers-only UNIMPLEMENTED) and calls answered
+/// with a non-zero `grpc-status` after a message are counted as `grpc_status` errors, not ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_mode_counts_wrong_methods_and_error_statuses_as_errors() {
+    let up = strict_grpc_server().await;
+    let run = |method: &str| {
+        bench_json(strings(&[
+            &format!("http://{}/", up.addr),
+            "--protocol",
+            "grpc",
+            "--grpc-method",
+            method,
+            "-c",
+            "2",
+            "-d",
+            "500ms",
+            "--warmup",
+            "0",
+            "--body",
+            "ping",
+        ]))
+    };
+    let r = run("/test.Echo/Unary").await;
+    assert!(r["ok"].as_u64().unwrap() > 10, "{r}");
+    assert_no_errors(&r);
+    for method in ["/test.Echo/Nope", "/test.Echo/Internal"] {
+        let r = run(method).await;
+        let requests = r["requests"].as_u64().unwrap();
+        assert!(requests > 10, "{method}: {r}");
+        assert_eq!(r["ok"], 0, "{method}: {r}");
+        assert_eq!(r["errors"]["grpc_status"].as_u64(), Some(requests), "{r}");
+        let e = &r["errors"];
+        for kind in ["connect", "timeout", "status_4xx", "status_5xx", "other"] {
+            assert_eq!(e[kind], 0, "{method}: {kind}: {r}");
+        }
+    }
+}
+
+/// `bench-compare --protocol grpc` and `--protocol h2c`: the direct upstream and otlp-mesh (with
+/// and without telemetry) are measured without a single error; each peer is measured without
+/// errors or reported as skipped (not installed) with a reason.
+#[test]
+fn bench_compare_over_grpc_and_h2c_measures_every_target_without_errors() {
+    for protocol in ["grpc", "h2c"] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("compare.json");
+        let mut p = Proc::spawn(&[
+            "bench-compare",
+            "--protocol",
+            protocol,
+            "-d",
+            "400ms",
+            "--warmup",
+            "100ms",
+            "-c",
+            "2",
+            "--streams",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        p.wait_exit_blocking(Duration::from_secs(120));
+        assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
+        let v = read_json(&json);
+        let targets = v["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 6, "{v}");
+        for t in targets {
+            let (name, status) = (t["name"].as_str().unwrap(), t["status"].as_str().unwrap());
+            if ["direct", "otlp-mesh", "otlp-mesh+telemetry"].contains(&name) {
+                assert_eq!(status, "measured", "{protocol}: {t}");
+            }
+            match status {
+                "measured" => {
+                    let r = &t["report"];
+                    assert_eq!(r["protocol"], protocol, "{t}");
+                    assert!(r["ok"].as_u64().unwrap() > 0, "{protocol}: {t}");
+                    assert_no_errors(r);
+                }
+                // A peer that is installed must work: only a missing one may be skipped.
+                _ => {
+                    assert_eq!(status, "skipped", "{protocol}: {t}");
+                    assert!(
+                        t["reason"].as_str().unwrap().contains("not installed"),
+                        "{t}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! gRPC through the proxy: h2c client → listener → `protocol: h2` cluster → tonic server.
-//! Messages, `grpc-status`, custom (trailing) metadata and error details must arrive intact.
+//! Messages, `grpc-status`, custom (trailing) metadata and error details must arrive intact;
+//! `otlp-mesh bench --protocol grpc` drives unary calls through it.
 
 mod common;
 
@@ -585,4 +586,67 @@ async fn grpc_timeout_header_bounds_the_request() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("grpc-status"), Some("4"), "{:?}", r.headers);
     assert_eq!(r.header("x-mesh-error"), Some("upstream_timeout"));
+}
+
+/// `otlp-mesh bench --protocol grpc` through the proxy (h2c listener → `protocol: h2` cluster →
+/// tonic): every call with a good message is ok; calls the server fails (NOT_FOUND) are counted
+/// as `grpc_status` errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_grpc_mode_drives_unary_calls_through_an_h2_cluster() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (message, want_ok) in [("bench", true), ("fail", false)] {
+        let body = dir.path().join(format!("{message}.bin"));
+        let encoded = prost::Message::encode_to_vec(&EchoRequest {
+            message: message.into(),
+            payload: vec![1; 100],
+        });
+        std::fs::write(&body, encoded).unwrap();
+        let json = dir.path().join(format!("{message}.json"));
+        let url = format!("http://{}/test.Echo/Unary", s.edge);
+        let mut p = tokio::task::spawn_blocking({
+            let json = json.clone();
+            move || {
+                let mut p = Proc::spawn(&[
+                    "bench",
+                    &url,
+                    "--protocol",
+                    "grpc",
+                    "-c",
+                    "2",
+                    "--streams",
+                    "4",
+                    "-d",
+                    "1s",
+                    "--warmup",
+                    "100ms",
+                    "--body-file",
+                    body.to_str().unwrap(),
+                    "--json",
+                    json.to_str().unwrap(),
+                ]);
+                p.wait_exit_blocking(Duration::from_secs(30));
+                p
+            }
+        })
+        .await
+        .unwrap();
+        assert!(p.status_success(), "bench failed: {}", p.stderr());
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(r["protocol"], "grpc");
+        let requests = r["requests"].as_u64().unwrap();
+        assert!(requests > 20, "{message}: {r}");
+        let errors = &r["errors"];
+        if want_ok {
+            assert_eq!(r["ok"].as_u64(), Some(requests), "{r}");
+            assert_eq!(errors["grpc_status"], 0, "{r}");
+        } else {
+            assert_eq!(r["ok"], 0, "{r}");
+            assert_eq!(errors["grpc_status"].as_u64(), Some(requests), "{r}");
+        }
+        for kind in ["connect", "timeout", "status_4xx", "status_5xx", "other"] {
+            assert_eq!(errors[kind], 0, "{message}: {kind}: {r}");
+        }
+    }
 }

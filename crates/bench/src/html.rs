@@ -411,6 +411,7 @@ pub fn render(report: &Report, history: Option<&[Report]>) -> String {
         ("errors: 4xx", e.status_4xx),
         ("errors: 5xx", e.status_5xx),
         ("errors: other", e.other),
+        ("errors: grpc-status", e.grpc_status),
     ] {
         row(&mut s, k, &v.to_string());
     }

@@ -1,4 +1,4 @@
-//! `otlp-mesh bench`: an HTTP/1.1 and h2c load generator with HDR latency histograms,
+//! `otlp-mesh bench`: an HTTP/1.1, h2c and unary gRPC load generator with HDR latency histograms,
 //! closed-loop and fixed-rate open-loop modes (with coordinated-omission correction),
 //! CPU and memory sampling of target processes, JSON/CSV/HTML reports, a JSON Lines run history
 //! and baseline comparison; and an OTLP/gRPC load generator and sink ([`otlp`]) for forwarding
@@ -16,6 +16,6 @@ pub mod timeline;
 
 pub use baseline::{Comparison, Delta, compare};
 pub use histogram::{DistributionPoint, Latency, OpenLoopRecorder};
-pub use load::{BenchConfig, Protocol, run};
+pub use load::{BenchConfig, GRPC_ECHO_METHOD, Protocol, check_grpc_method, grpc_frame, run};
 pub use report::{Errors, ProcessUsage, Report};
 pub use resources::ProcessSampler;

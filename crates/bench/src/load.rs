@@ -1,11 +1,12 @@
-//! The load generator: one task per connection, HTTP/1.1 or h2c, closed or open loop.
+//! The load generator: one task per connection (per stream for h2c and gRPC), HTTP/1.1, h2c or
+//! unary gRPC over h2c, closed or open loop.
 
 use crate::histogram::{Latency, OpenLoopRecorder};
 use crate::report::{Errors, Report};
 use crate::resources::ProcessSampler;
 use crate::timeline::Timeline;
 use bytes::Bytes;
-use http::{Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
@@ -19,6 +20,112 @@ use tokio::time::Instant;
 pub enum Protocol {
     Http1,
     H2c,
+    /// Unary gRPC over h2c: the URL's path is the method, the body the raw message.
+    Grpc,
+}
+
+impl Protocol {
+    /// True for the protocols spoken over HTTP/2 (several streams per connection).
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::Grpc)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::Grpc => "grpc",
+        })
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http1" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            "grpc" => Ok(Protocol::Grpc),
+            _ => Err(format!("unknown protocol `{s}` (http1, h2c or grpc)")),
+        }
+    }
+}
+
+/// The method of the built-in echo service of `otlp-mesh bench-upstream`.
+pub const GRPC_ECHO_METHOD: &str = "/otlpmesh.bench.Echo/Echo";
+
+/// Checks a gRPC method path: `/package.Service/Method` (one `/` before the service and one
+/// before the method, both non-empty, usable as a URL path).
+pub fn check_grpc_method(path: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "gRPC method `{path}` {why}: expected `/package.Service/Method`"
+        ))
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return bad("does not start with `/`");
+    };
+    let Some((service, method)) = rest.split_once('/') else {
+        return bad("has no `/` between service and method");
+    };
+    if service.is_empty() || method.is_empty() {
+        return bad("has an empty service or method name");
+    }
+    if method.contains('/') {
+        return bad("has more than two `/`");
+    }
+    if path.contains(['?', '#']) || http::uri::PathAndQuery::try_from(path).is_err() {
+        return bad("is not a valid URL path");
+    }
+    Ok(())
+}
+
+/// A gRPC length-prefixed message: flag 0 (uncompressed), big-endian u32 length, the message.
+pub fn grpc_frame(message: &[u8]) -> Result<Bytes, String> {
+    let len = u32::try_from(message.len())
+        .map_err(|_| format!("gRPC message of {} bytes is too large", message.len()))?;
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(message);
+    Ok(Bytes::from(out))
+}
+
+/// How a gRPC response ended: `Ok(())` for HTTP 200 with `grpc-status: 0` in the trailers (or,
+/// for a trailers-only response, in the headers); otherwise the failure kind.
+pub(crate) fn grpc_outcome(
+    status: u16,
+    headers: &HeaderMap,
+    trailers: Option<&HeaderMap>,
+) -> Result<(), Failure> {
+    if status != 200 {
+        return Err(Failure::Http(status));
+    }
+    // Trailers win; a trailers-only response carries grpc-status in its headers.
+    let code = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| headers.get("grpc-status"));
+    match code.map(parse_grpc_status) {
+        Some(Some(0)) => Ok(()),
+        Some(Some(c)) => Err(Failure::Grpc(Some(c))),
+        Some(None) | None => Err(Failure::Grpc(None)),
+    }
+}
+
+fn parse_grpc_status(v: &HeaderValue) -> Option<u32> {
+    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
+}
+
+/// Why a completed response does not count as a success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// An HTTP status: ≥ 400 for HTTP, anything but 200 for gRPC.
+    Http(u16),
+    /// gRPC `grpc-status` other than 0, or missing / unreadable (`None`).
+    Grpc(Option<u32>),
 }
 
 /// What to run.
@@ -26,12 +133,14 @@ pub enum Protocol {
 pub struct BenchConfig {
     pub url: Uri,
     pub protocol: Protocol,
+    /// HTTP method (gRPC always sends POST).
     pub method: Method,
+    /// Request body; for gRPC the raw message, framed by the generator.
     pub body: Bytes,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// TCP connections.
     pub connections: usize,
-    /// Requests in flight per connection (h2c only; HTTP/1.1 is always 1).
+    /// Requests in flight per connection (h2c and gRPC; HTTP/1.1 is always 1).
     pub streams_per_connection: usize,
     /// Measured duration (after warm-up).
     pub duration: Duration,
@@ -105,7 +214,7 @@ impl Conn {
                 tokio::spawn(conn);
                 Ok(Conn::H1(send))
             }
-            Protocol::H2c => {
+            Protocol::H2c | Protocol::Grpc => {
                 let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -122,7 +231,13 @@ impl Conn {
         }
     }
 
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<u16, String> {
+    /// Sends `req` and reads the response to its end: `Ok(Err(_))` is a completed response that
+    /// counts as a failure, `Err` a transport error.
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+        protocol: Protocol,
+    ) -> Result<Result<(), Failure>, String> {
         let resp = match self {
             Conn::H1(s) => {
                 s.ready().await.map_err(|e| e.to_string())?;
@@ -135,12 +250,21 @@ impl Conn {
         }
         .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        // Read the whole body: a response is complete only when its last byte arrived.
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(status)
+        let (parts, mut body) = resp.into_parts();
+        // Read the whole body: a response is complete only when its last byte arrived. Frames are
+        // dropped as they come (no buffering); the trailers are kept for gRPC.
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(t) = frame.into_trailers() {
+                trailers = Some(t);
+            }
+        }
+        Ok(match protocol {
+            Protocol::Grpc => grpc_outcome(status, &parts.headers, trailers.as_ref()),
+            Protocol::Http1 | Protocol::H2c if status >= 400 => Err(Failure::Http(status)),
+            Protocol::Http1 | Protocol::H2c => Ok(()),
+        })
     }
 }
 
@@ -159,12 +283,34 @@ fn request(cfg: &BenchConfig) -> Request<Full<Bytes>> {
     b.body(Full::new(cfg.body.clone())).unwrap_or_default()
 }
 
+/// For gRPC: checks the method, frames the message, sets POST and the gRPC headers (unless given).
+fn prepare(mut cfg: BenchConfig) -> Result<BenchConfig, String> {
+    if cfg.protocol != Protocol::Grpc {
+        return Ok(cfg);
+    }
+    check_grpc_method(cfg.url.path())?;
+    cfg.method = Method::POST;
+    cfg.body = grpc_frame(&cfg.body)?;
+    let mut grpc_headers = vec![
+        (
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        ),
+        (http::header::TE, HeaderValue::from_static("trailers")),
+    ];
+    grpc_headers.retain(|(k, _)| !cfg.headers.iter().any(|(n, _)| n == k));
+    grpc_headers.append(&mut cfg.headers);
+    cfg.headers = grpc_headers;
+    Ok(cfg)
+}
+
 /// Runs the benchmark and returns its report.
 pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
     if cfg.connections == 0 {
         return Err("connections must be at least 1".into());
     }
-    let streams = if cfg.protocol == Protocol::H2c {
+    let cfg = prepare(cfg)?;
+    let streams = if cfg.protocol.is_h2() {
         cfg.streams_per_connection.max(1)
     } else {
         1
@@ -344,19 +490,29 @@ async fn worker(
         if sent >= end {
             break;
         }
-        let result = tokio::time::timeout(cfg.timeout, conn.send(request(&cfg))).await;
+        let result =
+            tokio::time::timeout(cfg.timeout, conn.send(request(&cfg), cfg.protocol)).await;
         let done = Instant::now();
         let measured = sent >= measure_from;
         if measured {
             timeline.record(done.saturating_duration_since(measure_from));
         }
         match result {
-            Ok(Ok(status)) => {
+            Ok(Ok(outcome)) => {
                 if measured {
-                    if status >= 400 {
-                        out.errors.record_status(status);
-                    } else {
-                        out.ok += 1;
+                    match outcome {
+                        Ok(()) => out.ok += 1,
+                        Err(Failure::Http(status)) if status >= 400 => {
+                            out.errors.record_status(status)
+                        }
+                        Err(Failure::Http(status)) => {
+                            out.errors.other += 1;
+                            tracing::debug!(status, "gRPC response with HTTP status not 200");
+                        }
+                        Err(Failure::Grpc(code)) => {
+                            out.errors.grpc_status += 1;
+                            tracing::debug!(?code, "gRPC status not OK");
+                        }
                     }
                 }
             }
@@ -418,6 +574,213 @@ fn fastrand_f64() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grpc_frame_is_flag_length_message() {
+        assert_eq!(&grpc_frame(b"").unwrap()[..], &[0, 0, 0, 0, 0]);
+        let f = grpc_frame(b"\x0a\x03abc").unwrap();
+        assert_eq!(&f[..5], &[0, 0, 0, 0, 5]);
+        assert_eq!(&f[5..], b"\x0a\x03abc");
+        let big = vec![7u8; 70_000];
+        let f = grpc_frame(&big).unwrap();
+        assert_eq!(&f[..5], &[0, 0, 1, 0x11, 0x70]);
+        assert_eq!(f.len(), 70_005);
+    }
+
+    #[test]
+    fn grpc_status_comes_from_trailers_or_a_trailers_only_response() {
+        let ct = headers(&[("content-type", "application/grpc")]);
+        let ok = headers(&[("grpc-status", "0")]);
+        assert_eq!(grpc_outcome(200, &ct, Some(&ok)), Ok(()));
+        // Trailers-only: the status is in the headers and there are no trailers.
+        let only = headers(&[("content-type", "application/grpc"), ("grpc-status", "0")]);
+        assert_eq!(grpc_outcome(200, &only, None), Ok(()));
+        let unimplemented = headers(&[("grpc-status", "12"), ("grpc-message", "nope")]);
+        assert_eq!(
+            grpc_outcome(200, &ct, Some(&unimplemented)),
+            Err(Failure::Grpc(Some(12)))
+        );
+        assert_eq!(
+            grpc_outcome(200, &unimplemented, None),
+            Err(Failure::Grpc(Some(12)))
+        );
+        // The trailers' status wins over one in the headers.
+        assert_eq!(
+            grpc_outcome(200, &only, Some(&unimplemented)),
+            Err(Failure::Grpc(Some(12)))
+        );
+        // Missing or unreadable status is a failure.
+        assert_eq!(grpc_outcome(200, &ct, None), Err(Failure::Grpc(None)));
+        let junk = headers(&[("grpc-status", "zero")]);
+        assert_eq!(
+            grpc_outcome(200, &ct, Some(&junk)),
+            Err(Failure::Grpc(None))
+        );
+        // An HTTP status other than 200 is an HTTP failure whatever the trailers say.
+        assert_eq!(grpc_outcome(503, &ct, Some(&ok)), Err(Failure::Http(503)));
+        assert_eq!(grpc_outcome(204, &ok, None), Err(Failure::Http(204)));
+    }
+
+    #[test]
+    fn grpc_method_paths_are_checked() {
+        for good in [GRPC_ECHO_METHOD, "/a/b", "/grpc.health.v1.Health/Check"] {
+            assert_eq!(check_grpc_method(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("pkg.Svc/M", "does not start with `/`"),
+            ("/pkg.Svc", "no `/` between"),
+            ("//M", "empty service"),
+            ("/pkg.Svc/", "empty service or method"),
+            ("/a/b/c", "more than two"),
+            ("/a/b?x=1", "not a valid URL path"),
+            ("/a/b c", "not a valid URL path"),
+        ] {
+            let e = check_grpc_method(bad).unwrap_err();
+            assert!(
+                e.contains(why) && e.contains("/package.Service/Method"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_requests_are_posts_with_framed_body_and_grpc_headers() {
+        let cfg = prepare(BenchConfig {
+            url: Uri::from_static("http://127.0.0.1:1/otlpmesh.bench.Echo/Echo"),
+            protocol: Protocol::Grpc,
+            body: Bytes::from_static(b"hi"),
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc+proto"),
+            )],
+            ..BenchConfig::default()
+        })
+        .unwrap();
+        let req = request(&cfg);
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri().path(), GRPC_ECHO_METHOD);
+        assert_eq!(req.headers()["te"], "trailers");
+        // A content type given by the user is kept (and not doubled).
+        let ct: Vec<_> = req.headers().get_all("content-type").iter().collect();
+        assert_eq!(ct, ["application/grpc+proto"]);
+        assert_eq!(
+            http_body::Body::size_hint(req.body()).exact(),
+            Some(7),
+            "5-byte prefix + message"
+        );
+        let bad = prepare(BenchConfig {
+            url: Uri::from_static("http://127.0.0.1:1/"),
+            protocol: Protocol::Grpc,
+            ..BenchConfig::default()
+        });
+        assert!(bad.unwrap_err().contains("no `/` between"));
+    }
+
+    /// An h2c server answering by path: `/ok.S/M` with a message and `grpc-status: 0` in the
+    /// trailers, `/only.S/M` trailers-only with `grpc-status: 0`, anything else trailers-only
+    /// with `grpc-status: 12` (UNIMPLEMENTED). Each request's body is checked to be one framed
+    /// message.
+    async fn grpc_server() -> std::net::SocketAddr {
+        use std::future::ready;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.method(), Method::POST);
+                        assert_eq!(req.headers()["content-type"], "application/grpc");
+                        assert_eq!(req.headers()["te"], "trailers");
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        assert_eq!(&body[..], &grpc_frame(b"ping").unwrap()[..]);
+                        let status = |code: &'static str| {
+                            let mut h = HeaderMap::new();
+                            h.insert("grpc-status", HeaderValue::from_static(code));
+                            h
+                        };
+                        let mut resp =
+                            http::Response::builder().header("content-type", "application/grpc");
+                        let (data, trailers) = match path.as_str() {
+                            "/ok.S/M" => (body, Some(status("0"))),
+                            "/only.S/M" => {
+                                resp = resp.header("grpc-status", "0");
+                                (Bytes::new(), None)
+                            }
+                            _ => {
+                                resp = resp.header("grpc-status", "12");
+                                (Bytes::new(), None)
+                            }
+                        };
+                        let body = Full::new(data).with_trailers(ready(trailers.map(Ok)));
+                        Ok::<_, hyper::Error>(resp.body(body).unwrap())
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    async fn grpc_run(addr: std::net::SocketAddr, path: &str) -> Report {
+        run(BenchConfig {
+            url: format!("http://{addr}{path}").parse().unwrap(),
+            protocol: Protocol::Grpc,
+            body: Bytes::from_static(b"ping"),
+            connections: 2,
+            streams_per_connection: 2,
+            duration: Duration::from_millis(300),
+            warmup: Duration::ZERO,
+            ..BenchConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn grpc_load_counts_ok_and_grpc_status_failures() {
+        let addr = grpc_server().await;
+        for path in ["/ok.S/M", "/only.S/M"] {
+            let r = grpc_run(addr, path).await;
+            assert_eq!(r.protocol, Protocol::Grpc);
+            assert_eq!(r.workers, 4);
+            assert!(r.ok > 10, "{path}: {r:?}");
+            assert_eq!(r.errors, Errors::default(), "{path}");
+        }
+        let r = grpc_run(addr, "/missing.S/M").await;
+        assert_eq!(r.ok, 0);
+        assert!(r.errors.grpc_status > 10, "{:?}", r.errors);
+        assert_eq!(r.errors.total(), r.errors.grpc_status);
+        assert_eq!(r.requests, r.errors.grpc_status);
+    }
+
+    #[test]
+    fn protocol_names_round_trip() {
+        for p in [Protocol::Http1, Protocol::H2c, Protocol::Grpc] {
+            assert_eq!(p.to_string().parse::<Protocol>(), Ok(p));
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+        assert!(
+            "h3".parse::<Protocol>()
+                .unwrap_err()
+                .contains("http1, h2c or grpc")
+        );
+    }
 
     #[test]
     fn progress_line_starts_with_cr_and_has_a_fixed_width() {

@@ -12,8 +12,12 @@ pub struct Errors {
     pub timeout: u64,
     pub status_4xx: u64,
     pub status_5xx: u64,
-    /// Resets, closed connections and other transport failures.
+    /// Resets, closed connections and other transport failures; for gRPC also an HTTP status
+    /// other than 200 below 400.
     pub other: u64,
+    /// gRPC responses (HTTP 200) whose `grpc-status` is not 0, is missing or is unreadable.
+    #[serde(default)]
+    pub grpc_status: u64,
 }
 
 impl Errors {
@@ -30,9 +34,15 @@ impl Errors {
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
         self.other += o.other;
+        self.grpc_status += o.grpc_status;
     }
     pub fn total(&self) -> u64 {
-        self.connect + self.timeout + self.status_4xx + self.status_5xx + self.other
+        self.connect
+            + self.timeout
+            + self.status_4xx
+            + self.status_5xx
+            + self.other
+            + self.grpc_status
     }
 }
 
@@ -167,8 +177,8 @@ impl Report {
         if e.total() > 0 {
             let _ = writeln!(
                 s,
-                "  errors: connect {} timeout {} 4xx {} 5xx {} other {}",
-                e.connect, e.timeout, e.status_4xx, e.status_5xx, e.other
+                "  errors: connect {} timeout {} 4xx {} 5xx {} other {} grpc-status {}",
+                e.connect, e.timeout, e.status_4xx, e.status_5xx, e.other, e.grpc_status
             );
         }
         let l = &self.latency;
@@ -266,5 +276,20 @@ mod tests {
         assert!(r.latency_distribution.is_empty());
         assert_eq!(r.timeline_bucket_ms, 100);
         assert_eq!(r.unix_time_s, 0);
+        assert_eq!(r.errors.grpc_status, 0);
+    }
+
+    #[test]
+    fn grpc_status_errors_count_in_the_total() {
+        let e = Errors {
+            other: 1,
+            grpc_status: 2,
+            ..Errors::default()
+        };
+        let mut sum = Errors::default();
+        sum.add(&e);
+        sum.add(&e);
+        assert_eq!(sum.grpc_status, 4);
+        assert_eq!(sum.total(), 6);
     }
 }
