@@ -143,6 +143,7 @@ impl Template {
         let name = backend_name(lb_name, url);
         let exporter =
             Exporter::start(name.clone(), &one, &self.batch, self.memory.clone()).await?;
+        exporter.keep_batches_in_flight();
         if let Some(dir) = self.queue_dir() {
             // Marks the directory as this backend's, so that a later start can find it when
             // the backend is gone from the set and hand its records over.

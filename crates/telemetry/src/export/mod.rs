@@ -139,6 +139,9 @@ struct Inner {
     stopping: AtomicBool,
     /// Set by `retire`: what is left at the deadline is handed back, not dropped or closed.
     retiring: AtomicBool,
+    /// Requests in flight keep their uncompressed batches so that `retire` can hand them
+    /// back (load-balancing backends only: it holds the batches beside the compressed body).
+    keep_parts: AtomicBool,
     /// Set by `shutdown`: send what is queued until then.
     deadline: watch::Sender<Option<Instant>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -427,6 +430,7 @@ impl Exporter {
             failing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
+            keep_parts: AtomicBool::new(false),
             deadline: watch::Sender::new(None),
             task: Mutex::new(None),
         });
@@ -551,6 +555,12 @@ impl Exporter {
         Leftovers {
             inner: inner.clone(),
         }
+    }
+
+    /// Makes requests in flight keep their batches, so that [`Exporter::retire`] can hand back
+    /// what a deadline cuts short. Call before queueing anything.
+    pub(crate) fn keep_batches_in_flight(&self) {
+        self.inner.keep_parts.store(true, Relaxed);
     }
 
     /// Moves a stopping exporter's deadline to now.
@@ -731,7 +741,11 @@ async fn run(inner: Arc<Inner>) {
                         items: taken.items,
                         bytes: taken.bytes,
                         seqs: taken.seqs,
-                        parts: taken.parts.clone(),
+                        parts: if inner.keep_parts.load(Relaxed) {
+                            taken.parts.clone()
+                        } else {
+                            Vec::new()
+                        },
                         part_items: taken.part_items,
                     };
                     inner.stats.in_flight.fetch_add(1, Relaxed);
@@ -793,7 +807,7 @@ async fn run(inner: Arc<Inner>) {
         match (outcome, &inner.queue) {
             (Some(outcome), _) => inner.finish(req, outcome).await,
             // Retiring: the batches go back to the queue for the retirer to hand elsewhere.
-            (None, q) if retiring => {
+            (None, q) if retiring && !req.parts.is_empty() => {
                 inner.stats.in_flight.fetch_sub(1, Relaxed);
                 match q {
                     Queue::Memory(m) => req.into_entries().for_each(|e| m.requeue(e)),
