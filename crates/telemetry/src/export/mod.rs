@@ -305,16 +305,11 @@ impl Leftovers {
             Queue::Memory(m) => {
                 let mut left = taken;
                 left.extend(m.drain());
-                let items: u64 = left.iter().map(|e| e.batch.items).sum();
-                if items > 0 {
-                    tracing::warn!(exporter = %inner.name, items, "retired backend: dropping items no other backend took");
-                }
-                for e in left {
-                    let b = e.batch;
-                    inner.stats.failed(b.signal, DropReason::Shutdown, b.items);
-                    m.release(b.signal, b.items, b.len() as u64, &inner.stats);
-                }
-                items
+                inner.drop_entries(
+                    m,
+                    left,
+                    "retired backend: dropping items no other backend took",
+                )
             }
             Queue::Wal(w) => {
                 let w = w.clone();
@@ -602,6 +597,21 @@ async fn batched_fsync(wal: Arc<Wal>, name: String) {
 }
 
 impl Inner {
+    /// Drops memory-queue entries nobody will send: logged with `why`, counted as `shutdown`,
+    /// their space released. Returns the items dropped.
+    fn drop_entries(&self, m: &MemoryQueue, left: Vec<queue::Entry>, why: &str) -> u64 {
+        let items: u64 = left.iter().map(|e| e.batch.items).sum();
+        if items > 0 {
+            tracing::warn!(exporter = %self.name, items, "{why}");
+        }
+        for e in left {
+            let b = e.batch;
+            self.stats.failed(b.signal, DropReason::Shutdown, b.items);
+            m.release(b.signal, b.items, b.len() as u64, &self.stats);
+        }
+        items
+    }
+
     fn take_ready(&self, now: Instant, flush: bool) -> Result<Taken, Option<Instant>> {
         let taken = match &self.queue {
             Queue::Memory(m) => m.take_ready(now, &self.limits, flush),
@@ -834,16 +844,11 @@ async fn run(inner: Arc<Inner>) {
     }
     match &inner.queue {
         Queue::Memory(m) => {
-            let left = m.drain();
-            let items: u64 = left.iter().map(|e| e.batch.items).sum();
-            if items > 0 {
-                tracing::warn!(exporter = %inner.name, items, "shutdown deadline passed; dropping queued items");
-            }
-            for e in left {
-                let b = e.batch;
-                inner.stats.failed(b.signal, DropReason::Shutdown, b.items);
-                m.release(b.signal, b.items, b.len() as u64, &inner.stats);
-            }
+            inner.drop_entries(
+                m,
+                m.drain(),
+                "shutdown deadline passed; dropping queued items",
+            );
         }
         Queue::Wal(w) => {
             let w = w.clone();
