@@ -17,6 +17,7 @@ mod kubernetes;
 
 pub use dns::{clamp_ttl, srv_to_endpoints};
 pub use file::parse_endpoints_file;
+pub use http::error_chain;
 
 use otlp_mesh_config::Discovery;
 use std::net::SocketAddr;

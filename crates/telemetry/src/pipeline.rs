@@ -40,6 +40,11 @@ pub trait Consumer: Send + Sync {
     fn name(&self) -> &str;
     /// Takes `batch`; resolves once it is safely queued (or refused).
     fn consume(&self, batch: Batch, priority: Priority) -> BoxFuture<'_, Result<(), Refused>>;
+    /// True when a receiver should wait ([`Consumer::ready`]) before reading a request; cheap,
+    /// asked per request.
+    fn busy(&self) -> bool {
+        false
+    }
     /// Resolves when a receiver may read a request for this consumer: at once unless it is busy
     /// and wants the sender paced (false when it stayed busy for `max_wait`).
     fn ready(&self, max_wait: Duration) -> BoxFuture<'_, bool> {
@@ -144,6 +149,9 @@ impl Pipeline {
     /// a receiver calls this before reading a request body, so a busy exporter slows the
     /// senders through HTTP/2 flow control instead of holding their data. False on timeout.
     pub async fn ready(&self, max_wait: Duration) -> bool {
+        if !self.consumers.iter().any(|c| c.busy()) {
+            return true;
+        }
         let deadline = tokio::time::Instant::now() + max_wait;
         for c in &self.consumers {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

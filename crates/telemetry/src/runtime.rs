@@ -71,6 +71,10 @@ impl Consumer for ExportConsumer {
         })
     }
 
+    fn busy(&self) -> bool {
+        self.0.busy()
+    }
+
     fn ready(&self, max_wait: Duration) -> BoxFuture<'_, bool> {
         Box::pin(self.0.ready(max_wait))
     }
@@ -92,6 +96,10 @@ impl Consumer for LoadBalanceConsumer {
                 Refused::QueueFull(self.0.name().to_string())
             })
         })
+    }
+
+    fn busy(&self) -> bool {
+        self.0.busy()
     }
 
     fn ready(&self, max_wait: Duration) -> BoxFuture<'_, bool> {

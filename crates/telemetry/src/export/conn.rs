@@ -247,17 +247,7 @@ pub(crate) fn partial_success(body: &[u8]) -> Accepted {
     }
 }
 
-/// An error with its sources, for logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
+pub(crate) use otlp_mesh_discovery::error_chain;
 
 #[cfg(test)]
 mod tests {

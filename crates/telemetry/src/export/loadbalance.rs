@@ -40,8 +40,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otlp_mesh_config::Located;
 use otlp_mesh_config::telemetry::{
     BatchConfig, ExportProtocol, ExporterConfig, LoadBalancingConfig,
@@ -348,6 +348,11 @@ impl LoadBalancingExporter {
             return None;
         }
         ring.urls.get(rendezvous(&ring.keys, trace_id)).cloned()
+    }
+
+    /// True when a current backend is busy; see [`Exporter::busy`].
+    pub fn busy(&self) -> bool {
+        self.inner.ring.load().exporters.iter().any(Exporter::busy)
     }
 
     /// Waits (up to `max_wait` in all) until no current backend is busy; see [`Exporter::ready`].
@@ -805,108 +810,117 @@ impl Split<'_> {
     }
 
     fn split_traces(&self, req: ExportTraceServiceRequest) -> Vec<(usize, Batch)> {
-        let n = self.keys.len();
-        let mut out: Vec<Vec<ResourceSpans>> = vec![Vec::new(); n];
-        let mut items = vec![0u64; n];
-        for rs in req.resource_spans {
-            let mut per: Vec<Option<ResourceSpans>> = vec![None; n];
-            for ss in rs.scope_spans {
-                let mut scopes: Vec<Option<ScopeSpans>> = vec![None; n];
-                for span in ss.spans {
-                    let b = rendezvous(self.keys, &span.trace_id);
-                    items[b] += 1;
-                    scopes[b]
-                        .get_or_insert_with(|| ScopeSpans {
-                            scope: ss.scope.clone(),
-                            spans: Vec::new(),
-                            schema_url: ss.schema_url.clone(),
-                        })
-                        .spans
-                        .push(span);
-                }
-                for (b, scope) in scopes.into_iter().enumerate() {
-                    let Some(scope) = scope else { continue };
-                    per[b]
-                        .get_or_insert_with(|| ResourceSpans {
-                            resource: rs.resource.clone(),
-                            scope_spans: Vec::new(),
-                            schema_url: rs.schema_url.clone(),
-                        })
-                        .scope_spans
-                        .push(scope);
-                }
-            }
-            for (b, r) in per.into_iter().enumerate() {
-                out[b].extend(r);
-            }
-        }
-        out.into_iter()
-            .enumerate()
-            .filter(|(_, rs)| !rs.is_empty())
-            .map(|(b, resource_spans)| {
-                let req = ExportTraceServiceRequest { resource_spans };
-                (
-                    b,
-                    Batch::new(Signal::Traces, Bytes::from(req.encode_to_vec()), items[b]),
-                )
-            })
-            .collect()
+        let (parts, items) = split_nested(req.resource_spans, self.keys.len(), |span: &Span| {
+            rendezvous(self.keys, &span.trace_id)
+        });
+        encode_parts(Signal::Traces, parts, &items, |resource_spans| {
+            ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+        })
     }
 
     fn split_logs(&self, req: ExportLogsServiceRequest) -> Vec<(usize, Batch)> {
-        let n = self.keys.len();
         // Records outside a trace all go to one backend for this batch.
         let rr = self.round_robin();
-        let mut out: Vec<Vec<ResourceLogs>> = vec![Vec::new(); n];
-        let mut items = vec![0u64; n];
-        for rl in req.resource_logs {
-            let mut per: Vec<Option<ResourceLogs>> = vec![None; n];
-            for sl in rl.scope_logs {
-                let mut scopes: Vec<Option<ScopeLogs>> = vec![None; n];
-                for rec in sl.log_records {
-                    let b = if rec.trace_id.iter().all(|&x| x == 0) {
-                        rr
-                    } else {
-                        rendezvous(self.keys, &rec.trace_id)
-                    };
-                    items[b] += 1;
-                    scopes[b]
-                        .get_or_insert_with(|| ScopeLogs {
-                            scope: sl.scope.clone(),
-                            log_records: Vec::new(),
-                            schema_url: sl.schema_url.clone(),
-                        })
-                        .log_records
-                        .push(rec);
-                }
-                for (b, scope) in scopes.into_iter().enumerate() {
-                    let Some(scope) = scope else { continue };
-                    per[b]
-                        .get_or_insert_with(|| ResourceLogs {
-                            resource: rl.resource.clone(),
-                            scope_logs: Vec::new(),
-                            schema_url: rl.schema_url.clone(),
-                        })
-                        .scope_logs
-                        .push(scope);
-                }
+        let (parts, items) = split_nested(req.resource_logs, self.keys.len(), |rec: &LogRecord| {
+            if rec.trace_id.iter().all(|&x| x == 0) {
+                rr
+            } else {
+                rendezvous(self.keys, &rec.trace_id)
             }
-            for (b, r) in per.into_iter().enumerate() {
-                out[b].extend(r);
+        });
+        encode_parts(Signal::Logs, parts, &items, |resource_logs| {
+            ExportLogsServiceRequest { resource_logs }.encode_to_vec()
+        })
+    }
+}
+
+/// One level of OTLP's resource ▸ scope ▸ item nesting.
+trait Nested: Clone {
+    type Child;
+    /// Takes the children out, leaving an empty copy of this level (resource or scope intact).
+    fn take_children(&mut self) -> Vec<Self::Child>;
+    fn push_child(&mut self, child: Self::Child);
+}
+
+macro_rules! nested {
+    ($t:ty, $field:ident, $child:ty) => {
+        impl Nested for $t {
+            type Child = $child;
+            fn take_children(&mut self) -> Vec<$child> {
+                std::mem::take(&mut self.$field)
+            }
+            fn push_child(&mut self, child: $child) {
+                self.$field.push(child);
             }
         }
-        out.into_iter()
-            .enumerate()
-            .filter(|(_, rl)| !rl.is_empty())
-            .map(|(b, resource_logs)| {
-                let req = ExportLogsServiceRequest { resource_logs };
-                (
-                    b,
-                    Batch::new(Signal::Logs, Bytes::from(req.encode_to_vec()), items[b]),
-                )
-            })
-            .collect()
+    };
+}
+nested!(ResourceSpans, scope_spans, ScopeSpans);
+nested!(ScopeSpans, spans, Span);
+nested!(ResourceLogs, scope_logs, ScopeLogs);
+nested!(ScopeLogs, log_records, LogRecord);
+
+/// Splits `level`'s children over `n` parts by `place`, each part under its own copy of `level`.
+fn split_level<L: Nested>(
+    mut level: L,
+    n: usize,
+    mut place: impl FnMut(L::Child, &mut dyn FnMut(usize, L::Child)),
+) -> Vec<Option<L>> {
+    let mut out: Vec<Option<L>> = vec![None; n];
+    for child in level.take_children() {
+        place(child, &mut |b, part| {
+            out[b].get_or_insert_with(|| level.clone()).push_child(part)
+        });
     }
+    out
+}
+
+/// Splits resources ▸ scopes ▸ items over `n` backends by `backend(item)`, every item keeping
+/// its resource and scope; returns the resources per backend and the items per backend.
+fn split_nested<R, S>(
+    resources: Vec<R>,
+    n: usize,
+    backend: impl Fn(&S::Child) -> usize,
+) -> (Vec<Vec<R>>, Vec<u64>)
+where
+    R: Nested<Child = S>,
+    S: Nested,
+{
+    let mut out: Vec<Vec<R>> = vec![Vec::new(); n];
+    let mut items = vec![0u64; n];
+    for resource in resources {
+        let per = split_level(resource, n, |scope: S, emit| {
+            let parts = split_level(scope, n, |item, emit_item| {
+                let b = backend(&item);
+                items[b] += 1;
+                emit_item(b, item);
+            });
+            for (b, part) in parts.into_iter().enumerate() {
+                if let Some(part) = part {
+                    emit(b, part);
+                }
+            }
+        });
+        for (b, r) in per.into_iter().enumerate() {
+            out[b].extend(r);
+        }
+    }
+    (out, items)
+}
+
+/// Each non-empty part as a batch of `signal` (encoded by `encode`) with its item count.
+fn encode_parts<R>(
+    signal: Signal,
+    parts: Vec<Vec<R>>,
+    items: &[u64],
+    encode: impl Fn(Vec<R>) -> Vec<u8>,
+) -> Vec<(usize, Batch)> {
+    parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(b, p)| (b, Batch::new(signal, Bytes::from(encode(p)), items[b])))
+        .collect()
 }
 
 /// FNV-1a, 64 bits.

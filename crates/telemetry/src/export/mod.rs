@@ -456,6 +456,11 @@ impl Exporter {
         self.inner.pace(max_wait).await
     }
 
+    /// True when [`Exporter::ready`] would wait now.
+    pub fn busy(&self) -> bool {
+        self.inner.busy()
+    }
+
     /// Queues the proxy's own telemetry (held to the memory limiter's hard limit).
     pub async fn enqueue_internal(&self, batch: Batch) -> Result<(), QueueFull> {
         self.push(batch, Priority::Internal).await
@@ -633,25 +638,30 @@ impl Inner {
     /// Returns false if there was no room in time. While exports fail, nobody waits: the
     /// queue (up to `queue.max_bytes`) absorbs the outage.
     async fn pace(&self, max_wait: Duration) -> bool {
-        let Queue::Memory(m) = &self.queue else {
+        // The common case costs two atomic loads: no clock read, no waiter registration.
+        if !self.busy() {
             return true;
-        };
+        }
+        self.stats.paced.fetch_add(1, Relaxed);
         let deadline = Instant::now() + max_wait;
-        let mut waited = false;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.failing.load(Relaxed) || !m.full_request_waiting(&self.limits) {
+            if !self.busy() {
                 return true;
-            }
-            if !waited {
-                waited = true;
-                self.stats.paced.fetch_add(1, Relaxed);
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return false;
             }
+        }
+    }
+
+    /// A memory queue with a full request waiting for a slot while the backend answers.
+    fn busy(&self) -> bool {
+        match &self.queue {
+            Queue::Memory(m) => !self.failing.load(Relaxed) && m.full_request_waiting(&self.limits),
+            Queue::Wal(_) => false,
         }
     }
 

@@ -39,39 +39,32 @@ fn len_delimited_len(inner: usize) -> usize {
     1 + encoded_len_varint(inner as u64) + inner
 }
 
-/// A `KeyValue` with a string value as field `tag`.
-fn attr_str(buf: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
-    let any = len_delimited_len(value.len()); // AnyValue.string_value = 1
+/// A `KeyValue` as field `tag` up to its `AnyValue`'s contents, which take `any` bytes and
+/// follow.
+fn attr_head(buf: &mut Vec<u8>, tag: u32, key: &str, any: usize) {
     let kv = len_delimited_len(key.len()) + len_delimited_len(any);
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(kv as u64, buf);
     bytes_field(buf, 1, key.as_bytes());
     encode_key(2, WireType::LengthDelimited, buf);
     encode_varint(any as u64, buf);
+}
+
+/// A `KeyValue` with a string value (AnyValue.string_value = 1) as field `tag`.
+fn attr_str(buf: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
+    attr_head(buf, tag, key, len_delimited_len(value.len()));
     bytes_field(buf, 1, value.as_bytes());
 }
 
 /// A `KeyValue` with an int value (AnyValue.int_value = 3).
 fn attr_int(buf: &mut Vec<u8>, tag: u32, key: &str, value: i64) {
-    let any = 1 + encoded_len_varint(value as u64);
-    let kv = len_delimited_len(key.len()) + len_delimited_len(any);
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(kv as u64, buf);
-    bytes_field(buf, 1, key.as_bytes());
-    encode_key(2, WireType::LengthDelimited, buf);
-    encode_varint(any as u64, buf);
+    attr_head(buf, tag, key, 1 + encoded_len_varint(value as u64));
     varint_field(buf, 3, value as u64);
 }
 
 /// A `KeyValue` with a double value (AnyValue.double_value = 4).
 fn attr_f64(buf: &mut Vec<u8>, tag: u32, key: &str, value: f64) {
-    let any = 9;
-    let kv = len_delimited_len(key.len()) + len_delimited_len(any);
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(kv as u64, buf);
-    bytes_field(buf, 1, key.as_bytes());
-    encode_key(2, WireType::LengthDelimited, buf);
-    encode_varint(any as u64, buf);
+    attr_head(buf, tag, key, 9);
     fixed64(buf, 4, value.to_bits());
 }
 
