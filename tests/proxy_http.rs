@@ -963,6 +963,43 @@ async fn forwarding_headers_append_to_every_existing_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_cluster_reuses_connections_and_keeps_the_client_host() {
+    let a = Upstream::echo("a").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:
+  - name: edge
+    bind: {edge}
+    routes: [ {{ cluster: a }} ]
+clusters:
+{}",
+        prelude(admin),
+        cluster("a", "http1", &[a.addr]),
+    );
+    let _mesh = Mesh::start(admin, &yaml).await;
+    for client in [h1_client(), h2c_client()] {
+        for i in 0..5 {
+            let echo = header_json(&get(&client, &format!("http://{edge}/seq/{i}?q=1")).await);
+            assert_eq!(echo["version"], "HTTP/1.1");
+            assert_eq!(
+                echo["path"],
+                format!("/seq/{i}"),
+                "origin-form target: {echo}"
+            );
+            assert_eq!(echo["query"], "q=1");
+            // h1 clients send Host; h2 clients send :authority, which becomes Host.
+            assert_eq!(echoed_header(&echo, "host"), [edge.to_string()], "{echo}");
+        }
+    }
+    assert_eq!(a.hits(), 10);
+    assert_eq!(
+        a.connections(),
+        1,
+        "one upstream connection serves sequential requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_cluster_gets_the_request_authority() {
     let b = Upstream::echo("b").await;
     let (admin, edge) = (free_addr(), free_addr());

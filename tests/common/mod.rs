@@ -661,6 +661,7 @@ where
 pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -680,14 +681,17 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
         let counter = hits.clone();
+        let conn_counter = connections.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
+                        conn_counter.fetch_add(1, Ordering::SeqCst);
                         let _ = stream.set_nodelay(true);
                         let handler = handler.clone();
                         let counter = counter.clone();
@@ -706,7 +710,17 @@ impl Upstream {
                 }
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            connections,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The JSON echo server named `name` (see [`echo_response`]).

@@ -1,5 +1,6 @@
 //! Body types: the limited request body sent upstream and the response body sent downstream.
 
+use crate::pool::h1::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -86,6 +87,9 @@ pin_project! {
             inner: Incoming,
             // Keeps the endpoint's request counted as in flight until the body is done.
             guard: Option<InFlight>,
+            // An HTTP/1.1 connection, returned to its pool when the body has ended (dropped
+            // with an unfinished body, which closes the connection).
+            lease: Option<Lease>,
         },
         Full {
             #[pin]
@@ -101,10 +105,17 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, guard: InFlight) -> Self {
+    pub fn upstream(inner: Incoming, guard: InFlight, mut lease: Option<Lease>) -> Self {
+        if inner.is_end_stream() {
+            // No body to wait for (204, 304, HEAD, `content-length: 0`).
+            if let Some(l) = lease.take() {
+                l.release();
+            }
+        }
         ProxyBody::Upstream {
             inner,
             guard: Some(guard),
+            lease,
         }
     }
 }
@@ -118,10 +129,30 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { inner, guard } => {
-                let out = inner.poll_frame(cx);
-                if let Poll::Ready(None | Some(Err(_))) = &out {
-                    guard.take();
+            ProxyBodyProj::Upstream {
+                mut inner,
+                guard,
+                lease,
+            } => {
+                let out = inner.as_mut().poll_frame(cx);
+                match &out {
+                    Poll::Ready(None) => {
+                        guard.take();
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        guard.take();
+                        lease.take();
+                    }
+                    // The last frame: the connection is free before the server asks for more.
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
+                    _ => {}
                 }
                 out
             }

@@ -3,11 +3,11 @@
 
 use crate::body::{ProxyBody, RequestBodyError, UpstreamBody};
 use crate::error::ProxyError;
-use crate::h2pool::{H2Error, H2Pool};
+use crate::pool::PoolError;
+use crate::pool::h1::{H1Pool, H1Settings, Lease};
+use crate::pool::h2::H2Pool;
 use arc_swap::ArcSwap;
 use http::{Request, Response, Uri};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use otlp_mesh_balance::{
     Algorithm, Balancer, Clock, EndpointOptions, EndpointSet, InFlight, MaglevConfig, Outcome,
     PickContext, RingHashConfig, SlowStart, hash_key,
@@ -30,15 +30,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-type Http1Pool = Client<HttpConnector, UpstreamBody>;
-
-/// Upstream connections: HTTP/1.1 pooled by endpoint authority, or one h2 connection per endpoint.
-// One per cluster and never moved after construction, so the size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
+/// Upstream connections: HTTP/1.1 reused per endpoint, or one h2 connection per endpoint.
 #[derive(Debug)]
 enum Pool {
-    Http1(Http1Pool),
+    Http1(Arc<H1Pool>),
     H2(Arc<H2Pool>),
+}
+
+impl Pool {
+    /// Drops the connections of endpoints no longer in the cluster.
+    fn retain(&self, live: &[std::net::SocketAddr]) {
+        match self {
+            Pool::Http1(p) => p.retain(live),
+            Pool::H2(p) => p.retain(live),
+        }
+    }
 }
 
 /// Where the key of a hashing balancer comes from.
@@ -100,7 +106,7 @@ pub struct Cluster {
     hash_key: Option<HashKey>,
     clock: Clock,
     discovery: Arc<SourceStatus>,
-    pool: Pool,
+    pool: Arc<Pool>,
     breaker: Option<CircuitBreakerLayer>,
     breaker_high: Option<CircuitBreakerLayer>,
     health: HealthControl,
@@ -202,20 +208,14 @@ impl Cluster {
         }
         let pool = match config.protocol {
             Protocol::H2 => Pool::H2(Arc::new(H2Pool::new(config.connect_timeout.into()))),
-            Protocol::Http1 => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(config.connect_timeout.into()));
-                connector.enforce_http(true);
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(std::time::Duration::from(config.pool.idle_timeout))
-                    .pool_max_idle_per_host(config.pool.max_idle_per_endpoint);
-                Pool::Http1(builder.build(connector))
-            }
+            Protocol::Http1 => Pool::Http1(H1Pool::new(H1Settings {
+                connect_timeout: config.connect_timeout.into(),
+                idle_timeout: config.pool.idle_timeout.into(),
+                max_idle: config.pool.max_idle_per_endpoint,
+                clock: clock.clone(),
+            })),
         };
+        let pool = Arc::new(pool);
         let breaker = config
             .circuit_breaker
             .as_ref()
@@ -235,6 +235,7 @@ impl Cluster {
                 discovered.updates,
                 endpoints.clone(),
                 balancer.clone(),
+                Arc::downgrade(&pool),
                 clock.clone(),
             )));
             if let Some(a) = balancer.as_adaptive() {
@@ -361,14 +362,12 @@ impl Cluster {
         }
         let endpoint = pick.endpoint;
         let guard = endpoint.start_at(&self.clock, now);
-        let inner = match &self.pool {
-            Pool::Http1(client) => {
-                // The HTTP/1.1 pool connects to the URI's authority; the Host header carries the name.
-                if let Err(e) = set_upstream_uri(&mut req, endpoint.authority.clone()) {
-                    return ClusterFuture::failed(e);
-                }
+        let inner = match &*self.pool {
+            Pool::Http1(pool) => {
+                origin_form(&mut req, &endpoint.authority);
+                let (pool, addr) = (pool.clone(), endpoint.addr);
                 Upstream::Http1 {
-                    inner: client.request(req),
+                    inner: Box::pin(async move { pool.send(addr, req).await }),
                 }
             }
             Pool::H2(pool) => {
@@ -400,6 +399,26 @@ impl Cluster {
     }
 }
 
+/// Prepares a request for an HTTP/1.1 upstream: the origin form (`/path?query`) as target, and a
+/// `Host` header — the client's, else the URI's authority (requests that came over h2), else the
+/// endpoint's.
+fn origin_form<B>(req: &mut Request<B>, endpoint: &http::uri::Authority) {
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = req.uri().authority().unwrap_or(endpoint);
+        if let Ok(v) = http::HeaderValue::from_str(host.as_str()) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let target = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(target);
+    }
+}
+
 /// Makes the request URI absolute (`http://{authority}{path}`), as the upstream clients need.
 fn set_upstream_uri<B>(
     req: &mut Request<B>,
@@ -420,29 +439,27 @@ fn upstream_error(message: String, kind: FailureKind) -> ProxyError {
     ProxyError::Upstream { message, kind }
 }
 
+type H1Future = Pin<
+    Box<dyn Future<Output = Result<(Response<hyper::body::Incoming>, Lease), PoolError>> + Send>,
+>;
 type H2Future =
-    Pin<Box<dyn Future<Output = Result<Response<hyper::body::Incoming>, H2Error>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<hyper::body::Incoming>, PoolError>> + Send>>;
 
-pin_project! {
-    #[project = UpstreamProj]
-    enum Upstream {
-        Http1 { #[pin] inner: hyper_util::client::legacy::ResponseFuture },
-        H2 { inner: H2Future },
-    }
-}
-
-/// Either pool's failure, before classification.
-enum UpstreamError {
-    Http1(hyper_util::client::legacy::Error),
-    H2(H2Error),
+/// An upstream exchange up to its response head (and, for HTTP/1.1, the connection's lease).
+enum Upstream {
+    Http1 { inner: H1Future },
+    H2 { inner: H2Future },
 }
 
 impl Future for Upstream {
-    type Output = Result<Response<hyper::body::Incoming>, UpstreamError>;
+    type Output = Result<(Response<hyper::body::Incoming>, Option<Lease>), PoolError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            UpstreamProj::Http1 { inner } => inner.poll(cx).map_err(UpstreamError::Http1),
-            UpstreamProj::H2 { inner } => inner.as_mut().poll(cx).map_err(UpstreamError::H2),
+        match self.get_mut() {
+            Upstream::Http1 { inner } => inner
+                .as_mut()
+                .poll(cx)
+                .map_ok(|(resp, lease)| (resp, Some(lease))),
+            Upstream::H2 { inner } => inner.as_mut().poll(cx).map_ok(|resp| (resp, None)),
         }
     }
 }
@@ -535,7 +552,7 @@ impl Future for ClusterFuture {
                     )));
                 };
                 Poll::Ready(match result {
-                    Ok(resp) => {
+                    Ok((resp, lease)) => {
                         // Latency is recorded at the response head: a long body is not a slow endpoint.
                         let outcome = if resp.status().is_server_error() {
                             Outcome::Failure
@@ -547,7 +564,7 @@ impl Future for ClusterFuture {
                             guard.endpoint().addr,
                             Observation::Status(resp.status().as_u16()),
                         );
-                        Ok(resp.map(|b| ProxyBody::upstream(b, guard)))
+                        Ok(resp.map(|b| ProxyBody::upstream(b, guard, lease)))
                     }
                     Err(e) => {
                         cluster.complete(&mut guard, Outcome::Failure);
@@ -570,7 +587,7 @@ impl Future for ClusterFuture {
 }
 
 /// Turns a pool error into the proxy error the client should see.
-fn classify(e: UpstreamError, guard: &InFlight, cluster: &Cluster) -> ProxyError {
+fn classify(e: PoolError, guard: &InFlight, cluster: &Cluster) -> ProxyError {
     let endpoint = guard.endpoint().addr.to_string();
     let connect_failed = |reason: String| {
         cluster
@@ -583,10 +600,8 @@ fn classify(e: UpstreamError, guard: &InFlight, cluster: &Cluster) -> ProxyError
         }
     };
     let err: &(dyn std::error::Error + 'static) = match &e {
-        UpstreamError::Http1(e) if e.is_connect() => return connect_failed(root_cause(e)),
-        UpstreamError::H2(H2Error::Connect(reason)) => return connect_failed(reason.clone()),
-        UpstreamError::Http1(e) => e,
-        UpstreamError::H2(e) => e,
+        PoolError::Connect(reason) => return connect_failed(reason.clone()),
+        PoolError::Request(e) => e,
     };
     let mut kind = FailureKind::Other;
     let mut source = Some(err);
@@ -761,6 +776,7 @@ async fn follow_discovery(
     mut updates: tokio::sync::watch::Receiver<otlp_mesh_discovery::Endpoints>,
     endpoints: Arc<ArcSwap<EndpointSet>>,
     balancer: Arc<dyn Balancer>,
+    pool: std::sync::Weak<Pool>,
     clock: Clock,
 ) {
     while updates.changed().await.is_ok() {
@@ -773,6 +789,10 @@ async fn follow_discovery(
         let next = current.update(list.iter().copied(), clock.now());
         balancer.prepare(&next);
         endpoints.store(Arc::new(next));
+        if let Some(pool) = pool.upgrade() {
+            let live: Vec<std::net::SocketAddr> = list.iter().map(|(addr, _)| *addr).collect();
+            pool.retain(&live);
+        }
         tracing::info!(%cluster, endpoints = list.len(), "endpoints updated from discovery");
     }
 }

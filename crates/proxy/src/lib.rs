@@ -8,10 +8,10 @@
 pub mod body;
 pub mod cluster;
 pub mod error;
-pub mod h2pool;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod router;
 pub mod service;
 pub mod trace;

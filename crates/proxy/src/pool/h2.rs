@@ -1,8 +1,6 @@
 //! HTTP/2 upstream connections: one multiplexed connection per endpoint, shared by all requests.
-//!
-//! Unlike the HTTP/1.1 pool (keyed by URI authority), this pool is keyed by endpoint address, so
-//! the request URI keeps the client's authority and the upstream sees the right `:authority`.
 
+use super::PoolError;
 use crate::body::UpstreamBody as RequestBody;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response};
@@ -13,15 +11,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Why an h2 upstream request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum H2Error {
-    #[error("{0}")]
-    Connect(String),
-    #[error(transparent)]
-    Request(#[from] hyper::Error),
-}
 
 /// Per-endpoint HTTP/2 connections for one cluster.
 #[derive(Debug)]
@@ -71,7 +60,7 @@ impl H2Pool {
         &self,
         addr: SocketAddr,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, H2Error> {
+    ) -> Result<Response<Incoming>, PoolError> {
         let slot = self.slot(addr);
         let mut sender = self.connection(&slot, addr).await?;
         sender.ready().await?;
@@ -82,7 +71,7 @@ impl H2Pool {
         &self,
         slot: &Slot,
         addr: SocketAddr,
-    ) -> Result<SendRequest<RequestBody>, H2Error> {
+    ) -> Result<SendRequest<RequestBody>, PoolError> {
         if let Some(c) = slot.conn.load().as_ref()
             && !c.is_closed()
         {
@@ -94,22 +83,12 @@ impl H2Pool {
         {
             return Ok(SendRequest::clone(c));
         }
-        let stream =
-            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    H2Error::Connect(format!(
-                        "connect timed out after {:?}",
-                        self.connect_timeout
-                    ))
-                })?
-                .map_err(|e| H2Error::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = super::connect(addr, self.connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| H2Error::Connect(format!("h2 handshake: {e}")))?;
+            .map_err(|e| PoolError::Connect(format!("h2 handshake: {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");

@@ -1,0 +1,250 @@
+//! HTTP/1.1 upstream connections, reused per endpoint.
+//!
+//! A connection is checked out for one exchange and handed back by its [`Lease`] when the
+//! response body has been read to the end; a body dropped early closes the connection instead.
+//! Idle connections are kept newest first (so the oldest age out under light load), at most
+//! `max_idle` per endpoint, and closed after `idle_timeout` by a sweeper task.
+//!
+//! Compared with hyper-util's generic pool this keys by the endpoint address the balancer
+//! picked (no hashing of scheme and authority, no absolute URIs converted back to origin form)
+//! and spawns no task per request: the connection goes back when the body ends.
+
+use super::PoolError;
+use crate::body::UpstreamBody;
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use otlp_mesh_balance::{Clock, Timestamp};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// Settings of an [`H1Pool`].
+#[derive(Debug, Clone)]
+pub struct H1Settings {
+    pub connect_timeout: Duration,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint; more are closed when their exchange ends.
+    pub max_idle: usize,
+    /// The clock idle times are measured on.
+    pub clock: Clock,
+}
+
+/// Per-endpoint HTTP/1.1 connections for one cluster, sending request bodies of type `B`.
+pub struct H1Pool<B = UpstreamBody> {
+    slots: ArcSwap<HashMap<SocketAddr, Arc<Slot<B>>>>,
+    settings: Arc<H1Settings>,
+}
+
+/// One endpoint's idle connections.
+struct Slot<B> {
+    // A short critical section per checkout and per return, never held across an await; one
+    // lock per endpoint, not per pool.
+    idle: Mutex<Vec<Idle<B>>>,
+    settings: Arc<H1Settings>,
+}
+
+struct Idle<B> {
+    sender: SendRequest<B>,
+    since: Timestamp,
+}
+
+impl<B> Slot<B> {
+    /// The newest idle connection that is still open and fresh; expired ones are dropped.
+    fn checkout(&self, now: Timestamp) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !self.expired(&conn, now) {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn expired(&self, conn: &Idle<B>, now: Timestamp) -> bool {
+        conn.sender.is_closed()
+            || now.saturating_duration_since(conn.since) >= self.settings.idle_timeout
+    }
+
+    /// Keeps a connection whose exchange has ended, unless the endpoint already has enough.
+    fn put(&self, sender: SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let since = self.settings.clock.now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.settings.max_idle {
+            idle.push(Idle { sender, since });
+        }
+    }
+
+    /// Drops idle connections that are closed or past the idle timeout.
+    fn sweep(&self, now: Timestamp) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|conn| !self.expired(conn, now));
+    }
+
+    fn idle_count(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+/// A connection checked out for one exchange; [`Lease::release`] returns it to the pool.
+/// Dropping the lease instead closes the connection once hyper is done with it.
+pub struct Lease<B = UpstreamBody> {
+    slot: Arc<Slot<B>>,
+    sender: SendRequest<B>,
+}
+
+impl<B> std::fmt::Debug for Lease<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("closed", &self.sender.is_closed())
+            .finish()
+    }
+}
+
+impl<B> std::fmt::Debug for H1Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Pool")
+            .field("endpoints", &self.slots.load().len())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<B> Lease<B> {
+    /// Returns the connection for reuse: call only once the response body has ended.
+    pub fn release(self) {
+        self.slot.put(self.sender);
+    }
+}
+
+impl<B> H1Pool<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A pool; its sweeper task (when a tokio runtime is running) ends with the pool.
+    pub fn new(settings: H1Settings) -> Arc<Self> {
+        let pool = Arc::new(H1Pool {
+            slots: ArcSwap::from_pointee(HashMap::new()),
+            settings: Arc::new(settings),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&pool), pool.settings.idle_timeout));
+        }
+        pool
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot<B>> {
+        if let Some(s) = self.slots.load().get(&addr) {
+            return s.clone();
+        }
+        let settings = &self.settings;
+        self.slots.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(addr).or_insert_with(|| {
+                Arc::new(Slot {
+                    idle: Mutex::new(Vec::new()),
+                    settings: settings.clone(),
+                })
+            });
+            map
+        });
+        match self.slots.load().get(&addr) {
+            Some(s) => s.clone(),
+            // Only if a concurrent `retain` removed it this instant: a slot of its own is fine.
+            None => Arc::new(Slot {
+                idle: Mutex::new(Vec::new()),
+                settings: settings.clone(),
+            }),
+        }
+    }
+
+    /// Drops the idle connections of endpoints no longer in the cluster.
+    pub fn retain(&self, live: &[SocketAddr]) {
+        self.slots.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.retain(|a, _| live.contains(a));
+            map
+        });
+    }
+
+    /// Idle connections to `addr` now.
+    pub fn idle(&self, addr: SocketAddr) -> usize {
+        self.slots.load().get(&addr).map_or(0, |s| s.idle_count())
+    }
+
+    /// Sends a request (origin-form URI, `Host` set) to `addr` on an idle connection or a new
+    /// one. A request that an idle connection closed before taking is sent on the next one.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<B>,
+    ) -> Result<(Response<Incoming>, Lease<B>), PoolError> {
+        let slot = self.slot(addr);
+        let now = self.settings.clock.now();
+        // Bounded by the idle list, which only shrinks here.
+        while let Some(mut sender) = slot.checkout(now) {
+            // The previous exchange may still be finishing (its body has been read, hyper has
+            // not yet gone idle): wait for it, or skip the connection if it closes instead.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lease { slot, sender })),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the server closed the idle connection first.
+                    Some(unsent) => req = unsent,
+                    None => return Err(PoolError::Request(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(addr).await?;
+        let resp = sender.send_request(req).await?;
+        Ok((resp, Lease { slot, sender }))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<B>, PoolError> {
+        let stream = super::connect(addr, self.settings.connect_timeout).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| PoolError::Connect(format!("http/1.1 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Closes idle connections past the idle timeout, checking every half timeout (1 s at most, so
+/// a long timeout still sees closed connections go).
+async fn sweep<B>(pool: Weak<H1Pool<B>>, idle_timeout: Duration) {
+    let every = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let now = pool.settings.clock.now();
+        for slot in pool.slots.load().values() {
+            slot.sweep(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
