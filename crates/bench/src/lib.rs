@@ -5,6 +5,7 @@
 //! benchmarks.
 
 mod baseline;
+mod h1;
 mod histogram;
 pub mod history;
 pub mod html;

@@ -1,6 +1,7 @@
 //! The load generator: one task per connection (per stream for h2c and gRPC), HTTP/1.1, h2c or
 //! unary gRPC over h2c, closed or open loop.
 
+use crate::h1::{EncodedRequest, H1Conn};
 use crate::histogram::{Latency, OpenLoopRecorder};
 use crate::report::{Errors, Report};
 use crate::resources::ProcessSampler;
@@ -185,36 +186,30 @@ struct WorkerResult {
     errors: Errors,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 enum Conn {
-    H1(Sender),
+    H1(H1Conn),
     H2(H2Sender),
+}
+
+/// A TCP connection to the benchmark's target, Nagle off.
+async fn connect(cfg: &BenchConfig) -> Result<TcpStream, String> {
+    let authority = cfg.url.authority().ok_or("url has no host:port")?.as_str();
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 impl Conn {
     async fn open(cfg: &BenchConfig) -> Result<Conn, String> {
-        let authority = cfg
-            .url
-            .authority()
-            .ok_or("url has no host:port")?
-            .as_str()
-            .to_string();
-        let stream = TcpStream::connect(&authority)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        let stream = connect(cfg).await?;
         match cfg.protocol {
-            Protocol::Http1 => {
-                let (send, conn) = hyper::client::conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                Ok(Conn::H1(send))
-            }
+            Protocol::Http1 => Ok(Conn::H1(H1Conn::new(stream))),
             Protocol::H2c | Protocol::Grpc => {
+                let io = TokioIo::new(stream);
                 let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -231,21 +226,30 @@ impl Conn {
         }
     }
 
-    /// Sends `req` and reads the response to its end: `Ok(Err(_))` is a completed response that
-    /// counts as a failure, `Err` a transport error.
+    /// Sends the benchmark's request and reads the response to its end: `Ok(Err(_))` is a
+    /// completed response that counts as a failure, `Err` a transport error.
     async fn send(
         &mut self,
-        req: Request<Full<Bytes>>,
-        protocol: Protocol,
+        cfg: &BenchConfig,
+        h1: &EncodedRequest,
     ) -> Result<Result<(), Failure>, String> {
+        let protocol = cfg.protocol;
         let resp = match self {
-            Conn::H1(s) => {
-                s.ready().await.map_err(|e| e.to_string())?;
-                s.send_request(req).await
+            Conn::H1(c) => {
+                // The server closed after its last response: not a failure of this request.
+                if !c.reusable() {
+                    *c = H1Conn::new(connect(cfg).await?);
+                }
+                let status = c.send(h1).await?;
+                return Ok(if status >= 400 {
+                    Err(Failure::Http(status))
+                } else {
+                    Ok(())
+                });
             }
             Conn::H2(s) => {
                 s.ready().await.map_err(|e| e.to_string())?;
-                s.send_request(req).await
+                s.send_request(request(cfg)).await
             }
         }
         .map_err(|e| e.to_string())?;
@@ -268,15 +272,11 @@ impl Conn {
     }
 }
 
+/// An HTTP/2 request (HTTP/1.1 requests are encoded once, [`EncodedRequest`]).
 fn request(cfg: &BenchConfig) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method(cfg.method.clone())
         .uri(cfg.url.clone());
-    if cfg.protocol == Protocol::Http1
-        && let Some(a) = cfg.url.authority()
-    {
-        b = b.header(http::header::HOST, a.as_str());
-    }
     for (k, v) in &cfg.headers {
         b = b.header(k, v);
     }
@@ -323,6 +323,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         None => None,
     };
 
+    let h1 = EncodedRequest::new(&cfg.method, &cfg.url, &cfg.headers, &cfg.body)?;
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + cfg.warmup;
     let end = measure_from + cfg.duration;
@@ -342,6 +343,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         let extra: Vec<H2Sender> = (1..streams).filter_map(|_| conn.shared()).collect();
         tasks.spawn(worker(
             cfg.clone(),
+            h1.clone(),
             conn,
             Window {
                 start,
@@ -354,6 +356,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         for s in extra {
             tasks.spawn(worker(
                 cfg.clone(),
+                h1.clone(),
                 Conn::H2(s),
                 Window {
                     start,
@@ -459,6 +462,7 @@ struct Window {
 
 async fn worker(
     cfg: BenchConfig,
+    h1: EncodedRequest,
     mut conn: Conn,
     window: Window,
     timeline: Arc<Timeline>,
@@ -490,8 +494,7 @@ async fn worker(
         if sent >= end {
             break;
         }
-        let result =
-            tokio::time::timeout(cfg.timeout, conn.send(request(&cfg), cfg.protocol)).await;
+        let result = tokio::time::timeout(cfg.timeout, conn.send(&cfg, &h1)).await;
         let done = Instant::now();
         let measured = sent >= measure_from;
         if measured {
@@ -767,6 +770,75 @@ mod tests {
         assert!(r.errors.grpc_status > 10, "{:?}", r.errors);
         assert_eq!(r.errors.total(), r.errors.grpc_status);
         assert_eq!(r.requests, r.errors.grpc_status);
+    }
+
+    /// A hyper HTTP/1.1 server: `/close` answers with `Connection: close`, `/fail` with 500,
+    /// anything else 200 with a chunked or sized body. Counts the connections it accepted.
+    async fn h1_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.uri().to_string(), req.uri().path(), "origin-form");
+                        let resp = http::Response::builder();
+                        let resp = match req.uri().path() {
+                            "/close" => resp.header("connection", "close"),
+                            "/fail" => resp.status(500),
+                            _ => resp,
+                        };
+                        let body = Full::new(Bytes::from_static(b"0123456789"));
+                        Ok::<_, hyper::Error>(resp.body(body).unwrap())
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn http1_load_keeps_connections_reconnects_after_close_and_counts_statuses() {
+        use std::sync::atomic::Ordering;
+        let h1 = |addr: std::net::SocketAddr, path: &str| BenchConfig {
+            url: format!("http://{addr}{path}").parse().unwrap(),
+            connections: 2,
+            duration: Duration::from_millis(300),
+            warmup: Duration::ZERO,
+            ..BenchConfig::default()
+        };
+        let (addr, accepted) = h1_server().await;
+        let r = run(h1(addr, "/ok")).await.unwrap();
+        assert!(r.ok > 10, "{r:?}");
+        assert_eq!(r.errors, Errors::default());
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "keep-alive: one per worker"
+        );
+
+        let (addr, accepted) = h1_server().await;
+        let r = run(h1(addr, "/close")).await.unwrap();
+        assert!(r.ok > 10, "{r:?}");
+        assert_eq!(r.errors, Errors::default(), "a close is not a failure");
+        assert!(
+            accepted.load(Ordering::SeqCst) as u64 >= r.ok,
+            "a connection per request"
+        );
+
+        let (addr, _) = h1_server().await;
+        let r = run(h1(addr, "/fail")).await.unwrap();
+        assert_eq!(r.ok, 0);
+        assert!(r.errors.status_5xx > 10, "{:?}", r.errors);
+        assert_eq!(r.requests, r.errors.total());
     }
 
     #[test]
