@@ -9,16 +9,14 @@
 //! picked (no hashing of scheme and authority, no absolute URIs converted back to origin form)
 //! and spawns no task per request: the connection goes back when the body ends.
 
-use super::PoolError;
+use super::{PoolError, Slots};
 use crate::body::UpstreamBody;
-use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use otlp_mesh_balance::{Clock, Timestamp};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -37,7 +35,7 @@ pub struct H1Settings {
 
 /// Per-endpoint HTTP/1.1 connections for one cluster, sending request bodies of type `B`.
 pub struct H1Pool<B = UpstreamBody> {
-    slots: ArcSwap<HashMap<SocketAddr, Arc<Slot<B>>>>,
+    slots: Slots<Slot<B>>,
     settings: Arc<H1Settings>,
 }
 
@@ -112,7 +110,7 @@ impl<B> std::fmt::Debug for Lease<B> {
 impl<B> std::fmt::Debug for H1Pool<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H1Pool")
-            .field("endpoints", &self.slots.load().len())
+            .field("endpoints", &self.slots.len())
             .field("settings", &self.settings)
             .finish()
     }
@@ -134,7 +132,7 @@ where
     /// A pool; its sweeper task (when a tokio runtime is running) ends with the pool.
     pub fn new(settings: H1Settings) -> Arc<Self> {
         let pool = Arc::new(H1Pool {
-            slots: ArcSwap::from_pointee(HashMap::new()),
+            slots: Slots::new(),
             settings: Arc::new(settings),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -144,42 +142,20 @@ where
     }
 
     fn slot(&self, addr: SocketAddr) -> Arc<Slot<B>> {
-        if let Some(s) = self.slots.load().get(&addr) {
-            return s.clone();
-        }
-        let settings = &self.settings;
-        self.slots.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            map.entry(addr).or_insert_with(|| {
-                Arc::new(Slot {
-                    idle: Mutex::new(Vec::new()),
-                    settings: settings.clone(),
-                })
-            });
-            map
-        });
-        match self.slots.load().get(&addr) {
-            Some(s) => s.clone(),
-            // Only if a concurrent `retain` removed it this instant: a slot of its own is fine.
-            None => Arc::new(Slot {
-                idle: Mutex::new(Vec::new()),
-                settings: settings.clone(),
-            }),
-        }
+        self.slots.get(addr, || Slot {
+            idle: Mutex::new(Vec::new()),
+            settings: self.settings.clone(),
+        })
     }
 
     /// Drops the idle connections of endpoints no longer in the cluster.
     pub fn retain(&self, live: &[SocketAddr]) {
-        self.slots.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            map.retain(|a, _| live.contains(a));
-            map
-        });
+        self.slots.retain(live);
     }
 
     /// Idle connections to `addr` now.
     pub fn idle(&self, addr: SocketAddr) -> usize {
-        self.slots.load().get(&addr).map_or(0, |s| s.idle_count())
+        self.slots.find(addr).map_or(0, |s| s.idle_count())
     }
 
     /// Sends a request (origin-form URI, `Host` set) to `addr` on an idle connection or a new
@@ -240,7 +216,7 @@ async fn sweep<B>(pool: Weak<H1Pool<B>>, idle_timeout: Duration) {
             return;
         };
         let now = pool.settings.clock.now();
-        for slot in pool.slots.load().values() {
+        for slot in pool.slots.all() {
             slot.sweep(now);
         }
     }

@@ -1,13 +1,12 @@
 //! HTTP/2 upstream connections: one multiplexed connection per endpoint, shared by all requests.
 
-use super::PoolError;
+use super::{PoolError, Slots};
 use crate::body::UpstreamBody as RequestBody;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use std::time::Duration;
 /// Per-endpoint HTTP/2 connections for one cluster.
 #[derive(Debug)]
 pub struct H2Pool {
-    slots: ArcSwap<HashMap<SocketAddr, Arc<Slot>>>,
+    slots: Slots<Slot>,
     connect_timeout: Duration,
 }
 
@@ -29,30 +28,18 @@ struct Slot {
 impl H2Pool {
     pub fn new(connect_timeout: Duration) -> Self {
         H2Pool {
-            slots: ArcSwap::from_pointee(HashMap::new()),
+            slots: Slots::new(),
             connect_timeout,
         }
     }
 
     fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
-        if let Some(s) = self.slots.load().get(&addr) {
-            return s.clone();
-        }
-        self.slots.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            map.entry(addr).or_default();
-            map
-        });
-        self.slots.load().get(&addr).cloned().unwrap_or_default()
+        self.slots.get(addr, Slot::default)
     }
 
     /// Drops connections to endpoints no longer in the cluster.
     pub fn retain(&self, live: &[SocketAddr]) {
-        self.slots.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            map.retain(|a, _| live.contains(a));
-            map
-        });
+        self.slots.retain(live);
     }
 
     /// Sends a request (absolute URI with the client's authority) to `addr`.

@@ -7,9 +7,75 @@
 pub mod h1;
 pub mod h2;
 
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// Per-endpoint state of a pool, read lock-free on every request; written only when an endpoint
+/// is first used or leaves the cluster.
+struct Slots<T> {
+    map: ArcSwap<HashMap<SocketAddr, Arc<T>>>,
+}
+
+impl<T> std::fmt::Debug for Slots<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("endpoints", &self.len())
+            .finish()
+    }
+}
+
+impl<T> Slots<T> {
+    fn new() -> Self {
+        Slots {
+            map: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// The endpoint's slot, made by `make` on first use.
+    fn get(&self, addr: SocketAddr, make: impl Fn() -> T) -> Arc<T> {
+        if let Some(s) = self.map.load().get(&addr) {
+            return s.clone();
+        }
+        self.map.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(addr).or_insert_with(|| Arc::new(make()));
+            map
+        });
+        // Missing only if a concurrent `retain` dropped it this instant: a slot of its own is fine.
+        self.map
+            .load()
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(make()))
+    }
+
+    /// The slot of `addr`, if it has been used.
+    fn find(&self, addr: SocketAddr) -> Option<Arc<T>> {
+        self.map.load().get(&addr).cloned()
+    }
+
+    /// Drops the slots of endpoints not in `live`.
+    fn retain(&self, live: &[SocketAddr]) {
+        self.map.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.retain(|a, _| live.contains(a));
+            map
+        });
+    }
+
+    /// Every slot now.
+    fn all(&self) -> Vec<Arc<T>> {
+        self.map.load().values().cloned().collect()
+    }
+
+    fn len(&self) -> usize {
+        self.map.load().len()
+    }
+}
 
 /// Why an upstream request failed before it produced a response head.
 #[derive(Debug, thiserror::Error)]
