@@ -63,6 +63,14 @@ async fn routing_follows_a_watched_endpoints_file() {
         || async { answer(edge).await == "b" },
     )
     .await;
+    // The pooled keep-alive connection to the removed endpoint is closed, not kept idle.
+    eventually(
+        "the removed endpoint's connection closed",
+        Duration::from_secs(5),
+        || async { a.open_connections() == 0 },
+    )
+    .await;
+    assert_eq!(b.open_connections(), 1, "b's connection is pooled");
 
     // A broken file keeps the last good set and marks the source failing.
     replace_atomically(&file, "not: [valid");

@@ -662,6 +662,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -685,6 +686,8 @@ impl Upstream {
         let handler = Arc::new(handler);
         let counter = hits.clone();
         let conn_counter = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_counter = open.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -692,6 +695,8 @@ impl Upstream {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         conn_counter.fetch_add(1, Ordering::SeqCst);
+                        open_counter.fetch_add(1, Ordering::SeqCst);
+                        let still_open = open_counter.clone();
                         let _ = stream.set_nodelay(true);
                         let handler = handler.clone();
                         let counter = counter.clone();
@@ -704,6 +709,7 @@ impl Upstream {
                             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .await;
+                            still_open.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -714,8 +720,14 @@ impl Upstream {
             addr,
             hits,
             connections,
+            open,
             task,
         }
+    }
+
+    /// Connections open now (accepted and not yet closed).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
