@@ -16,7 +16,7 @@ pub struct TraceContext {
 }
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
@@ -24,8 +24,26 @@ const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
+/// Whether `name` is one of the trace-context headers this module reads or replaces.
+fn is_trace_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "traceparent" || n == "tracestate" || n == "b3" || n.starts_with("x-b3-")
+}
+
+/// Past this many header names a scan for trace headers costs more than looking them up.
+const SCAN_MAX: usize = 24;
+
+/// Whether `headers` may hold a trace header: one pass over the (few) names of a typical
+/// request instead of hashing every trace header name (this runs for every request).
+fn may_have_trace_headers(headers: &HeaderMap) -> bool {
+    headers.keys_len() > SCAN_MAX || headers.keys().any(is_trace_header)
+}
+
 /// Reads the incoming trace context; invalid headers count as absent (a new trace starts).
 pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
+    if !may_have_trace_headers(headers) {
+        return None;
+    }
     if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
         && let Some(mut ctx) = parse_traceparent(tp)
     {
@@ -64,16 +82,18 @@ pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
 /// Writes `ctx` (whose `span_id` is the caller-side span) in each of `formats`, replacing any
 /// trace headers the request carried.
 pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, formats: &[Propagation]) {
-    for h in [
-        &TRACEPARENT,
-        &B3,
-        &B3_TRACE,
-        &B3_SPAN,
-        &B3_PARENT,
-        &B3_SAMPLED,
-        &B3_FLAGS,
-    ] {
-        headers.remove(h);
+    if may_have_trace_headers(headers) {
+        for h in [
+            &TRACEPARENT,
+            &B3,
+            &B3_TRACE,
+            &B3_SPAN,
+            &B3_PARENT,
+            &B3_SAMPLED,
+            &B3_FLAGS,
+        ] {
+            headers.remove(h);
+        }
     }
     let sampled = ctx.sampled.unwrap_or(false);
     let mut trace = [0u8; 32];
@@ -325,5 +345,44 @@ mod tests {
             "00-01010101010101010101010101010101-0202020202020202-00"
         );
         assert!(h.get("x-b3-spanid").is_none());
+    }
+
+    #[test]
+    fn trace_headers_are_found_among_few_and_many_others() {
+        // Below and above the scan limit: the scan and the lookups must agree.
+        for others in [0, 3, SCAN_MAX - 3, SCAN_MAX + 10] {
+            let names: Vec<String> = (0..others).map(|i| format!("x-other-{i}")).collect();
+            let mut pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+            assert!(extract(&headers(&pairs)).is_none(), "{others}");
+            pairs.push(("x-b3-traceid", "463ac35c9f6413ad"));
+            pairs.push(("x-b3-spanid", "a2fb4a1d1a96d312"));
+            pairs.push(("x-b3-flags", "1"));
+            let mut h = headers(&pairs);
+            let ctx = extract(&h).expect("b3 multi context");
+            assert_eq!(ctx.sampled, Some(true), "{others}");
+            inject(&mut h, &ctx, &[Propagation::W3c]);
+            for gone in ["x-b3-traceid", "x-b3-spanid", "x-b3-flags"] {
+                assert!(h.get(gone).is_none(), "{gone} with {others} others");
+            }
+            assert!(h.get("traceparent").is_some());
+            assert_eq!(h.keys_len(), others + 1);
+        }
+    }
+
+    #[test]
+    fn inject_without_incoming_trace_headers_adds_only_its_own() {
+        let mut h = headers(&[("host", "shop"), ("user-agent", "t")]);
+        let ctx = TraceContext {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            sampled: Some(true),
+            tracestate: None,
+        };
+        inject(&mut h, &ctx, &[Propagation::W3c, Propagation::B3]);
+        assert_eq!(h.keys_len(), 4);
+        assert_eq!(
+            h.get("b3").unwrap(),
+            "01010101010101010101010101010101-0202020202020202-1"
+        );
     }
 }
