@@ -19,7 +19,7 @@ use otlp_mesh_resilience::retry::{
     Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
 };
 use otlp_mesh_resilience::timeout::Timeout;
-use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTrace, unix_nanos};
+use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTrace};
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -251,16 +251,18 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, FaultReset> {
-    let Some(recorder) = state.recorder.clone() else {
-        return route_and_forward(state, peer, req, None, &mut Picked::default()).await;
-    };
-    let trace = recorder.begin(req.headers());
-    if !trace.as_ref().is_some_and(|t| t.records()) {
-        // Not sampled and no access log: only the trace headers travel on.
-        return route_and_forward(state, peer, req, trace, &mut Picked::default()).await;
-    }
-    let start_unix_nanos = unix_nanos();
+    // The one clock read at the start of a request: metrics, span and access log share it.
     let start = Instant::now();
+    let Some(recorder) = state.recorder.as_ref() else {
+        return route_and_forward(state, peer, req, None, start, &mut Picked::default()).await;
+    };
+    let trace = recorder.begin(req.headers(), start.into_std());
+    let Some(t) = trace.as_ref().filter(|t| t.records()) else {
+        // Not sampled and no access log: only the trace headers travel on.
+        return route_and_forward(state, peer, req, trace, start, &mut Picked::default()).await;
+    };
+    let recorder = recorder.clone();
+    let start_unix_nanos = t.start_unix_nanos;
     let method = req.method().clone();
     let path = Box::from(req.uri().path());
     let version = req.version();
@@ -270,12 +272,12 @@ pub async fn handle(
     };
     let listener = state.listener_name.clone();
     let mut picked = Picked::default();
-    let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
+    let result = route_and_forward(state, peer, req, trace.clone(), start, &mut picked).await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),
             resp.headers()
-                .get("x-mesh-error")
+                .get(&X_MESH_ERROR)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             resp.extensions()
@@ -291,7 +293,8 @@ pub async fn handle(
     recorder.record(RequestRecord {
         trace,
         start_unix_nanos,
-        duration: start.elapsed(),
+        // Measured when the metrics were recorded (one clock read for both).
+        duration: picked.elapsed.unwrap_or_else(|| start.elapsed()),
         method,
         path,
         version,
@@ -307,11 +310,22 @@ pub async fn handle(
     result
 }
 
-/// The route and cluster a request went to, for its span and access log.
+/// The proxy's error-code response header (see `ProxyError::code`).
+const X_MESH_ERROR: http::HeaderName = http::HeaderName::from_static("x-mesh-error");
+
+/// The route and cluster a request went to, for its span and access log, and how long it took.
 #[derive(Default)]
 struct Picked {
     route: Option<Arc<str>>,
     cluster: Option<Arc<str>>,
+    elapsed: Option<std::time::Duration>,
+}
+
+/// Records the request in its metric series; the duration is kept for its span.
+fn record_metrics(metrics: &RouteMetrics, status: u16, start: Instant, picked: &mut Picked) {
+    let elapsed = start.elapsed();
+    metrics.record(status, elapsed);
+    picked.elapsed = Some(elapsed);
 }
 
 async fn route_and_forward(
@@ -319,18 +333,18 @@ async fn route_and_forward(
     peer: SocketAddr,
     req: Request<Incoming>,
     trace: Option<Arc<RequestTrace>>,
+    start: Instant,
     picked: &mut Picked,
 ) -> Result<Response<ResponseBody>, FaultReset> {
-    let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
     let grpc = is_grpc(&parts.headers);
     let Some(route) = state.routes.find(&parts) else {
-        state.no_route.record(404, start.elapsed());
+        record_metrics(&state.no_route, 404, start, picked);
         return Ok(finish_error(&state, grpc, ProxyError::NoRoute));
     };
     let Some(target) = route.pick_target() else {
-        state.no_route.record(503, start.elapsed());
+        record_metrics(&state.no_route, 503, start, picked);
         return Ok(finish_error(
             &state,
             grpc,
@@ -350,7 +364,7 @@ async fn route_and_forward(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            target.metrics.record(413, start.elapsed());
+            record_metrics(&target.metrics, 413, start, picked);
             return Ok(finish_error(&state, grpc, ProxyError::BodyTooLarge(limit)));
         }
     }
@@ -370,9 +384,6 @@ async fn route_and_forward(
     {
         parts.extensions.insert(ClientIp(peer.ip().to_canonical()));
     }
-    if let Some(t) = trace {
-        parts.extensions.insert(t);
-    }
     // A gRPC client's own deadline may only shorten the route's.
     let client_deadline = if grpc {
         grpc_timeout(&parts.headers)
@@ -387,11 +398,11 @@ async fn route_and_forward(
         Some(b) => Either::Left(b.layer_service(cluster)),
         None => Either::Right(cluster),
     };
-    let attempt = TraceAttempt::new(Fault::new(
-        guarded,
-        state.faults.clone(),
-        target.attempt_faults.clone(),
-    ));
+    let attempt = TraceAttempt::new(
+        Fault::new(guarded, state.faults.clone(), target.attempt_faults.clone()),
+        trace,
+        target.retry.is_some(),
+    );
     type ToUpstream<B> = fn(Request<B>) -> Request<UpstreamBody>;
     let attempts = match &target.retry {
         Some(r) => Either::Left(r.layer_service(MapRequest::new(
@@ -420,13 +431,11 @@ async fn route_and_forward(
             headers::remove_hop_by_hop(headers, false);
             route.response_headers.apply(headers);
             finish_headers(&state, headers);
-            target
-                .metrics
-                .record(resp.status().as_u16(), start.elapsed());
+            record_metrics(&target.metrics, resp.status().as_u16(), start, picked);
             Ok(resp)
         }
         Err(ProxyError::FaultReset(reset)) => {
-            target.metrics.record(502, start.elapsed());
+            record_metrics(&target.metrics, 502, start, picked);
             Err(reset)
         }
         Err(e) => {
@@ -438,7 +447,7 @@ async fn route_and_forward(
                     .fetch_add(1, Ordering::Relaxed);
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
-            target.metrics.record(e.status().as_u16(), start.elapsed());
+            record_metrics(&target.metrics, e.status().as_u16(), start, picked);
             Ok(finish_error(&state, grpc, e))
         }
     }

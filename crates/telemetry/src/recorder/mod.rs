@@ -29,7 +29,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Records waiting for the encoder; past this the request path drops them (counted).
@@ -44,6 +44,105 @@ pub fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Unix time from the monotonic clock: one clock read per event on the request path instead of
+/// a monotonic read for durations plus a wall-clock read for timestamps. The encoder re-anchors
+/// it on every flush tick, so a stepped wall clock shows up within [`FLUSH_EVERY`].
+#[derive(Debug)]
+struct WallClock {
+    base: Instant,
+    /// Unix nanoseconds at `base`, as of the last anchoring.
+    unix_at_base: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl WallClock {
+    fn new() -> WallClock {
+        let clock = WallClock {
+            base: Instant::now(),
+            unix_at_base: AtomicU64::new(0),
+        };
+        clock.anchor();
+        clock
+    }
+
+    fn anchor(&self) {
+        let since = nanos(self.base.elapsed());
+        self.unix_at_base
+            .store(unix_nanos().saturating_sub(since), Ordering::Relaxed);
+    }
+
+    fn unix_nanos(&self, at: Instant) -> u64 {
+        let base = self.unix_at_base.load(Ordering::Relaxed);
+        match at.checked_duration_since(self.base) {
+            Some(d) => base.saturating_add(nanos(d)),
+            None => base.saturating_sub(nanos(self.base.duration_since(at))),
+        }
+    }
+}
+
+/// The propagation formats of a trace, deduplicated, without a shared allocation per request.
+#[derive(Clone, Copy, Debug)]
+struct Formats {
+    list: [Propagation; 3],
+    len: usize,
+}
+
+impl Formats {
+    fn new(configured: &[Propagation]) -> Formats {
+        let mut f = Formats {
+            list: [Propagation::W3c; 3],
+            len: 0,
+        };
+        for p in configured {
+            if !f.as_slice().contains(p) && f.len < f.list.len() {
+                f.list[f.len] = *p;
+                f.len += 1;
+            }
+        }
+        f
+    }
+
+    fn as_slice(&self) -> &[Propagation] {
+        self.list.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// A request's attempts; the usual single one is kept inline (no allocation).
+#[derive(Debug, Default)]
+enum Attempts {
+    #[default]
+    None,
+    One(AttemptRecord),
+    Many(Vec<AttemptRecord>),
+}
+
+impl Attempts {
+    fn push(&mut self, a: AttemptRecord) {
+        *self = match std::mem::take(self) {
+            Attempts::None => Attempts::One(a),
+            Attempts::One(first) => Attempts::Many(vec![first, a]),
+            Attempts::Many(mut v) => {
+                // Bounded: a retry policy allows at most a handful of attempts.
+                if v.len() < 64 {
+                    v.push(a);
+                }
+                Attempts::Many(v)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[AttemptRecord] {
+        match self {
+            Attempts::None => &[],
+            Attempts::One(a) => std::slice::from_ref(a),
+            Attempts::Many(v) => v,
+        }
+    }
 }
 
 /// One upstream attempt (a client span).
@@ -70,12 +169,15 @@ pub struct RequestTrace {
     pub parent: Option<[u8; 8]>,
     pub sampled: bool,
     pub tracestate: Option<http::HeaderValue>,
-    formats: Arc<[Propagation]>,
+    /// When the request started (monotonic) and the same instant as Unix time.
+    start: Instant,
+    pub start_unix_nanos: u64,
+    formats: Formats,
     /// False when only access logs are on: trace headers pass through untouched.
     inject: bool,
     /// Whether this request is recorded at all (sampled, or access logs on).
     record: bool,
-    attempts: Mutex<Vec<AttemptRecord>>,
+    attempts: Mutex<Attempts>,
 }
 
 impl RequestTrace {
@@ -91,12 +193,9 @@ impl RequestTrace {
             sampled: Some(self.sampled),
             tracestate: None,
         };
-        propagation::inject(headers, &ctx, &self.formats);
+        propagation::inject(headers, &ctx, self.formats.as_slice());
         if let Some(ts) = &self.tracestate {
-            headers.insert(
-                http::header::HeaderName::from_static("tracestate"),
-                ts.clone(),
-            );
+            headers.insert(propagation::TRACESTATE, ts.clone());
         }
         span_id
     }
@@ -107,17 +206,32 @@ impl RequestTrace {
         self.record
     }
 
-    /// Records a finished attempt.
-    pub fn end_attempt(&self, attempt: AttemptRecord) {
-        let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a retry policy allows at most a handful of attempts.
-        if a.len() < 64 {
-            a.push(attempt);
+    /// `at` (a monotonic instant of this request) as Unix nanoseconds, without reading the
+    /// wall clock.
+    pub fn unix_nanos(&self, at: Instant) -> u64 {
+        match at.checked_duration_since(self.start) {
+            Some(d) => self.start_unix_nanos.saturating_add(nanos(d)),
+            None => self
+                .start_unix_nanos
+                .saturating_sub(nanos(self.start.duration_since(at))),
         }
     }
 
-    fn take_attempts(&self) -> Vec<AttemptRecord> {
-        std::mem::take(&mut *self.attempts.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Records a finished attempt.
+    pub fn end_attempt(&self, attempt: AttemptRecord) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(attempt);
+    }
+
+    /// Runs `f` on the attempts recorded so far.
+    fn with_attempts<R>(&self, f: impl FnOnce(&[AttemptRecord]) -> R) -> R {
+        f(self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_slice())
     }
 }
 
@@ -163,7 +277,8 @@ pub struct Recorder {
     tracing: bool,
     access_log: bool,
     threshold: u64,
-    formats: Arc<[Propagation]>,
+    formats: Formats,
+    clock: Arc<WallClock>,
     stats: Arc<RecorderStats>,
 }
 
@@ -177,7 +292,9 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let stats = Arc::new(RecorderStats::default());
         let resource = resource(cfg);
+        let clock = Arc::new(WallClock::new());
         let encoder = Encoder {
+            clock: clock.clone(),
             resource: resource.encode_to_vec(),
             scope: scope().encode_to_vec(),
             spans: cfg.tracing.enabled,
@@ -196,7 +313,8 @@ impl Recorder {
             tracing: cfg.tracing.enabled,
             access_log: cfg.access_log.otlp || cfg.access_log.stdout,
             threshold: keep_threshold(cfg.tracing.sampling_ratio.value),
-            formats: cfg.tracing.propagation.clone().into(),
+            formats: Formats::new(&cfg.tracing.propagation),
+            clock,
             stats,
         })
     }
@@ -207,8 +325,9 @@ impl Recorder {
     }
 
     /// Starts a request's trace from its headers: continues the caller's trace (following its
-    /// sampled flag) or starts a new one sampled at the configured ratio.
-    pub fn begin(&self, headers: &HeaderMap) -> Option<Arc<RequestTrace>> {
+    /// sampled flag) or starts a new one sampled at the configured ratio. `start` is when the
+    /// request started (the caller's clock read, shared with its own timing).
+    pub fn begin(&self, headers: &HeaderMap, start: Instant) -> Option<Arc<RequestTrace>> {
         if !self.is_active() {
             return None;
         }
@@ -225,10 +344,12 @@ impl Recorder {
             parent,
             sampled,
             tracestate,
-            formats: self.formats.clone(),
+            start,
+            start_unix_nanos: self.clock.unix_nanos(start),
+            formats: self.formats,
             inject: self.tracing,
             record: sampled || self.access_log,
-            attempts: Mutex::new(Vec::new()),
+            attempts: Mutex::new(Attempts::None),
         }))
     }
 
@@ -342,6 +463,7 @@ struct Writers {
 }
 
 struct Encoder {
+    clock: Arc<WallClock>,
     resource: Vec<u8>,
     scope: Vec<u8>,
     spans: bool,
@@ -358,17 +480,21 @@ impl Encoder {
         // holds more than one interval's worth at the rates one core can proxy.
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buf = Vec::with_capacity(MAX_BATCH);
         // Reused across flushes so their buffers keep their capacity.
         let mut writers = Writers::default();
+        let mut stdout = Vec::new();
         loop {
             tick.tick().await;
+            self.clock.anchor();
             loop {
+                // Records are encoded as they are taken off the channel (not collected first).
+                let mut n = 0;
                 let closed = loop {
                     match rx.try_recv() {
                         Ok(r) => {
-                            buf.push(r);
-                            if buf.len() == MAX_BATCH {
+                            self.encode(&r, &mut writers, &mut stdout);
+                            n += 1;
+                            if n == MAX_BATCH {
                                 break false;
                             }
                         }
@@ -376,9 +502,9 @@ impl Encoder {
                         Err(mpsc::error::TryRecvError::Disconnected) => break true,
                     }
                 };
-                let full = buf.len() == MAX_BATCH;
-                if !buf.is_empty() {
-                    self.flush(&mut buf, &mut writers).await;
+                let full = n == MAX_BATCH;
+                if n > 0 {
+                    self.flush(&mut writers, &mut stdout).await;
                 }
                 if closed {
                     return;
@@ -393,29 +519,32 @@ impl Encoder {
         }
     }
 
-    async fn flush(&self, records: &mut Vec<RequestRecord>, w: &mut Writers) {
+    fn encode(&self, r: &RequestRecord, w: &mut Writers, stdout: &mut Vec<u8>) {
         let Writers { spans, logs } = w;
-        let mut stdout = Vec::new();
-        for r in records.drain(..) {
-            let attempts = r
-                .trace
-                .as_ref()
-                .map(|t| t.take_attempts())
-                .unwrap_or_default();
+        let mut encode = |attempts: &[AttemptRecord]| {
             if self.spans && r.trace.as_ref().is_some_and(|t| t.sampled) {
-                spans.spans(&r, &attempts);
+                spans.spans(r, attempts);
             }
             if self.otlp_logs {
-                logs.access_log(&r, &attempts);
+                logs.access_log(r, attempts);
             }
             if self.stdout_logs {
-                json_line(&r, &attempts, &mut stdout);
+                json_line(r, attempts, stdout);
             }
+        };
+        match &r.trace {
+            Some(t) => t.with_attempts(encode),
+            None => encode(&[]),
         }
+    }
+
+    async fn flush(&self, w: &mut Writers, stdout: &mut Vec<u8>) {
+        let Writers { spans, logs } = w;
         if !stdout.is_empty() {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&stdout);
+            let _ = out.write_all(stdout);
             let _ = out.flush();
+            stdout.clear();
         }
         if spans.count > 0 {
             let n = spans.count;
@@ -660,7 +789,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let t = rec.begin(&h).unwrap();
+        let t = rec.begin(&h, Instant::now()).unwrap();
         assert!(t.sampled);
         let mut upstream = HeaderMap::new();
         let first = t.begin_attempt(&mut upstream);
@@ -782,7 +911,7 @@ mod tests {
         ));
         let cfg = config("telemetry:\n  tracing: { sampling_ratio: 0.0 }\n");
         let rec = Recorder::start(&cfg, pipeline, Registry::new());
-        let root = rec.begin(&HeaderMap::new()).unwrap();
+        let root = rec.begin(&HeaderMap::new(), Instant::now()).unwrap();
         assert!(!root.sampled);
         let mut h = HeaderMap::new();
         h.insert(
@@ -792,12 +921,85 @@ mod tests {
                 .unwrap(),
         );
         assert!(
-            rec.begin(&h).unwrap().sampled,
+            rec.begin(&h, Instant::now()).unwrap().sampled,
             "a sampled parent wins over the ratio"
         );
         rec.record(record(Some(root), 200));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn formats_are_deduplicated_in_order() {
+        use Propagation::*;
+        assert_eq!(
+            Formats::new(&[B3, W3c, B3, B3Multi, W3c]).as_slice(),
+            [B3, W3c, B3Multi]
+        );
+        assert!(Formats::new(&[]).as_slice().is_empty());
+    }
+
+    #[test]
+    fn attempts_stay_inline_until_a_retry_and_are_bounded() {
+        let attempt = |number| AttemptRecord {
+            span_id: [1; 8],
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+            number,
+            status: 200,
+            error: None,
+        };
+        let mut a = Attempts::None;
+        assert!(a.as_slice().is_empty());
+        a.push(attempt(1));
+        assert!(matches!(a, Attempts::One(_)));
+        a.push(attempt(2));
+        let numbers: Vec<u32> = a.as_slice().iter().map(|a| a.number).collect();
+        assert_eq!(numbers, [1, 2]);
+        for n in 3..100 {
+            a.push(attempt(n));
+        }
+        assert_eq!(a.as_slice().len(), 64);
+    }
+
+    #[test]
+    fn span_times_come_from_one_monotonic_read_per_event() {
+        let clock = WallClock::new();
+        let now = Instant::now();
+        let wall = unix_nanos();
+        let derived = clock.unix_nanos(now);
+        assert!(
+            derived.abs_diff(wall) < 1_000_000_000,
+            "{derived} vs {wall}"
+        );
+        // Instants before the clock's base map back in time too.
+        let earlier = clock.unix_nanos(clock.base - Duration::from_millis(5));
+        assert_eq!(clock.unix_nanos(clock.base) - earlier, 5_000_000);
+
+        let cfg = config("telemetry:\n  service_name: edge\n");
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+            None,
+            vec![sink],
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let start = Instant::now();
+        let t = rec.begin(&HeaderMap::new(), start).unwrap();
+        assert!(t.start_unix_nanos.abs_diff(unix_nanos()) < 1_000_000_000);
+        assert_eq!(
+            t.unix_nanos(start + Duration::from_millis(7)),
+            t.start_unix_nanos + 7_000_000
+        );
+        assert_eq!(
+            t.unix_nanos(start - Duration::from_millis(2)),
+            t.start_unix_nanos - 2_000_000
+        );
     }
 
     #[test]
