@@ -4,14 +4,18 @@
 //! tests decode the output with prost to check it.
 
 use super::{AttemptRecord, RequestRecord, error_type, protocol};
+use bytes::Bytes;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// Buffers reused across batches.
 #[derive(Debug, Default)]
 pub(super) struct Writer {
-    /// Encoded items (spans or log records), each as a length-delimited field.
+    /// `headroom` bytes kept free for the export request's head (written by `finish`, so the
+    /// batch is never copied), then the encoded items (spans or log records), each as a
+    /// length-delimited field.
     items: Vec<u8>,
+    headroom: usize,
     /// One item being written (its length must be known before it is copied into `items`).
     scratch: Vec<u8>,
     /// A nested message (span event) being written inside an item.
@@ -180,6 +184,18 @@ fn error_status(buf: &mut Vec<u8>, message: &str) {
 }
 
 impl Writer {
+    /// A writer for export requests whose pre-encoded resource and scope take `resource_scope`
+    /// bytes together.
+    pub(super) fn new(resource_scope: usize) -> Writer {
+        // Four keys and four varints of at most 10 bytes each around resource and scope.
+        let headroom = resource_scope + 44;
+        Writer {
+            items: vec![0; headroom],
+            headroom,
+            ..Writer::default()
+        }
+    }
+
     fn push_item(&mut self) {
         bytes_field(&mut self.items, 2, &self.scratch);
         self.scratch.clear();
@@ -307,22 +323,34 @@ impl Writer {
     }
 
     /// The export request holding every item written since the last call, under one resource
-    /// and scope (both pre-encoded); resets the writer.
-    pub(super) fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Vec<u8> {
+    /// and scope (both pre-encoded); resets the writer. The head is written into the headroom
+    /// in front of the items, so the batch is handed over without being copied.
+    pub(super) fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Bytes {
         // Export*ServiceRequest.resource_* (1) { resource (1), scope_* (2) { scope (1), items (2)… } }
-        let scope_msg = len_delimited_len(scope.len()) + self.items.len();
+        let body = self.items.len().saturating_sub(self.headroom);
+        let scope_msg = len_delimited_len(scope.len()) + body;
         let resource_msg = len_delimited_len(resource.len()) + len_delimited_len(scope_msg);
-        let mut out = Vec::with_capacity(len_delimited_len(resource_msg));
-        key(&mut out, 1, LEN);
-        varint(&mut out, resource_msg as u64);
-        bytes_field(&mut out, 1, resource);
-        key(&mut out, 2, LEN);
-        varint(&mut out, scope_msg as u64);
-        bytes_field(&mut out, 1, scope);
-        out.extend_from_slice(&self.items);
-        self.items.clear();
+        let mut head = Vec::with_capacity(self.headroom);
+        key(&mut head, 1, LEN);
+        varint(&mut head, resource_msg as u64);
+        bytes_field(&mut head, 1, resource);
+        key(&mut head, 2, LEN);
+        varint(&mut head, scope_msg as u64);
+        bytes_field(&mut head, 1, scope);
+        // The next batch starts with this one's capacity (one allocation per batch).
+        let mut next = Vec::with_capacity(self.items.capacity());
+        next.resize(self.headroom, 0);
+        let mut items = std::mem::replace(&mut self.items, next);
         self.count = 0;
-        out
+        if let Some(start) = self.headroom.checked_sub(head.len())
+            && let Some(slot) = items.get_mut(start..self.headroom)
+        {
+            slot.copy_from_slice(&head);
+            return Bytes::from(items).slice(start..);
+        }
+        // Not reached (the headroom covers the head); kept correct rather than panicking.
+        head.extend_from_slice(items.get(self.headroom..).unwrap_or(&[]));
+        Bytes::from(head)
     }
 }
 

@@ -456,7 +456,6 @@ fn protocol(v: Version) -> &'static str {
 }
 
 /// The span and log writers of the encoder task.
-#[derive(Default)]
 struct Writers {
     spans: encode::Writer,
     logs: encode::Writer,
@@ -481,7 +480,11 @@ impl Encoder {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Reused across flushes so their buffers keep their capacity.
-        let mut writers = Writers::default();
+        let head = self.resource.len() + self.scope.len();
+        let mut writers = Writers {
+            spans: encode::Writer::new(head),
+            logs: encode::Writer::new(head),
+        };
         let mut stdout = Vec::new();
         loop {
             tick.tick().await;
@@ -550,15 +553,13 @@ impl Encoder {
             let n = spans.count;
             self.stats.spans.fetch_add(n, Ordering::Relaxed);
             let payload = spans.finish(&self.resource, &self.scope);
-            self.submit(Batch::new(Signal::Traces, Bytes::from(payload), n))
-                .await;
+            self.submit(Batch::new(Signal::Traces, payload, n)).await;
         }
         if logs.count > 0 {
             let n = logs.count;
             self.stats.logs.fetch_add(n, Ordering::Relaxed);
             let payload = logs.finish(&self.resource, &self.scope);
-            self.submit(Batch::new(Signal::Logs, Bytes::from(payload), n))
-                .await;
+            self.submit(Batch::new(Signal::Logs, payload, n)).await;
         }
     }
 
@@ -927,6 +928,44 @@ mod tests {
         rec.record(record(Some(root), 200));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn consecutive_batches_are_complete_export_requests() {
+        // A resource long enough for two-byte lengths; batches of different sizes in turn.
+        let mut res = Resource::default();
+        res.attributes
+            .push(kv_str("service.name", &"x".repeat(300)));
+        let (resource, scope) = (res.encode_to_vec(), scope().encode_to_vec());
+        let rec = Recorder::start(
+            &config("telemetry:\n  service_name: edge\n"),
+            Arc::new(Pipeline::new(
+                Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+                None,
+                vec![],
+            )),
+            Registry::new(),
+        );
+        let mut w = encode::Writer::new(resource.len() + scope.len());
+        for n in [3usize, 1, 200, 2] {
+            for _ in 0..n {
+                // Untraced records write no span.
+                w.spans(&record(None, 200), &[]);
+                let t = rec.begin(&HeaderMap::new(), Instant::now());
+                w.spans(&record(t, 200), &[]);
+            }
+            let payload = w.finish(&resource, &scope);
+            let req = ExportTraceServiceRequest::decode(&payload[..]).unwrap();
+            assert_eq!(req.resource_spans.len(), 1);
+            let rs = &req.resource_spans[0];
+            assert_eq!(rs.resource.as_ref(), Some(&res));
+            assert_eq!(
+                rs.scope_spans[0].spans.len(),
+                n,
+                "one server span per traced record"
+            );
+            assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "otlp-mesh");
+        }
     }
 
     #[test]
