@@ -19,7 +19,7 @@ use otlp_mesh_resilience::retry::{
     Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
 };
 use otlp_mesh_resilience::timeout::Timeout;
-use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTrace};
+use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTarget, RequestTrace};
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -264,12 +264,14 @@ pub async fn handle(
     let recorder = recorder.clone();
     let start_unix_nanos = t.start_unix_nanos;
     let method = req.method().clone();
-    let path = Box::from(req.uri().path());
-    let version = req.version();
-    let host = match req.headers().get(HOST).map(|h| h.to_str()) {
-        Some(Ok(h)) => Some(Box::from(h)),
-        _ => req.uri().authority().map(|a| Box::from(a.as_str())),
+    let target = {
+        let host = match req.headers().get(HOST).map(|h| h.to_str()) {
+            Some(Ok(h)) => Some(h),
+            _ => req.uri().authority().map(|a| a.as_str()),
+        };
+        RequestTarget::new(req.uri().path(), host)
     };
+    let version = req.version();
     let listener = state.listener_name.clone();
     let mut picked = Picked::default();
     let result = route_and_forward(state, peer, req, trace.clone(), start, &mut picked).await;
@@ -296,9 +298,8 @@ pub async fn handle(
         // Measured when the metrics were recorded (one clock read for both).
         duration: picked.elapsed.unwrap_or_else(|| start.elapsed()),
         method,
-        path,
+        target,
         version,
-        host,
         peer: peer.ip().to_canonical(),
         listener,
         route: picked.route,

@@ -135,13 +135,13 @@ fn attr_f64(buf: &mut Vec<u8>, tag: u32, key: &str, value: f64) {
 /// The attributes a server span and an access log share, as fields `tag`.
 fn request_attributes(buf: &mut Vec<u8>, tag: u32, r: &RequestRecord, text: &mut String) {
     attr_str(buf, tag, "http.request.method", r.method.as_str());
-    attr_str(buf, tag, "url.path", &r.path);
+    attr_str(buf, tag, "url.path", r.target.path());
     attr_str(buf, tag, "url.scheme", "http");
     if let Some(route) = &r.route {
         attr_str(buf, tag, "http.route", route);
     }
     attr_int(buf, tag, "http.response.status_code", i64::from(r.status));
-    if let Some(h) = r.host.as_deref() {
+    if let Some(h) = r.target.host() {
         attr_str(buf, tag, "server.address", h);
     }
     write_ip(text, r.peer);
@@ -258,7 +258,7 @@ impl Writer {
             fixed64(s, 7, a.start_unix_nanos);
             fixed64(s, 8, a.end_unix_nanos);
             attr_str(s, 9, "http.request.method", r.method.as_str());
-            attr_str(s, 9, "url.path", &r.path);
+            attr_str(s, 9, "url.path", r.target.path());
             if a.status > 0 {
                 attr_int(s, 9, "http.response.status_code", i64::from(a.status));
             }
@@ -303,7 +303,13 @@ impl Writer {
         varint_field(s, 2, severity);
         bytes_field(s, 3, text.as_bytes());
         self.text.clear();
-        let _ = write!(self.text, "{} {} {} {ms:.3}ms", r.method, &r.path, r.status);
+        let _ = write!(
+            self.text,
+            "{} {} {} {ms:.3}ms",
+            r.method,
+            r.target.path(),
+            r.status
+        );
         // body (5): AnyValue.string_value
         key(s, 5, LEN);
         varint(s, len_delimited_len(self.text.len()) as u64);

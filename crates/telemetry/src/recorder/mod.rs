@@ -242,12 +242,11 @@ pub struct RequestRecord {
     pub start_unix_nanos: u64,
     pub duration: Duration,
     pub method: Method,
-    /// Copied, not shared: a `Uri` or `HeaderValue` clone would keep the connection's whole
-    /// read buffer alive until the record is encoded, so hyper would allocate a new one per
-    /// request (measured: +40 MiB RSS and more CPU at 40k req/s).
-    pub path: Box<str>,
+    /// Path and host, copied, not shared: a `Uri` or `HeaderValue` clone would keep the
+    /// connection's whole read buffer alive until the record is encoded, so hyper would
+    /// allocate a new one per request (measured: +40 MiB RSS and more CPU at 40k req/s).
+    pub target: RequestTarget,
     pub version: Version,
-    pub host: Option<Box<str>>,
     pub peer: IpAddr,
     pub listener: Arc<str>,
     pub route: Option<Arc<str>>,
@@ -257,6 +256,36 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// Fault kinds injected (`delay,abort`).
     pub faults: Option<String>,
+}
+
+/// A request's path and host (when it named one), copied into one allocation.
+#[derive(Debug)]
+pub struct RequestTarget {
+    text: Box<str>,
+    path_len: usize,
+    has_host: bool,
+}
+
+impl RequestTarget {
+    pub fn new(path: &str, host: Option<&str>) -> RequestTarget {
+        let mut text = String::with_capacity(path.len() + host.map_or(0, str::len));
+        text.push_str(path);
+        text.push_str(host.unwrap_or(""));
+        RequestTarget {
+            text: text.into_boxed_str(),
+            path_len: path.len(),
+            has_host: host.is_some(),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.text.get(..self.path_len).unwrap_or("")
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.has_host
+            .then(|| self.text.get(self.path_len..).unwrap_or(""))
+    }
 }
 
 /// Counters of the recorder.
@@ -590,7 +619,7 @@ fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
         "trace_id": r.trace.as_ref().map(|t| propagation::hex(&t.trace_id)),
         "span_id": r.trace.as_ref().map(|t| propagation::hex(&t.span_id)),
         "method": r.method.as_str(),
-        "path": &*r.path,
+        "path": r.target.path(),
         "protocol": protocol(r.version),
         "status": r.status,
         "duration_ms": r.duration.as_secs_f64() * 1e3,
@@ -598,7 +627,7 @@ fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
         "route": r.route.as_deref(),
         "cluster": r.cluster.as_deref(),
         "peer": r.peer.to_string(),
-        "host": r.host.as_deref(),
+        "host": r.target.host(),
         "attempts": attempts.len(),
         "error": error_type(r),
         "fault": r.faults,
@@ -760,9 +789,8 @@ mod tests {
             start_unix_nanos: 1_000,
             duration: Duration::from_millis(5),
             method: Method::GET,
-            path: "/api/orders".into(),
+            target: RequestTarget::new("/api/orders", Some("shop")),
             version: Version::HTTP_11,
-            host: Some("shop".into()),
             peer: "127.0.0.1".parse().unwrap(),
             listener: "edge".into(),
             route: Some("orders".into()),
@@ -965,6 +993,19 @@ mod tests {
                 "one server span per traced record"
             );
             assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "otlp-mesh");
+        }
+    }
+
+    #[test]
+    fn request_target_keeps_path_and_host_apart() {
+        for (path, host) in [
+            ("/api/orders", Some("shop:8080")),
+            ("/", None),
+            ("", Some("h")),
+            ("/ü/ß", Some("")),
+        ] {
+            let t = RequestTarget::new(path, host);
+            assert_eq!((t.path(), t.host()), (path, host));
         }
     }
 
