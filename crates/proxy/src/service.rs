@@ -19,7 +19,9 @@ use otlp_mesh_resilience::retry::{
     Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
 };
 use otlp_mesh_resilience::timeout::Timeout;
-use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTarget, RequestTrace};
+use otlp_mesh_telemetry::recorder::{
+    Recorder, RequestRecord, RequestTarget, RequestTrace, RouteNames,
+};
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +38,9 @@ pub type ResponseBody = FaultBody<FaultBody<ProxyBody>>;
 #[derive(Debug)]
 pub struct Target {
     pub cluster: Arc<Cluster>,
-    /// Route and cluster names for spans and access logs (shared, not copied per request).
-    route_name: Arc<str>,
-    cluster_name: Arc<str>,
+    /// Listener, route and cluster names for spans and access logs (shared, not copied per
+    /// request).
+    names: Arc<RouteNames>,
     pub metrics: Arc<RouteMetrics>,
     request_faults: Arc<FaultTarget>,
     attempt_faults: Arc<FaultTarget>,
@@ -166,7 +168,8 @@ pub struct ListenerState {
     needs_client_ip: Vec<bool>,
     /// The proxy's own spans and access logs, when telemetry is configured.
     recorder: Option<Arc<Recorder>>,
-    listener_name: Arc<str>,
+    /// Names for records of requests that matched no route.
+    unrouted_names: Arc<RouteNames>,
 }
 
 impl ListenerState {
@@ -198,8 +201,7 @@ impl ListenerState {
                 .and_then(|(_, r)| r.retry.as_ref().map(|p| retry_layer(p, c, r.priority)));
             Some(Target {
                 cluster: c.clone(),
-                route_name: Arc::from(route),
-                cluster_name: Arc::from(cluster),
+                names: RouteNames::new(&name, Some(route), Some(cluster)),
                 metrics: registry.route(&name, route, cluster),
                 request_faults: fault_target(FaultScope::Request, config.header_faults.clone()),
                 attempt_faults: fault_target(FaultScope::Attempt, None),
@@ -238,7 +240,7 @@ impl ListenerState {
             routes,
             config: config.clone(),
             recorder: recorder.filter(|r| r.is_active()),
-            listener_name: Arc::from(name.as_str()),
+            unrouted_names: RouteNames::new(&name, None, None),
             name,
         })
     }
@@ -254,14 +256,13 @@ pub async fn handle(
     // The one clock read at the start of a request: metrics, span and access log share it.
     let start = Instant::now();
     let Some(recorder) = state.recorder.as_ref() else {
-        return route_and_forward(state, peer, req, None, start, &mut Picked::default()).await;
+        return route_and_forward(&state, peer, req, None, start, &mut Picked::default()).await;
     };
     let trace = recorder.begin(req.headers(), start.into_std());
     let Some(t) = trace.as_ref().filter(|t| t.records()) else {
         // Not sampled and no access log: only the trace headers travel on.
-        return route_and_forward(state, peer, req, trace, start, &mut Picked::default()).await;
+        return route_and_forward(&state, peer, req, trace, start, &mut Picked::default()).await;
     };
-    let recorder = recorder.clone();
     let start_unix_nanos = t.start_unix_nanos;
     let method = req.method().clone();
     let target = {
@@ -272,9 +273,8 @@ pub async fn handle(
         RequestTarget::new(req.uri().path(), host)
     };
     let version = req.version();
-    let listener = state.listener_name.clone();
     let mut picked = Picked::default();
-    let result = route_and_forward(state, peer, req, trace.clone(), start, &mut picked).await;
+    let result = route_and_forward(&state, peer, req, trace.clone(), start, &mut picked).await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),
@@ -301,9 +301,7 @@ pub async fn handle(
         target,
         version,
         peer: peer.ip().to_canonical(),
-        listener,
-        route: picked.route,
-        cluster: picked.cluster,
+        names: picked.names.unwrap_or_else(|| state.unrouted_names.clone()),
         status,
         error,
         faults,
@@ -317,8 +315,7 @@ const X_MESH_ERROR: http::HeaderName = http::HeaderName::from_static("x-mesh-err
 /// The route and cluster a request went to, for its span and access log, and how long it took.
 #[derive(Default)]
 struct Picked {
-    route: Option<Arc<str>>,
-    cluster: Option<Arc<str>>,
+    names: Option<Arc<RouteNames>>,
     elapsed: Option<std::time::Duration>,
 }
 
@@ -330,7 +327,7 @@ fn record_metrics(metrics: &RouteMetrics, status: u16, start: Instant, picked: &
 }
 
 async fn route_and_forward(
-    state: Arc<ListenerState>,
+    state: &ListenerState,
     peer: SocketAddr,
     req: Request<Incoming>,
     trace: Option<Arc<RequestTrace>>,
@@ -342,19 +339,18 @@ async fn route_and_forward(
     let grpc = is_grpc(&parts.headers);
     let Some(route) = state.routes.find(&parts) else {
         record_metrics(&state.no_route, 404, start, picked);
-        return Ok(finish_error(&state, grpc, ProxyError::NoRoute));
+        return Ok(finish_error(state, grpc, ProxyError::NoRoute));
     };
     let Some(target) = route.pick_target() else {
         record_metrics(&state.no_route, 503, start, picked);
         return Ok(finish_error(
-            &state,
+            state,
             grpc,
             ProxyError::NoEndpoints(route.name.clone()),
         ));
     };
     if trace.is_some() {
-        picked.route = Some(target.route_name.clone());
-        picked.cluster = Some(target.cluster_name.clone());
+        picked.names = Some(target.names.clone());
     }
 
     let limit = state.config.limits.max_request_body.map(|b| b.0);
@@ -366,12 +362,12 @@ async fn route_and_forward(
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             record_metrics(&target.metrics, 413, start, picked);
-            return Ok(finish_error(&state, grpc, ProxyError::BodyTooLarge(limit)));
+            return Ok(finish_error(state, grpc, ProxyError::BodyTooLarge(limit)));
         }
     }
 
     prepare_request(
-        &state,
+        state,
         route,
         &mut parts,
         peer,
@@ -431,7 +427,7 @@ async fn route_and_forward(
             let headers = resp.headers_mut();
             headers::remove_hop_by_hop(headers, false);
             route.response_headers.apply(headers);
-            finish_headers(&state, headers);
+            finish_headers(state, headers);
             record_metrics(&target.metrics, resp.status().as_u16(), start, picked);
             Ok(resp)
         }
@@ -449,7 +445,7 @@ async fn route_and_forward(
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
             record_metrics(&target.metrics, e.status().as_u16(), start, picked);
-            Ok(finish_error(&state, grpc, e))
+            Ok(finish_error(state, grpc, e))
         }
     }
 }

@@ -46,7 +46,7 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
 #[inline]
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least 1.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[inline]
@@ -137,7 +137,7 @@ fn request_attributes(buf: &mut Vec<u8>, tag: u32, r: &RequestRecord, text: &mut
     attr_str(buf, tag, "http.request.method", r.method.as_str());
     attr_str(buf, tag, "url.path", r.target.path());
     attr_str(buf, tag, "url.scheme", "http");
-    if let Some(route) = &r.route {
+    if let Some(route) = &r.names.route {
         attr_str(buf, tag, "http.route", route);
     }
     attr_int(buf, tag, "http.response.status_code", i64::from(r.status));
@@ -147,8 +147,8 @@ fn request_attributes(buf: &mut Vec<u8>, tag: u32, r: &RequestRecord, text: &mut
     write_ip(text, r.peer);
     attr_str(buf, tag, "network.peer.address", text);
     attr_str(buf, tag, "network.protocol.version", protocol(r.version));
-    attr_str(buf, tag, "otlp_mesh.listener", &r.listener);
-    if let Some(c) = &r.cluster {
+    attr_str(buf, tag, "otlp_mesh.listener", &r.names.listener);
+    if let Some(c) = &r.names.cluster {
         attr_str(buf, tag, "otlp_mesh.cluster", c);
     }
     if let Some(e) = error_type(r) {
@@ -217,7 +217,7 @@ impl Writer {
         }
         self.text.clear();
         self.text.push_str(r.method.as_str());
-        if let Some(route) = &r.route {
+        if let Some(route) = &r.names.route {
             self.text.push(' ');
             self.text.push_str(route);
         }
@@ -262,7 +262,7 @@ impl Writer {
             if a.status > 0 {
                 attr_int(s, 9, "http.response.status_code", i64::from(a.status));
             }
-            if let Some(c) = &r.cluster {
+            if let Some(c) = &r.names.cluster {
                 attr_str(s, 9, "otlp_mesh.cluster", c);
             }
             if a.number > 1 {

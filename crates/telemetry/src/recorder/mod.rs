@@ -248,14 +248,32 @@ pub struct RequestRecord {
     pub target: RequestTarget,
     pub version: Version,
     pub peer: IpAddr,
-    pub listener: Arc<str>,
-    pub route: Option<Arc<str>>,
-    pub cluster: Option<Arc<str>>,
+    /// Listener, route and cluster: one shared reference per request instead of three.
+    pub names: Arc<RouteNames>,
     pub status: u16,
     /// `x-mesh-error` code of a proxy-made error response.
     pub error: Option<String>,
     /// Fault kinds injected (`delay,abort`).
     pub faults: Option<String>,
+}
+
+/// Where requests went: the listener, and the route and cluster when one matched. Built once
+/// per route at config load and shared by that route's records.
+#[derive(Debug)]
+pub struct RouteNames {
+    pub listener: Box<str>,
+    pub route: Option<Box<str>>,
+    pub cluster: Option<Box<str>>,
+}
+
+impl RouteNames {
+    pub fn new(listener: &str, route: Option<&str>, cluster: Option<&str>) -> Arc<RouteNames> {
+        Arc::new(RouteNames {
+            listener: listener.into(),
+            route: route.map(Box::from),
+            cluster: cluster.map(Box::from),
+        })
+    }
 }
 
 /// A request's path and host (when it named one), copied into one allocation.
@@ -623,9 +641,9 @@ fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
         "protocol": protocol(r.version),
         "status": r.status,
         "duration_ms": r.duration.as_secs_f64() * 1e3,
-        "listener": &*r.listener,
-        "route": r.route.as_deref(),
-        "cluster": r.cluster.as_deref(),
+        "listener": &*r.names.listener,
+        "route": r.names.route.as_deref(),
+        "cluster": r.names.cluster.as_deref(),
         "peer": r.peer.to_string(),
         "host": r.target.host(),
         "attempts": attempts.len(),
@@ -792,9 +810,7 @@ mod tests {
             target: RequestTarget::new("/api/orders", Some("shop")),
             version: Version::HTTP_11,
             peer: "127.0.0.1".parse().unwrap(),
-            listener: "edge".into(),
-            route: Some("orders".into()),
-            cluster: Some("orders-v1".into()),
+            names: RouteNames::new("edge", Some("orders"), Some("orders-v1")),
             status,
             error: None,
             faults: None,
