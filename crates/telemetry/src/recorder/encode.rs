@@ -132,14 +132,52 @@ fn attr_f64(buf: &mut Vec<u8>, tag: u32, key: &str, value: f64) {
     fixed64(buf, 4, value.to_bits());
 }
 
-/// The attributes a server span and an access log share, as fields `tag`.
-fn request_attributes(buf: &mut Vec<u8>, tag: u32, r: &RequestRecord, text: &mut String) {
+/// Attribute field of a span.
+pub(super) const SPAN_ATTRIBUTES: u32 = 9;
+/// Attribute field of a log record.
+pub(super) const LOG_ATTRIBUTES: u32 = 6;
+
+/// The attributes a request's route fixes (scheme, route, listener, cluster) as fields `tag`,
+/// encoded once per route at config load instead of once per request.
+pub(super) fn route_attributes(
+    tag: u32,
+    listener: &str,
+    route: Option<&str>,
+    cluster: Option<&str>,
+) -> Box<[u8]> {
+    let mut buf = Vec::new();
+    attr_str(&mut buf, tag, "url.scheme", "http");
+    if let Some(route) = route {
+        attr_str(&mut buf, tag, "http.route", route);
+    }
+    attr_str(&mut buf, tag, "otlp_mesh.listener", listener);
+    if let Some(c) = cluster {
+        attr_str(&mut buf, tag, "otlp_mesh.cluster", c);
+    }
+    buf.into_boxed_slice()
+}
+
+/// A client span's `otlp_mesh.cluster` attribute, encoded once per route.
+pub(super) fn cluster_attribute(cluster: Option<&str>) -> Box<[u8]> {
+    let mut buf = Vec::new();
+    if let Some(c) = cluster {
+        attr_str(&mut buf, SPAN_ATTRIBUTES, "otlp_mesh.cluster", c);
+    }
+    buf.into_boxed_slice()
+}
+
+/// The attributes a server span and an access log share, as fields `tag`; `route` holds the
+/// route's pre-encoded ones for the same `tag`.
+fn request_attributes(
+    buf: &mut Vec<u8>,
+    tag: u32,
+    r: &RequestRecord,
+    route: &[u8],
+    text: &mut String,
+) {
     attr_str(buf, tag, "http.request.method", r.method.as_str());
     attr_str(buf, tag, "url.path", r.target.path());
-    attr_str(buf, tag, "url.scheme", "http");
-    if let Some(route) = &r.names.route {
-        attr_str(buf, tag, "http.route", route);
-    }
+    buf.extend_from_slice(route);
     attr_int(buf, tag, "http.response.status_code", i64::from(r.status));
     if let Some(h) = r.target.host() {
         attr_str(buf, tag, "server.address", h);
@@ -147,10 +185,6 @@ fn request_attributes(buf: &mut Vec<u8>, tag: u32, r: &RequestRecord, text: &mut
     write_ip(text, r.peer);
     attr_str(buf, tag, "network.peer.address", text);
     attr_str(buf, tag, "network.protocol.version", protocol(r.version));
-    attr_str(buf, tag, "otlp_mesh.listener", &r.names.listener);
-    if let Some(c) = &r.names.cluster {
-        attr_str(buf, tag, "otlp_mesh.cluster", c);
-    }
     if let Some(e) = error_type(r) {
         attr_str(buf, tag, "error.type", &e);
     }
@@ -225,7 +259,13 @@ impl Writer {
         varint_field(s, 6, 2); // SPAN_KIND_SERVER
         fixed64(s, 7, r.start_unix_nanos);
         fixed64(s, 8, end);
-        request_attributes(s, 9, r, &mut self.text);
+        request_attributes(
+            s,
+            SPAN_ATTRIBUTES,
+            r,
+            &r.names.span_attributes,
+            &mut self.text,
+        );
         if attempts.len() > 1 {
             attr_int(s, 9, "otlp_mesh.retries", attempts.len() as i64 - 1);
         }
@@ -262,9 +302,7 @@ impl Writer {
             if a.status > 0 {
                 attr_int(s, 9, "http.response.status_code", i64::from(a.status));
             }
-            if let Some(c) = &r.names.cluster {
-                attr_str(s, 9, "otlp_mesh.cluster", c);
-            }
+            s.extend_from_slice(&r.names.client_attributes);
             if a.number > 1 {
                 attr_int(s, 9, "http.request.resend_count", i64::from(a.number - 1));
             }
@@ -314,7 +352,13 @@ impl Writer {
         key(s, 5, LEN);
         varint(s, len_delimited_len(self.text.len()) as u64);
         bytes_field(s, 1, self.text.as_bytes());
-        request_attributes(s, 6, r, &mut self.text);
+        request_attributes(
+            s,
+            LOG_ATTRIBUTES,
+            r,
+            &r.names.log_attributes,
+            &mut self.text,
+        );
         attr_f64(s, 6, "otlp_mesh.duration_ms", ms);
         attr_int(s, 6, "otlp_mesh.attempts", attempts.len() as i64);
         if let Some(t) = &r.trace {

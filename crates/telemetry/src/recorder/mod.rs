@@ -264,14 +264,23 @@ pub struct RouteNames {
     pub listener: Box<str>,
     pub route: Option<Box<str>>,
     pub cluster: Option<Box<str>>,
+    /// The attributes these names fix, pre-encoded for server spans, access logs and client
+    /// spans (written with one copy per record instead of being encoded each time).
+    span_attributes: Box<[u8]>,
+    log_attributes: Box<[u8]>,
+    client_attributes: Box<[u8]>,
 }
 
 impl RouteNames {
     pub fn new(listener: &str, route: Option<&str>, cluster: Option<&str>) -> Arc<RouteNames> {
+        let attrs = |tag| encode::route_attributes(tag, listener, route, cluster);
         Arc::new(RouteNames {
             listener: listener.into(),
             route: route.map(Box::from),
             cluster: cluster.map(Box::from),
+            span_attributes: attrs(encode::SPAN_ATTRIBUTES),
+            log_attributes: attrs(encode::LOG_ATTRIBUTES),
+            client_attributes: encode::cluster_attribute(cluster),
         })
     }
 }
@@ -913,6 +922,19 @@ mod tests {
             attr(&log.attributes, "otlp_mesh.attempts"),
             Some(any_value::Value::IntValue(2))
         );
+        for (k, v) in [
+            ("url.scheme", "http"),
+            ("http.route", "orders"),
+            ("otlp_mesh.listener", "edge"),
+            ("otlp_mesh.cluster", "orders-v1"),
+            ("url.path", "/api/orders"),
+        ] {
+            assert_eq!(
+                attr(&log.attributes, k),
+                Some(any_value::Value::StringValue(v.into())),
+                "log {k}"
+            );
+        }
         let a = &server.attributes;
         for (k, v) in [
             ("http.request.method", "GET"),
@@ -943,6 +965,12 @@ mod tests {
             attr(&spans[2].attributes, "http.request.resend_count"),
             Some(any_value::Value::IntValue(1))
         );
+        for client in &spans[1..] {
+            assert_eq!(
+                attr(&client.attributes, "otlp_mesh.cluster"),
+                Some(any_value::Value::StringValue("orders-v1".into()))
+            );
+        }
         assert_eq!(rec.stats().spans.load(Ordering::Relaxed), 3);
     }
 
