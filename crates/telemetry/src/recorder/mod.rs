@@ -285,33 +285,72 @@ impl RouteNames {
     }
 }
 
-/// A request's path and host (when it named one), copied into one allocation.
+/// Path and host bytes kept inside the record itself (no allocation); longer ones are boxed.
+const TARGET_INLINE: usize = 80;
+
+/// A request's path and host (when it named one), copied into the record: inline up to
+/// [`TARGET_INLINE`] bytes together (typical requests, no allocation), one allocation past it.
 #[derive(Debug)]
 pub struct RequestTarget {
-    text: Box<str>,
+    text: TargetText,
     path_len: usize,
     has_host: bool,
 }
 
+#[derive(Debug)]
+enum TargetText {
+    Inline {
+        buf: [u8; TARGET_INLINE],
+        len: usize,
+    },
+    Boxed(Box<str>),
+}
+
 impl RequestTarget {
     pub fn new(path: &str, host: Option<&str>) -> RequestTarget {
-        let mut text = String::with_capacity(path.len() + host.map_or(0, str::len));
-        text.push_str(path);
-        text.push_str(host.unwrap_or(""));
+        let host_str = host.unwrap_or("");
+        let len = path.len() + host_str.len();
+        let text = if len <= TARGET_INLINE {
+            let mut buf = [0u8; TARGET_INLINE];
+            if let Some(p) = buf.get_mut(..path.len()) {
+                p.copy_from_slice(path.as_bytes());
+            }
+            if let Some(h) = buf.get_mut(path.len()..len) {
+                h.copy_from_slice(host_str.as_bytes());
+            }
+            TargetText::Inline { buf, len }
+        } else {
+            let mut text = String::with_capacity(len);
+            text.push_str(path);
+            text.push_str(host_str);
+            TargetText::Boxed(text.into_boxed_str())
+        };
         RequestTarget {
-            text: text.into_boxed_str(),
+            text,
             path_len: path.len(),
             has_host: host.is_some(),
         }
     }
 
+    /// Path and host together; both were `str`s, so the inline bytes are valid UTF-8 at
+    /// `path_len` too.
+    fn text(&self) -> &str {
+        match &self.text {
+            TargetText::Inline { buf, len } => buf
+                .get(..*len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or(""),
+            TargetText::Boxed(s) => s,
+        }
+    }
+
     pub fn path(&self) -> &str {
-        self.text.get(..self.path_len).unwrap_or("")
+        self.text().get(..self.path_len).unwrap_or("")
     }
 
     pub fn host(&self) -> Option<&str> {
         self.has_host
-            .then(|| self.text.get(self.path_len..).unwrap_or(""))
+            .then(|| self.text().get(self.path_len..).unwrap_or(""))
     }
 }
 
@@ -1047,9 +1086,19 @@ mod tests {
             ("/", None),
             ("", Some("h")),
             ("/ü/ß", Some("")),
+            // Past the inline size, and exactly at it.
+            (&"/long".repeat(20), Some("host")),
+            (&"/x".repeat(TARGET_INLINE / 2 - 2), Some("four")),
+            ("/x", Some(&"h".repeat(TARGET_INLINE))),
         ] {
             let t = RequestTarget::new(path, host);
             assert_eq!((t.path(), t.host()), (path, host));
+            let inline = path.len() + host.map_or(0, str::len) <= TARGET_INLINE;
+            assert_eq!(
+                matches!(t.text, TargetText::Inline { .. }),
+                inline,
+                "{path}"
+            );
         }
     }
 
