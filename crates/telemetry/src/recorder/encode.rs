@@ -114,15 +114,43 @@ fn attr_head(buf: &mut Vec<u8>, tag: u32, key: &str, any: usize) {
     varint(buf, any as u64);
 }
 
+/// The head of a short `KeyValue` (every length fits one varint byte) as field `tag`: tag, its
+/// length, the key field's tag and length; then the key. `None` when it is not short. Written
+/// as fixed-size groups (plain stores) rather than byte by byte: most attributes are short, and
+/// this runs about a dozen times per span.
+#[inline]
+fn short_head(tag: u32, key: &str, any: usize) -> Option<[u8; 4]> {
+    let kv = 2 + key.len() + 2 + any;
+    (tag < 16 && kv < 128).then_some([((tag << 3) | LEN) as u8, kv as u8, 0x0a, key.len() as u8])
+}
+
 /// A `KeyValue` with a string value (AnyValue.string_value = 1) as field `tag`.
 fn attr_str(buf: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
+    let any = 2 + value.len();
+    if let Some(head) = short_head(tag, key, any) {
+        buf.reserve(head[1] as usize + 2);
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(&[0x12, any as u8, 0x0a, value.len() as u8]);
+        buf.extend_from_slice(value.as_bytes());
+        return;
+    }
     attr_head(buf, tag, key, len_delimited_len(value.len()));
     bytes_field(buf, 1, value.as_bytes());
 }
 
 /// A `KeyValue` with an int value (AnyValue.int_value = 3).
 fn attr_int(buf: &mut Vec<u8>, tag: u32, key: &str, value: i64) {
-    attr_head(buf, tag, key, 1 + varint_len(value as u64));
+    let any = 1 + varint_len(value as u64);
+    if let Some(head) = short_head(tag, key, any) {
+        buf.reserve(head[1] as usize + 2);
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(&[0x12, any as u8, 0x18]);
+        varint(buf, value as u64);
+        return;
+    }
+    attr_head(buf, tag, key, any);
     varint_field(buf, 3, value as u64);
 }
 
@@ -430,6 +458,72 @@ mod tests {
             assert_eq!(ours, theirs, "{v}");
             assert_eq!(varint_len(v), prost::encoding::encoded_len_varint(v), "{v}");
         }
+    }
+
+    #[test]
+    fn attributes_match_prost_around_the_short_form_limits() {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+        use prost::Message;
+        // Byte for byte, except that prost leaves out an empty key (a proto3 default) which we
+        // write anyway (both decode alike): there the KeyValue is decoded and compared.
+        let wrap = |tag: u32, kv: KeyValue| {
+            let mut out = Vec::new();
+            prost::encoding::message::encode(tag, &kv, &mut out);
+            out
+        };
+        let assert_same = |ours: &[u8], tag: u32, kv: KeyValue| {
+            if kv.key.is_empty() {
+                let mut expected = wrap(tag, kv.clone());
+                let mut got = ours.to_vec();
+                let field = |b: &mut Vec<u8>| {
+                    let mut bytes = &b[..];
+                    let (t, _) = prost::encoding::decode_key(&mut bytes).unwrap();
+                    assert_eq!(t, tag);
+                    let len = prost::encoding::decode_varint(&mut bytes).unwrap() as usize;
+                    assert_eq!(len, bytes.len());
+                    let decoded = KeyValue::decode(bytes).unwrap();
+                    b.clear();
+                    decoded
+                };
+                assert_eq!(field(&mut got), field(&mut expected));
+            } else {
+                assert_eq!(ours, &wrap(tag, kv)[..]);
+            }
+        };
+        let kv = |key: &str, v: Value| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        };
+        let mut lens: Vec<usize> = (0..140).collect();
+        lens.extend([200, 300, 20_000]);
+        for &klen in &[0usize, 9, 25, 60, 120, 126, 127, 128, 130, 200] {
+            let key = "k".repeat(klen);
+            for tag in [3u32, 6, 9, 15, 16, 20] {
+                for &vlen in &lens {
+                    let value = "v".repeat(vlen);
+                    let mut ours = Vec::new();
+                    attr_str(&mut ours, tag, &key, &value);
+                    assert_same(&ours, tag, kv(&key, Value::StringValue(value)));
+                }
+                for v in [0i64, 1, 127, 128, 200, 503, 1 << 20, -1, i64::MAX, i64::MIN] {
+                    let mut ours = Vec::new();
+                    attr_int(&mut ours, tag, &key, v);
+                    assert_same(&ours, tag, kv(&key, Value::IntValue(v)));
+                }
+                let mut ours = Vec::new();
+                attr_f64(&mut ours, tag, &key, 2.5);
+                assert_same(&ours, tag, kv(&key, Value::DoubleValue(2.5)));
+            }
+        }
+        // Appending keeps what the buffer held.
+        let mut buf = vec![7u8];
+        attr_str(&mut buf, 9, "a", "b");
+        assert_eq!(buf[0], 7);
+        assert_eq!(
+            KeyValue::decode(&buf[3..]).unwrap(),
+            kv("a", Value::StringValue("b".into()))
+        );
     }
 
     #[test]
