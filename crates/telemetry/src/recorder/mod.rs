@@ -38,8 +38,6 @@ const CHANNEL_CAPACITY: usize = 16384;
 const MAX_BATCH: usize = 1024;
 /// How long a record may wait before its batch is sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// How often the encoder takes records off the channel and encodes them.
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// Nanoseconds since the Unix epoch now.
 pub fn unix_nanos() -> u64 {
@@ -50,7 +48,7 @@ pub fn unix_nanos() -> u64 {
 
 /// Unix time from the monotonic clock: one clock read per event on the request path instead of
 /// a monotonic read for durations plus a wall-clock read for timestamps. The encoder re-anchors
-/// it on every flush, so a stepped wall clock shows up within about [`FLUSH_EVERY`].
+/// it on every flush tick, so a stepped wall clock shows up within [`FLUSH_EVERY`].
 #[derive(Debug)]
 struct WallClock {
     base: Instant,
@@ -572,10 +570,9 @@ struct Encoder {
 impl Encoder {
     async fn run(self, mut rx: mpsc::Receiver<RequestRecord>) {
         // The encoder wakes on a timer and drains what arrived, instead of being woken by every
-        // record: a wake-up per proxied request would cost more than encoding it. It drains
-        // often (records are encoded while still in cache: a 100 ms backlog is megabytes at the
-        // rates one core proxies) but sends a batch only every FLUSH_EVERY or MAX_BATCH records.
-        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        // record: a wake-up per proxied request would cost more than encoding it. The channel
+        // holds more than one interval's worth at the rates one core can proxy.
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Reused across flushes so their buffers keep their capacity.
         let head = self.resource.len() + self.scope.len();
@@ -584,18 +581,18 @@ impl Encoder {
             logs: encode::Writer::new(head),
         };
         let mut stdout = Vec::new();
-        let mut pending = 0;
-        let mut last_flush = tokio::time::Instant::now();
         loop {
-            let now = tick.tick().await;
+            tick.tick().await;
+            self.clock.anchor();
             loop {
                 // Records are encoded as they are taken off the channel (not collected first).
+                let mut n = 0;
                 let closed = loop {
                     match rx.try_recv() {
                         Ok(r) => {
                             self.encode(&r, &mut writers, &mut stdout);
-                            pending += 1;
-                            if pending == MAX_BATCH {
+                            n += 1;
+                            if n == MAX_BATCH {
                                 break false;
                             }
                         }
@@ -603,15 +600,9 @@ impl Encoder {
                         Err(mpsc::error::TryRecvError::Disconnected) => break true,
                     }
                 };
-                let full = pending == MAX_BATCH;
-                let due = now.saturating_duration_since(last_flush) >= FLUSH_EVERY;
-                if pending > 0 && (full || due || closed) {
+                let full = n == MAX_BATCH;
+                if n > 0 {
                     self.flush(&mut writers, &mut stdout).await;
-                    pending = 0;
-                }
-                if due {
-                    last_flush = now;
-                    self.clock.anchor();
                 }
                 if closed {
                     return;
