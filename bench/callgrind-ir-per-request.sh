@@ -1,6 +1,8 @@
 #!/bin/bash
 # Instructions per proxied request under callgrind (stable on a busy machine, unlike wall-clock
-# figures). Usage: bench/callgrind-ir-per-request.sh BIN CONFIG TAG [DURATION]
+# figures). Usage: [RATE=300] bench/callgrind-ir-per-request.sh BIN CONFIG TAG [DURATION]
+# The load runs open loop at RATE requests/s (default 300, which the proxy sustains under
+# valgrind) so that timer and idle work per request is the same in every run.
 # CONFIG is a concrete copy of bench/configs/otlp-mesh.yaml or otlp-mesh-telemetry.yaml with
 # listener 127.0.0.1:29080, admin 127.0.0.1:29901 and upstream 127.0.0.1:29081.
 # Prints the proxy's Ir per request over the measured window, with the embedded store's
@@ -8,7 +10,8 @@
 # below the store's 2 000 items/s budget, so the store indexes every span there, unlike at
 # full speed where the budget makes it skip most batches.
 set -u
-BIN=$1; CFG=$2; TAG=$3; DUR=${4:-8s}
+BIN=$1; CFG=$2; TAG=$3; DUR=${4:-10s}
+RATE=${RATE:-300}
 OUT=${OUT:-/tmp/cg}
 mkdir -p "$OUT"
 $BIN bench-upstream --bind 127.0.0.1:29081 --log-level warn >/dev/null 2>&1 &
@@ -26,9 +29,9 @@ count() {
     awk '{s+=$NF} END {print s}'
 }
 BEFORE=$(count)
-callgrind_control -i on $PX >/dev/null
-$BIN bench -c 10 -d "$DUR" --warmup 0s http://127.0.0.1:29080/ --log-level warn >"$OUT/bench.$TAG.txt" 2>&1
-callgrind_control -d $PX >/dev/null
+callgrind_control -i on $PX >/dev/null 2>&1
+$BIN bench -c 10 -d "$DUR" --rate "$RATE" --warmup 0s http://127.0.0.1:29080/ --log-level warn >"$OUT/bench.$TAG.txt" 2>&1
+callgrind_control -d $PX >/dev/null 2>&1
 AFTER=$(count)
 kill $PX; wait $PX 2>/dev/null
 kill $UP; wait $UP 2>/dev/null
