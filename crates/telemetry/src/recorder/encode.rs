@@ -404,6 +404,12 @@ impl Writer {
     /// and scope (both pre-encoded); resets the writer. The head is written into the headroom
     /// in front of the items, so the batch is handed over without being copied.
     pub(super) fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Bytes {
+        let (buf, start) = self.finish_buffer(resource, scope);
+        Bytes::from(buf).slice(start..)
+    }
+
+    /// `finish`'s buffer and where the export request starts in it.
+    fn finish_buffer(&mut self, resource: &[u8], scope: &[u8]) -> (Vec<u8>, usize) {
         // Export*ServiceRequest.resource_* (1) { resource (1), scope_* (2) { scope (1), items (2)… } }
         let body = self.items.len().saturating_sub(self.headroom);
         let scope_msg = len_delimited_len(scope.len()) + body;
@@ -415,20 +421,26 @@ impl Writer {
         key(&mut head, 2, LEN);
         varint(&mut head, scope_msg as u64);
         bytes_field(&mut head, 1, scope);
-        // The next batch starts with this one's capacity (one allocation per batch).
-        let mut next = Vec::with_capacity(self.items.capacity());
+        // The next batch starts with room for as much as this one (one allocation per batch;
+        // sized by this batch, not by the largest so far).
+        let mut next = Vec::with_capacity(self.items.len());
         next.resize(self.headroom, 0);
         let mut items = std::mem::replace(&mut self.items, next);
         self.count = 0;
+        // The buffer goes out with the batch (queues, exporters, retries) and the memory limiter
+        // counts its length: a buffer that grew well past what it holds is trimmed first.
+        if items.capacity() > items.len() + items.len() / 2 {
+            items.shrink_to_fit();
+        }
         if let Some(start) = self.headroom.checked_sub(head.len())
             && let Some(slot) = items.get_mut(start..self.headroom)
         {
             slot.copy_from_slice(&head);
-            return Bytes::from(items).slice(start..);
+            return (items, start);
         }
         // Not reached (the headroom covers the head); kept correct rather than panicking.
         head.extend_from_slice(items.get(self.headroom..).unwrap_or(&[]));
-        Bytes::from(head)
+        (head, 0)
     }
 }
 
@@ -524,6 +536,25 @@ mod tests {
             KeyValue::decode(&buf[3..]).unwrap(),
             kv("a", Value::StringValue("b".into()))
         );
+    }
+
+    #[test]
+    fn batches_go_out_in_buffers_sized_to_them() {
+        let mut w = Writer::new(16);
+        for n in [100_000usize, 50, 3_000, 200_000, 10] {
+            w.items.extend(std::iter::repeat_n(7u8, n));
+            w.count = 1;
+            let (buf, start) = w.finish_buffer(b"res", b"scope");
+            assert_eq!(buf.len() - w.headroom, n);
+            assert!(start < w.headroom);
+            assert!(
+                buf.capacity() <= buf.len() + buf.len() / 2,
+                "{n}: capacity {} for {}",
+                buf.capacity(),
+                buf.len()
+            );
+            assert_eq!(w.items.len(), w.headroom, "the next batch starts empty");
+        }
     }
 
     #[test]
