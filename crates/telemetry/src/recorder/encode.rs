@@ -421,15 +421,15 @@ impl Writer {
         key(&mut head, 2, LEN);
         varint(&mut head, scope_msg as u64);
         bytes_field(&mut head, 1, scope);
-        // The next batch starts with room for as much as this one (one allocation per batch;
-        // sized by this batch, not by the largest so far).
-        let mut next = Vec::with_capacity(self.items.len());
+        // The next batch starts with room for this one's size and an eighth (one allocation per
+        // batch, rarely regrown; sized by this batch, not by the largest so far).
+        let mut next = Vec::with_capacity(self.items.len() + self.items.len() / 8);
         next.resize(self.headroom, 0);
         let mut items = std::mem::replace(&mut self.items, next);
         self.count = 0;
         // The buffer goes out with the batch (queues, exporters, retries) and the memory limiter
         // counts its length: a buffer that grew well past what it holds is trimmed first.
-        if items.capacity() > items.len() + items.len() / 2 {
+        if items.capacity() > items.len() + items.len() / 4 {
             items.shrink_to_fit();
         }
         if let Some(start) = self.headroom.checked_sub(head.len())
@@ -548,7 +548,7 @@ mod tests {
             assert_eq!(buf.len() - w.headroom, n);
             assert!(start < w.headroom);
             assert!(
-                buf.capacity() <= buf.len() + buf.len() / 2,
+                buf.capacity() <= buf.len() + buf.len() / 4,
                 "{n}: capacity {} for {}",
                 buf.capacity(),
                 buf.len()
