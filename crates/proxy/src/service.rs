@@ -19,7 +19,9 @@ use otlp_mesh_resilience::retry::{
     Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
 };
 use otlp_mesh_resilience::timeout::Timeout;
-use otlp_mesh_telemetry::recorder::{Recorder, RequestRecord, RequestTrace, unix_nanos};
+use otlp_mesh_telemetry::recorder::{
+    Recorder, RequestRecord, RequestTarget, RequestTrace, RouteNames,
+};
 use otlp_mesh_telemetry::{ListenerMetrics, Registry, RouteMetrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +38,9 @@ pub type ResponseBody = FaultBody<FaultBody<ProxyBody>>;
 #[derive(Debug)]
 pub struct Target {
     pub cluster: Arc<Cluster>,
-    /// Route and cluster names for spans and access logs (shared, not copied per request).
-    route_name: Arc<str>,
-    cluster_name: Arc<str>,
+    /// Listener, route and cluster names for spans and access logs (shared, not copied per
+    /// request).
+    names: Arc<RouteNames>,
     pub metrics: Arc<RouteMetrics>,
     request_faults: Arc<FaultTarget>,
     attempt_faults: Arc<FaultTarget>,
@@ -166,7 +168,8 @@ pub struct ListenerState {
     needs_client_ip: Vec<bool>,
     /// The proxy's own spans and access logs, when telemetry is configured.
     recorder: Option<Arc<Recorder>>,
-    listener_name: Arc<str>,
+    /// Names for records of requests that matched no route.
+    unrouted_names: Arc<RouteNames>,
 }
 
 impl ListenerState {
@@ -198,8 +201,7 @@ impl ListenerState {
                 .and_then(|(_, r)| r.retry.as_ref().map(|p| retry_layer(p, c, r.priority)));
             Some(Target {
                 cluster: c.clone(),
-                route_name: Arc::from(route),
-                cluster_name: Arc::from(cluster),
+                names: RouteNames::new(&name, Some(route), Some(cluster)),
                 metrics: registry.route(&name, route, cluster),
                 request_faults: fault_target(FaultScope::Request, config.header_faults.clone()),
                 attempt_faults: fault_target(FaultScope::Attempt, None),
@@ -238,7 +240,7 @@ impl ListenerState {
             routes,
             config: config.clone(),
             recorder: recorder.filter(|r| r.is_active()),
-            listener_name: Arc::from(name.as_str()),
+            unrouted_names: RouteNames::new(&name, None, None),
             name,
         })
     }
@@ -251,31 +253,33 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, FaultReset> {
-    let Some(recorder) = state.recorder.clone() else {
-        return route_and_forward(state, peer, req, None, &mut Picked::default()).await;
-    };
-    let trace = recorder.begin(req.headers());
-    if !trace.as_ref().is_some_and(|t| t.records()) {
-        // Not sampled and no access log: only the trace headers travel on.
-        return route_and_forward(state, peer, req, trace, &mut Picked::default()).await;
-    }
-    let start_unix_nanos = unix_nanos();
+    // The one clock read at the start of a request: metrics, span and access log share it.
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = Box::from(req.uri().path());
-    let version = req.version();
-    let host = match req.headers().get(HOST).map(|h| h.to_str()) {
-        Some(Ok(h)) => Some(Box::from(h)),
-        _ => req.uri().authority().map(|a| Box::from(a.as_str())),
+    let Some(recorder) = state.recorder.as_ref() else {
+        return route_and_forward(&state, peer, req, None, start, &mut Picked::default()).await;
     };
-    let listener = state.listener_name.clone();
+    let trace = recorder.begin(req.headers(), start.into_std());
+    let Some(t) = trace.as_ref().filter(|t| t.records()) else {
+        // Not sampled and no access log: only the trace headers travel on.
+        return route_and_forward(&state, peer, req, trace, start, &mut Picked::default()).await;
+    };
+    let start_unix_nanos = t.start_unix_nanos;
+    let method = req.method().clone();
+    let target = {
+        let host = match req.headers().get(HOST).map(|h| h.to_str()) {
+            Some(Ok(h)) => Some(h),
+            _ => req.uri().authority().map(|a| a.as_str()),
+        };
+        RequestTarget::new(req.uri().path(), host)
+    };
+    let version = req.version();
     let mut picked = Picked::default();
-    let result = route_and_forward(state, peer, req, trace.clone(), &mut picked).await;
+    let result = route_and_forward(&state, peer, req, trace.clone(), start, &mut picked).await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),
             resp.headers()
-                .get("x-mesh-error")
+                .get(&X_MESH_ERROR)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             resp.extensions()
@@ -291,15 +295,13 @@ pub async fn handle(
     recorder.record(RequestRecord {
         trace,
         start_unix_nanos,
-        duration: start.elapsed(),
+        // Measured when the metrics were recorded (one clock read for both).
+        duration: picked.elapsed.unwrap_or_else(|| start.elapsed()),
         method,
-        path,
+        target,
         version,
-        host,
         peer: peer.ip().to_canonical(),
-        listener,
-        route: picked.route,
-        cluster: picked.cluster,
+        names: picked.names.unwrap_or_else(|| state.unrouted_names.clone()),
         status,
         error,
         faults,
@@ -307,39 +309,48 @@ pub async fn handle(
     result
 }
 
-/// The route and cluster a request went to, for its span and access log.
+/// The proxy's error-code response header (see `ProxyError::code`).
+const X_MESH_ERROR: http::HeaderName = http::HeaderName::from_static("x-mesh-error");
+
+/// The route and cluster a request went to, for its span and access log, and how long it took.
 #[derive(Default)]
 struct Picked {
-    route: Option<Arc<str>>,
-    cluster: Option<Arc<str>>,
+    names: Option<Arc<RouteNames>>,
+    elapsed: Option<std::time::Duration>,
+}
+
+/// Records the request in its metric series; the duration is kept for its span.
+fn record_metrics(metrics: &RouteMetrics, status: u16, start: Instant, picked: &mut Picked) {
+    let elapsed = start.elapsed();
+    metrics.record(status, elapsed);
+    picked.elapsed = Some(elapsed);
 }
 
 async fn route_and_forward(
-    state: Arc<ListenerState>,
+    state: &ListenerState,
     peer: SocketAddr,
     req: Request<Incoming>,
     trace: Option<Arc<RequestTrace>>,
+    start: Instant,
     picked: &mut Picked,
 ) -> Result<Response<ResponseBody>, FaultReset> {
-    let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
     let grpc = is_grpc(&parts.headers);
     let Some(route) = state.routes.find(&parts) else {
-        state.no_route.record(404, start.elapsed());
-        return Ok(finish_error(&state, grpc, ProxyError::NoRoute));
+        record_metrics(&state.no_route, 404, start, picked);
+        return Ok(finish_error(state, grpc, ProxyError::NoRoute));
     };
     let Some(target) = route.pick_target() else {
-        state.no_route.record(503, start.elapsed());
+        record_metrics(&state.no_route, 503, start, picked);
         return Ok(finish_error(
-            &state,
+            state,
             grpc,
             ProxyError::NoEndpoints(route.name.clone()),
         ));
     };
     if trace.is_some() {
-        picked.route = Some(target.route_name.clone());
-        picked.cluster = Some(target.cluster_name.clone());
+        picked.names = Some(target.names.clone());
     }
 
     let limit = state.config.limits.max_request_body.map(|b| b.0);
@@ -350,13 +361,13 @@ async fn route_and_forward(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            target.metrics.record(413, start.elapsed());
-            return Ok(finish_error(&state, grpc, ProxyError::BodyTooLarge(limit)));
+            record_metrics(&target.metrics, 413, start, picked);
+            return Ok(finish_error(state, grpc, ProxyError::BodyTooLarge(limit)));
         }
     }
 
     prepare_request(
-        &state,
+        state,
         route,
         &mut parts,
         peer,
@@ -369,9 +380,6 @@ async fn route_and_forward(
         .unwrap_or(false)
     {
         parts.extensions.insert(ClientIp(peer.ip().to_canonical()));
-    }
-    if let Some(t) = trace {
-        parts.extensions.insert(t);
     }
     // A gRPC client's own deadline may only shorten the route's.
     let client_deadline = if grpc {
@@ -387,11 +395,11 @@ async fn route_and_forward(
         Some(b) => Either::Left(b.layer_service(cluster)),
         None => Either::Right(cluster),
     };
-    let attempt = TraceAttempt::new(Fault::new(
-        guarded,
-        state.faults.clone(),
-        target.attempt_faults.clone(),
-    ));
+    let attempt = TraceAttempt::new(
+        Fault::new(guarded, state.faults.clone(), target.attempt_faults.clone()),
+        trace,
+        target.retry.is_some(),
+    );
     type ToUpstream<B> = fn(Request<B>) -> Request<UpstreamBody>;
     let attempts = match &target.retry {
         Some(r) => Either::Left(r.layer_service(MapRequest::new(
@@ -419,14 +427,12 @@ async fn route_and_forward(
             let headers = resp.headers_mut();
             headers::remove_hop_by_hop(headers, false);
             route.response_headers.apply(headers);
-            finish_headers(&state, headers);
-            target
-                .metrics
-                .record(resp.status().as_u16(), start.elapsed());
+            finish_headers(state, headers);
+            record_metrics(&target.metrics, resp.status().as_u16(), start, picked);
             Ok(resp)
         }
         Err(ProxyError::FaultReset(reset)) => {
-            target.metrics.record(502, start.elapsed());
+            record_metrics(&target.metrics, 502, start, picked);
             Err(reset)
         }
         Err(e) => {
@@ -438,8 +444,8 @@ async fn route_and_forward(
                     .fetch_add(1, Ordering::Relaxed);
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
-            target.metrics.record(e.status().as_u16(), start.elapsed());
-            Ok(finish_error(&state, grpc, e))
+            record_metrics(&target.metrics, e.status().as_u16(), start, picked);
+            Ok(finish_error(state, grpc, e))
         }
     }
 }

@@ -1,25 +1,37 @@
 //! A client span per upstream attempt: the layer sits inside the retry loop, so each try gets
 //! its own span id in the trace headers sent upstream and its own record.
+//!
+//! The request's trace is handed to the layer when the per-request stack is built (not through
+//! the request's extensions, whose map and boxed entry cost three allocations per request).
 
 use crate::error::ProxyError;
 use http::{Request, Response};
 use otlp_mesh_resilience::retry::X_MESH_ATTEMPT;
-use otlp_mesh_telemetry::recorder::{AttemptRecord, RequestTrace, unix_nanos};
+use otlp_mesh_telemetry::recorder::{AttemptRecord, RequestTrace};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 
 /// Wraps each upstream attempt of a traced request in a client span.
 #[derive(Clone, Debug)]
 pub struct TraceAttempt<S> {
     inner: S,
+    trace: Option<Arc<RequestTrace>>,
+    /// Whether a retry layer runs outside: its `x-mesh-attempt` header numbers the attempts.
+    /// Without one there is a single attempt (a client's own `x-mesh-attempt` is not trusted).
+    retried: bool,
 }
 
 impl<S> TraceAttempt<S> {
-    pub fn new(inner: S) -> Self {
-        TraceAttempt { inner }
+    pub fn new(inner: S, trace: Option<Arc<RequestTrace>>, retried: bool) -> Self {
+        TraceAttempt {
+            inner,
+            trace,
+            retried,
+        }
     }
 }
 
@@ -27,7 +39,7 @@ struct Started {
     trace: Arc<RequestTrace>,
     span_id: [u8; 8],
     number: u32,
-    start: u64,
+    start: Instant,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for TraceAttempt<S>
@@ -43,30 +55,29 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let started = req
-            .extensions()
-            .get::<Arc<RequestTrace>>()
-            .cloned()
-            .and_then(|trace| {
-                if !trace.records() {
-                    // Unrecorded: the headers still carry the (unsampled) context upstream.
-                    trace.begin_attempt(req.headers_mut());
-                    return None;
-                }
-                let number = req
-                    .headers()
+        let started = self.trace.as_ref().and_then(|trace| {
+            if !trace.records() {
+                // Unrecorded: the headers still carry the (unsampled) context upstream.
+                trace.begin_attempt(req.headers_mut());
+                return None;
+            }
+            let number = if self.retried {
+                req.headers()
                     .get(X_MESH_ATTEMPT)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                let span_id = trace.begin_attempt(req.headers_mut());
-                Some(Started {
-                    trace,
-                    span_id,
-                    number,
-                    start: unix_nanos(),
-                })
-            });
+                    .unwrap_or(1)
+            } else {
+                1
+            };
+            let span_id = trace.begin_attempt(req.headers_mut());
+            Some(Started {
+                trace: trace.clone(),
+                span_id,
+                number,
+                start: Instant::now(),
+            })
+        });
         TraceAttemptFuture {
             inner: self.inner.call(req),
             started,
@@ -100,10 +111,11 @@ where
                 Ok(r) => (r.status().as_u16(), None),
                 Err(e) => (0, Some(e.code().to_string())),
             };
+            let end = Instant::now();
             s.trace.end_attempt(AttemptRecord {
                 span_id: s.span_id,
-                start_unix_nanos: s.start,
-                end_unix_nanos: unix_nanos(),
+                start_unix_nanos: s.trace.unix_nanos(s.start.into_std()),
+                end_unix_nanos: s.trace.unix_nanos(end.into_std()),
                 number: s.number,
                 status,
                 error,

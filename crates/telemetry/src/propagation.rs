@@ -16,7 +16,7 @@ pub struct TraceContext {
 }
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
@@ -24,8 +24,26 @@ const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
+/// Whether `name` is one of the trace-context headers this module reads or replaces.
+fn is_trace_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "traceparent" || n == "tracestate" || n == "b3" || n.starts_with("x-b3-")
+}
+
+/// Past this many header names a scan for trace headers costs more than looking them up.
+const SCAN_MAX: usize = 24;
+
+/// Whether `headers` may hold a trace header: one pass over the (few) names of a typical
+/// request instead of hashing every trace header name (this runs for every request).
+fn may_have_trace_headers(headers: &HeaderMap) -> bool {
+    headers.keys_len() > SCAN_MAX || headers.keys().any(is_trace_header)
+}
+
 /// Reads the incoming trace context; invalid headers count as absent (a new trace starts).
 pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
+    if !may_have_trace_headers(headers) {
+        return None;
+    }
     if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
         && let Some(mut ctx) = parse_traceparent(tp)
     {
@@ -64,16 +82,18 @@ pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
 /// Writes `ctx` (whose `span_id` is the caller-side span) in each of `formats`, replacing any
 /// trace headers the request carried.
 pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, formats: &[Propagation]) {
-    for h in [
-        &TRACEPARENT,
-        &B3,
-        &B3_TRACE,
-        &B3_SPAN,
-        &B3_PARENT,
-        &B3_SAMPLED,
-        &B3_FLAGS,
-    ] {
-        headers.remove(h);
+    if may_have_trace_headers(headers) {
+        for h in [
+            &TRACEPARENT,
+            &B3,
+            &B3_TRACE,
+            &B3_SPAN,
+            &B3_PARENT,
+            &B3_SAMPLED,
+            &B3_FLAGS,
+        ] {
+            headers.remove(h);
+        }
     }
     let sampled = ctx.sampled.unwrap_or(false);
     let mut trace = [0u8; 32];
@@ -198,12 +218,23 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
-/// Lower-case hex of `bytes` into `out` (twice as long).
-pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+/// The two lower-case hex digits of every byte (one lookup per byte; this runs for 24 bytes of
+/// ids per upstream attempt).
+const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
+/// Lower-case hex of `bytes` into `out` (twice as long; a shorter `out` gets what fits).
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -325,5 +356,54 @@ mod tests {
             "00-01010101010101010101010101010101-0202020202020202-00"
         );
         assert!(h.get("x-b3-spanid").is_none());
+    }
+
+    #[test]
+    fn trace_headers_are_found_among_few_and_many_others() {
+        // Below and above the scan limit: the scan and the lookups must agree.
+        for others in [0, 3, SCAN_MAX - 3, SCAN_MAX + 10] {
+            let names: Vec<String> = (0..others).map(|i| format!("x-other-{i}")).collect();
+            let mut pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+            assert!(extract(&headers(&pairs)).is_none(), "{others}");
+            pairs.push(("x-b3-traceid", "463ac35c9f6413ad"));
+            pairs.push(("x-b3-spanid", "a2fb4a1d1a96d312"));
+            pairs.push(("x-b3-flags", "1"));
+            let mut h = headers(&pairs);
+            let ctx = extract(&h).expect("b3 multi context");
+            assert_eq!(ctx.sampled, Some(true), "{others}");
+            inject(&mut h, &ctx, &[Propagation::W3c]);
+            for gone in ["x-b3-traceid", "x-b3-spanid", "x-b3-flags"] {
+                assert!(h.get(gone).is_none(), "{gone} with {others} others");
+            }
+            assert!(h.get("traceparent").is_some());
+            assert_eq!(h.keys_len(), others + 1);
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), expected);
+        let mut short = [b'.'; 3];
+        hex_into(&[0xab, 0xcd], &mut short);
+        assert_eq!(&short, b"ab.");
+    }
+
+    #[test]
+    fn inject_without_incoming_trace_headers_adds_only_its_own() {
+        let mut h = headers(&[("host", "shop"), ("user-agent", "t")]);
+        let ctx = TraceContext {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            sampled: Some(true),
+            tracestate: None,
+        };
+        inject(&mut h, &ctx, &[Propagation::W3c, Propagation::B3]);
+        assert_eq!(h.keys_len(), 4);
+        assert_eq!(
+            h.get("b3").unwrap(),
+            "01010101010101010101010101010101-0202020202020202-1"
+        );
     }
 }

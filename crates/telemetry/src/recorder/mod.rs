@@ -29,7 +29,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Records waiting for the encoder; past this the request path drops them (counted).
@@ -44,6 +44,105 @@ pub fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Unix time from the monotonic clock: one clock read per event on the request path instead of
+/// a monotonic read for durations plus a wall-clock read for timestamps. The encoder re-anchors
+/// it on every flush tick, so a stepped wall clock shows up within [`FLUSH_EVERY`].
+#[derive(Debug)]
+struct WallClock {
+    base: Instant,
+    /// Unix nanoseconds at `base`, as of the last anchoring.
+    unix_at_base: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl WallClock {
+    fn new() -> WallClock {
+        let clock = WallClock {
+            base: Instant::now(),
+            unix_at_base: AtomicU64::new(0),
+        };
+        clock.anchor();
+        clock
+    }
+
+    fn anchor(&self) {
+        let since = nanos(self.base.elapsed());
+        self.unix_at_base
+            .store(unix_nanos().saturating_sub(since), Ordering::Relaxed);
+    }
+
+    fn unix_nanos(&self, at: Instant) -> u64 {
+        let base = self.unix_at_base.load(Ordering::Relaxed);
+        match at.checked_duration_since(self.base) {
+            Some(d) => base.saturating_add(nanos(d)),
+            None => base.saturating_sub(nanos(self.base.duration_since(at))),
+        }
+    }
+}
+
+/// The propagation formats of a trace, deduplicated, without a shared allocation per request.
+#[derive(Clone, Copy, Debug)]
+struct Formats {
+    list: [Propagation; 3],
+    len: usize,
+}
+
+impl Formats {
+    fn new(configured: &[Propagation]) -> Formats {
+        let mut f = Formats {
+            list: [Propagation::W3c; 3],
+            len: 0,
+        };
+        for p in configured {
+            if !f.as_slice().contains(p) && f.len < f.list.len() {
+                f.list[f.len] = *p;
+                f.len += 1;
+            }
+        }
+        f
+    }
+
+    fn as_slice(&self) -> &[Propagation] {
+        self.list.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// A request's attempts; the usual single one is kept inline (no allocation).
+#[derive(Debug, Default)]
+enum Attempts {
+    #[default]
+    None,
+    One(AttemptRecord),
+    Many(Vec<AttemptRecord>),
+}
+
+impl Attempts {
+    fn push(&mut self, a: AttemptRecord) {
+        *self = match std::mem::take(self) {
+            Attempts::None => Attempts::One(a),
+            Attempts::One(first) => Attempts::Many(vec![first, a]),
+            Attempts::Many(mut v) => {
+                // Bounded: a retry policy allows at most a handful of attempts.
+                if v.len() < 64 {
+                    v.push(a);
+                }
+                Attempts::Many(v)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[AttemptRecord] {
+        match self {
+            Attempts::None => &[],
+            Attempts::One(a) => std::slice::from_ref(a),
+            Attempts::Many(v) => v,
+        }
+    }
 }
 
 /// One upstream attempt (a client span).
@@ -70,12 +169,15 @@ pub struct RequestTrace {
     pub parent: Option<[u8; 8]>,
     pub sampled: bool,
     pub tracestate: Option<http::HeaderValue>,
-    formats: Arc<[Propagation]>,
+    /// When the request started (monotonic) and the same instant as Unix time.
+    start: Instant,
+    pub start_unix_nanos: u64,
+    formats: Formats,
     /// False when only access logs are on: trace headers pass through untouched.
     inject: bool,
     /// Whether this request is recorded at all (sampled, or access logs on).
     record: bool,
-    attempts: Mutex<Vec<AttemptRecord>>,
+    attempts: Mutex<Attempts>,
 }
 
 impl RequestTrace {
@@ -91,12 +193,9 @@ impl RequestTrace {
             sampled: Some(self.sampled),
             tracestate: None,
         };
-        propagation::inject(headers, &ctx, &self.formats);
+        propagation::inject(headers, &ctx, self.formats.as_slice());
         if let Some(ts) = &self.tracestate {
-            headers.insert(
-                http::header::HeaderName::from_static("tracestate"),
-                ts.clone(),
-            );
+            headers.insert(propagation::TRACESTATE, ts.clone());
         }
         span_id
     }
@@ -107,17 +206,32 @@ impl RequestTrace {
         self.record
     }
 
-    /// Records a finished attempt.
-    pub fn end_attempt(&self, attempt: AttemptRecord) {
-        let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a retry policy allows at most a handful of attempts.
-        if a.len() < 64 {
-            a.push(attempt);
+    /// `at` (a monotonic instant of this request) as Unix nanoseconds, without reading the
+    /// wall clock.
+    pub fn unix_nanos(&self, at: Instant) -> u64 {
+        match at.checked_duration_since(self.start) {
+            Some(d) => self.start_unix_nanos.saturating_add(nanos(d)),
+            None => self
+                .start_unix_nanos
+                .saturating_sub(nanos(self.start.duration_since(at))),
         }
     }
 
-    fn take_attempts(&self) -> Vec<AttemptRecord> {
-        std::mem::take(&mut *self.attempts.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Records a finished attempt.
+    pub fn end_attempt(&self, attempt: AttemptRecord) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(attempt);
+    }
+
+    /// Runs `f` on the attempts recorded so far.
+    fn with_attempts<R>(&self, f: impl FnOnce(&[AttemptRecord]) -> R) -> R {
+        f(self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_slice())
     }
 }
 
@@ -128,21 +242,116 @@ pub struct RequestRecord {
     pub start_unix_nanos: u64,
     pub duration: Duration,
     pub method: Method,
-    /// Copied, not shared: a `Uri` or `HeaderValue` clone would keep the connection's whole
-    /// read buffer alive until the record is encoded, so hyper would allocate a new one per
-    /// request (measured: +40 MiB RSS and more CPU at 40k req/s).
-    pub path: Box<str>,
+    /// Path and host, copied, not shared: a `Uri` or `HeaderValue` clone would keep the
+    /// connection's whole read buffer alive until the record is encoded, so hyper would
+    /// allocate a new one per request (measured: +40 MiB RSS and more CPU at 40k req/s).
+    pub target: RequestTarget,
     pub version: Version,
-    pub host: Option<Box<str>>,
     pub peer: IpAddr,
-    pub listener: Arc<str>,
-    pub route: Option<Arc<str>>,
-    pub cluster: Option<Arc<str>>,
+    /// Listener, route and cluster: one shared reference per request instead of three.
+    pub names: Arc<RouteNames>,
     pub status: u16,
     /// `x-mesh-error` code of a proxy-made error response.
     pub error: Option<String>,
     /// Fault kinds injected (`delay,abort`).
     pub faults: Option<String>,
+}
+
+/// Where requests went: the listener, and the route and cluster when one matched. Built once
+/// per route at config load and shared by that route's records.
+#[derive(Debug)]
+pub struct RouteNames {
+    pub listener: Box<str>,
+    pub route: Option<Box<str>>,
+    pub cluster: Option<Box<str>>,
+    /// The attributes these names fix, pre-encoded for server spans, access logs and client
+    /// spans (written with one copy per record instead of being encoded each time).
+    span_attributes: Box<[u8]>,
+    log_attributes: Box<[u8]>,
+    client_attributes: Box<[u8]>,
+}
+
+impl RouteNames {
+    pub fn new(listener: &str, route: Option<&str>, cluster: Option<&str>) -> Arc<RouteNames> {
+        let attrs = |tag| encode::route_attributes(tag, listener, route, cluster);
+        Arc::new(RouteNames {
+            listener: listener.into(),
+            route: route.map(Box::from),
+            cluster: cluster.map(Box::from),
+            span_attributes: attrs(encode::SPAN_ATTRIBUTES),
+            log_attributes: attrs(encode::LOG_ATTRIBUTES),
+            client_attributes: encode::cluster_attribute(cluster),
+        })
+    }
+}
+
+/// Path and host bytes kept inside the record itself (no allocation); longer ones are boxed.
+const TARGET_INLINE: usize = 80;
+
+/// A request's path and host (when it named one), copied into the record: inline up to
+/// [`TARGET_INLINE`] bytes together (typical requests, no allocation), one allocation past it.
+#[derive(Debug)]
+pub struct RequestTarget {
+    text: TargetText,
+    path_len: usize,
+    has_host: bool,
+}
+
+#[derive(Debug)]
+enum TargetText {
+    Inline {
+        buf: [u8; TARGET_INLINE],
+        len: usize,
+    },
+    Boxed(Box<str>),
+}
+
+impl RequestTarget {
+    pub fn new(path: &str, host: Option<&str>) -> RequestTarget {
+        let host_str = host.unwrap_or("");
+        let len = path.len() + host_str.len();
+        let text = if len <= TARGET_INLINE {
+            let mut buf = [0u8; TARGET_INLINE];
+            if let Some(p) = buf.get_mut(..path.len()) {
+                p.copy_from_slice(path.as_bytes());
+            }
+            if let Some(h) = buf.get_mut(path.len()..len) {
+                h.copy_from_slice(host_str.as_bytes());
+            }
+            TargetText::Inline { buf, len }
+        } else {
+            let mut text = String::with_capacity(len);
+            text.push_str(path);
+            text.push_str(host_str);
+            TargetText::Boxed(text.into_boxed_str())
+        };
+        RequestTarget {
+            text,
+            path_len: path.len(),
+            has_host: host.is_some(),
+        }
+    }
+
+    /// Path and host together; both were `str`s, so the inline bytes are valid UTF-8 at
+    /// `path_len` too.
+    fn text(&self) -> &str {
+        match &self.text {
+            TargetText::Inline { buf, len } => buf
+                .get(..*len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or(""),
+            TargetText::Boxed(s) => s,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.text().get(..self.path_len).unwrap_or("")
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.has_host
+            .then(|| self.text().get(self.path_len..).unwrap_or(""))
+    }
 }
 
 /// Counters of the recorder.
@@ -163,7 +372,8 @@ pub struct Recorder {
     tracing: bool,
     access_log: bool,
     threshold: u64,
-    formats: Arc<[Propagation]>,
+    formats: Formats,
+    clock: Arc<WallClock>,
     stats: Arc<RecorderStats>,
 }
 
@@ -177,7 +387,9 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let stats = Arc::new(RecorderStats::default());
         let resource = resource(cfg);
+        let clock = Arc::new(WallClock::new());
         let encoder = Encoder {
+            clock: clock.clone(),
             resource: resource.encode_to_vec(),
             scope: scope().encode_to_vec(),
             spans: cfg.tracing.enabled,
@@ -196,7 +408,8 @@ impl Recorder {
             tracing: cfg.tracing.enabled,
             access_log: cfg.access_log.otlp || cfg.access_log.stdout,
             threshold: keep_threshold(cfg.tracing.sampling_ratio.value),
-            formats: cfg.tracing.propagation.clone().into(),
+            formats: Formats::new(&cfg.tracing.propagation),
+            clock,
             stats,
         })
     }
@@ -207,8 +420,9 @@ impl Recorder {
     }
 
     /// Starts a request's trace from its headers: continues the caller's trace (following its
-    /// sampled flag) or starts a new one sampled at the configured ratio.
-    pub fn begin(&self, headers: &HeaderMap) -> Option<Arc<RequestTrace>> {
+    /// sampled flag) or starts a new one sampled at the configured ratio. `start` is when the
+    /// request started (the caller's clock read, shared with its own timing).
+    pub fn begin(&self, headers: &HeaderMap, start: Instant) -> Option<Arc<RequestTrace>> {
         if !self.is_active() {
             return None;
         }
@@ -225,10 +439,12 @@ impl Recorder {
             parent,
             sampled,
             tracestate,
-            formats: self.formats.clone(),
+            start,
+            start_unix_nanos: self.clock.unix_nanos(start),
+            formats: self.formats,
             inject: self.tracing,
             record: sampled || self.access_log,
-            attempts: Mutex::new(Vec::new()),
+            attempts: Mutex::new(Attempts::None),
         }))
     }
 
@@ -335,13 +551,13 @@ fn protocol(v: Version) -> &'static str {
 }
 
 /// The span and log writers of the encoder task.
-#[derive(Default)]
 struct Writers {
     spans: encode::Writer,
     logs: encode::Writer,
 }
 
 struct Encoder {
+    clock: Arc<WallClock>,
     resource: Vec<u8>,
     scope: Vec<u8>,
     spans: bool,
@@ -358,17 +574,25 @@ impl Encoder {
         // holds more than one interval's worth at the rates one core can proxy.
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buf = Vec::with_capacity(MAX_BATCH);
         // Reused across flushes so their buffers keep their capacity.
-        let mut writers = Writers::default();
+        let head = self.resource.len() + self.scope.len();
+        let mut writers = Writers {
+            spans: encode::Writer::new(head),
+            logs: encode::Writer::new(head),
+        };
+        let mut stdout = Vec::new();
         loop {
             tick.tick().await;
+            self.clock.anchor();
             loop {
+                // Records are encoded as they are taken off the channel (not collected first).
+                let mut n = 0;
                 let closed = loop {
                     match rx.try_recv() {
                         Ok(r) => {
-                            buf.push(r);
-                            if buf.len() == MAX_BATCH {
+                            self.encode(&r, &mut writers, &mut stdout);
+                            n += 1;
+                            if n == MAX_BATCH {
                                 break false;
                             }
                         }
@@ -376,9 +600,9 @@ impl Encoder {
                         Err(mpsc::error::TryRecvError::Disconnected) => break true,
                     }
                 };
-                let full = buf.len() == MAX_BATCH;
-                if !buf.is_empty() {
-                    self.flush(&mut buf, &mut writers).await;
+                let full = n == MAX_BATCH;
+                if n > 0 {
+                    self.flush(&mut writers, &mut stdout).await;
                 }
                 if closed {
                     return;
@@ -393,43 +617,44 @@ impl Encoder {
         }
     }
 
-    async fn flush(&self, records: &mut Vec<RequestRecord>, w: &mut Writers) {
+    fn encode(&self, r: &RequestRecord, w: &mut Writers, stdout: &mut Vec<u8>) {
         let Writers { spans, logs } = w;
-        let mut stdout = Vec::new();
-        for r in records.drain(..) {
-            let attempts = r
-                .trace
-                .as_ref()
-                .map(|t| t.take_attempts())
-                .unwrap_or_default();
+        let mut encode = |attempts: &[AttemptRecord]| {
             if self.spans && r.trace.as_ref().is_some_and(|t| t.sampled) {
-                spans.spans(&r, &attempts);
+                spans.spans(r, attempts);
             }
             if self.otlp_logs {
-                logs.access_log(&r, &attempts);
+                logs.access_log(r, attempts);
             }
             if self.stdout_logs {
-                json_line(&r, &attempts, &mut stdout);
+                json_line(r, attempts, stdout);
             }
+        };
+        match &r.trace {
+            Some(t) => t.with_attempts(encode),
+            None => encode(&[]),
         }
+    }
+
+    async fn flush(&self, w: &mut Writers, stdout: &mut Vec<u8>) {
+        let Writers { spans, logs } = w;
         if !stdout.is_empty() {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&stdout);
+            let _ = out.write_all(stdout);
             let _ = out.flush();
+            stdout.clear();
         }
         if spans.count > 0 {
             let n = spans.count;
             self.stats.spans.fetch_add(n, Ordering::Relaxed);
             let payload = spans.finish(&self.resource, &self.scope);
-            self.submit(Batch::new(Signal::Traces, Bytes::from(payload), n))
-                .await;
+            self.submit(Batch::new(Signal::Traces, payload, n)).await;
         }
         if logs.count > 0 {
             let n = logs.count;
             self.stats.logs.fetch_add(n, Ordering::Relaxed);
             let payload = logs.finish(&self.resource, &self.scope);
-            self.submit(Batch::new(Signal::Logs, Bytes::from(payload), n))
-                .await;
+            self.submit(Batch::new(Signal::Logs, payload, n)).await;
         }
     }
 
@@ -460,15 +685,15 @@ fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
         "trace_id": r.trace.as_ref().map(|t| propagation::hex(&t.trace_id)),
         "span_id": r.trace.as_ref().map(|t| propagation::hex(&t.span_id)),
         "method": r.method.as_str(),
-        "path": &*r.path,
+        "path": r.target.path(),
         "protocol": protocol(r.version),
         "status": r.status,
         "duration_ms": r.duration.as_secs_f64() * 1e3,
-        "listener": &*r.listener,
-        "route": r.route.as_deref(),
-        "cluster": r.cluster.as_deref(),
+        "listener": &*r.names.listener,
+        "route": r.names.route.as_deref(),
+        "cluster": r.names.cluster.as_deref(),
         "peer": r.peer.to_string(),
-        "host": r.host.as_deref(),
+        "host": r.target.host(),
         "attempts": attempts.len(),
         "error": error_type(r),
         "fault": r.faults,
@@ -630,13 +855,10 @@ mod tests {
             start_unix_nanos: 1_000,
             duration: Duration::from_millis(5),
             method: Method::GET,
-            path: "/api/orders".into(),
+            target: RequestTarget::new("/api/orders", Some("shop")),
             version: Version::HTTP_11,
-            host: Some("shop".into()),
             peer: "127.0.0.1".parse().unwrap(),
-            listener: "edge".into(),
-            route: Some("orders".into()),
-            cluster: Some("orders-v1".into()),
+            names: RouteNames::new("edge", Some("orders"), Some("orders-v1")),
             status,
             error: None,
             faults: None,
@@ -660,7 +882,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let t = rec.begin(&h).unwrap();
+        let t = rec.begin(&h, Instant::now()).unwrap();
         assert!(t.sampled);
         let mut upstream = HeaderMap::new();
         let first = t.begin_attempt(&mut upstream);
@@ -739,6 +961,19 @@ mod tests {
             attr(&log.attributes, "otlp_mesh.attempts"),
             Some(any_value::Value::IntValue(2))
         );
+        for (k, v) in [
+            ("url.scheme", "http"),
+            ("http.route", "orders"),
+            ("otlp_mesh.listener", "edge"),
+            ("otlp_mesh.cluster", "orders-v1"),
+            ("url.path", "/api/orders"),
+        ] {
+            assert_eq!(
+                attr(&log.attributes, k),
+                Some(any_value::Value::StringValue(v.into())),
+                "log {k}"
+            );
+        }
         let a = &server.attributes;
         for (k, v) in [
             ("http.request.method", "GET"),
@@ -769,6 +1004,12 @@ mod tests {
             attr(&spans[2].attributes, "http.request.resend_count"),
             Some(any_value::Value::IntValue(1))
         );
+        for client in &spans[1..] {
+            assert_eq!(
+                attr(&client.attributes, "otlp_mesh.cluster"),
+                Some(any_value::Value::StringValue("orders-v1".into()))
+            );
+        }
         assert_eq!(rec.stats().spans.load(Ordering::Relaxed), 3);
     }
 
@@ -782,7 +1023,7 @@ mod tests {
         ));
         let cfg = config("telemetry:\n  tracing: { sampling_ratio: 0.0 }\n");
         let rec = Recorder::start(&cfg, pipeline, Registry::new());
-        let root = rec.begin(&HeaderMap::new()).unwrap();
+        let root = rec.begin(&HeaderMap::new(), Instant::now()).unwrap();
         assert!(!root.sampled);
         let mut h = HeaderMap::new();
         h.insert(
@@ -792,12 +1033,146 @@ mod tests {
                 .unwrap(),
         );
         assert!(
-            rec.begin(&h).unwrap().sampled,
+            rec.begin(&h, Instant::now()).unwrap().sampled,
             "a sampled parent wins over the ratio"
         );
         rec.record(record(Some(root), 200));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn consecutive_batches_are_complete_export_requests() {
+        // A resource long enough for two-byte lengths; batches of different sizes in turn.
+        let mut res = Resource::default();
+        res.attributes
+            .push(kv_str("service.name", &"x".repeat(300)));
+        let (resource, scope) = (res.encode_to_vec(), scope().encode_to_vec());
+        let rec = Recorder::start(
+            &config("telemetry:\n  service_name: edge\n"),
+            Arc::new(Pipeline::new(
+                Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+                None,
+                vec![],
+            )),
+            Registry::new(),
+        );
+        let mut w = encode::Writer::new(resource.len() + scope.len());
+        for n in [3usize, 1, 200, 2] {
+            for _ in 0..n {
+                // Untraced records write no span.
+                w.spans(&record(None, 200), &[]);
+                let t = rec.begin(&HeaderMap::new(), Instant::now());
+                w.spans(&record(t, 200), &[]);
+            }
+            let payload = w.finish(&resource, &scope);
+            let req = ExportTraceServiceRequest::decode(&payload[..]).unwrap();
+            assert_eq!(req.resource_spans.len(), 1);
+            let rs = &req.resource_spans[0];
+            assert_eq!(rs.resource.as_ref(), Some(&res));
+            assert_eq!(
+                rs.scope_spans[0].spans.len(),
+                n,
+                "one server span per traced record"
+            );
+            assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "otlp-mesh");
+        }
+    }
+
+    #[test]
+    fn request_target_keeps_path_and_host_apart() {
+        for (path, host) in [
+            ("/api/orders", Some("shop:8080")),
+            ("/", None),
+            ("", Some("h")),
+            ("/ü/ß", Some("")),
+            // Past the inline size, and exactly at it.
+            (&"/long".repeat(20), Some("host")),
+            (&"/x".repeat(TARGET_INLINE / 2 - 2), Some("four")),
+            ("/x", Some(&"h".repeat(TARGET_INLINE))),
+        ] {
+            let t = RequestTarget::new(path, host);
+            assert_eq!((t.path(), t.host()), (path, host));
+            let inline = path.len() + host.map_or(0, str::len) <= TARGET_INLINE;
+            assert_eq!(
+                matches!(t.text, TargetText::Inline { .. }),
+                inline,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn formats_are_deduplicated_in_order() {
+        use Propagation::*;
+        assert_eq!(
+            Formats::new(&[B3, W3c, B3, B3Multi, W3c]).as_slice(),
+            [B3, W3c, B3Multi]
+        );
+        assert!(Formats::new(&[]).as_slice().is_empty());
+    }
+
+    #[test]
+    fn attempts_stay_inline_until_a_retry_and_are_bounded() {
+        let attempt = |number| AttemptRecord {
+            span_id: [1; 8],
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+            number,
+            status: 200,
+            error: None,
+        };
+        let mut a = Attempts::None;
+        assert!(a.as_slice().is_empty());
+        a.push(attempt(1));
+        assert!(matches!(a, Attempts::One(_)));
+        a.push(attempt(2));
+        let numbers: Vec<u32> = a.as_slice().iter().map(|a| a.number).collect();
+        assert_eq!(numbers, [1, 2]);
+        for n in 3..100 {
+            a.push(attempt(n));
+        }
+        assert_eq!(a.as_slice().len(), 64);
+    }
+
+    #[test]
+    fn span_times_come_from_one_monotonic_read_per_event() {
+        let clock = WallClock::new();
+        let now = Instant::now();
+        let wall = unix_nanos();
+        let derived = clock.unix_nanos(now);
+        assert!(
+            derived.abs_diff(wall) < 1_000_000_000,
+            "{derived} vs {wall}"
+        );
+        // Instants before the clock's base map back in time too.
+        let earlier = clock.unix_nanos(clock.base - Duration::from_millis(5));
+        assert_eq!(clock.unix_nanos(clock.base) - earlier, 5_000_000);
+
+        let cfg = config("telemetry:\n  service_name: edge\n");
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+            None,
+            vec![sink],
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let start = Instant::now();
+        let t = rec.begin(&HeaderMap::new(), start).unwrap();
+        assert!(t.start_unix_nanos.abs_diff(unix_nanos()) < 1_000_000_000);
+        assert_eq!(
+            t.unix_nanos(start + Duration::from_millis(7)),
+            t.start_unix_nanos + 7_000_000
+        );
+        assert_eq!(
+            t.unix_nanos(start - Duration::from_millis(2)),
+            t.start_unix_nanos - 2_000_000
+        );
     }
 
     #[test]
