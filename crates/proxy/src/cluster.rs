@@ -366,8 +366,9 @@ impl Cluster {
             Pool::Http1(pool) => {
                 origin_form(&mut req, &endpoint.authority);
                 let (pool, addr) = (pool.clone(), endpoint.addr);
+                // The pool runs on the cluster's clock: the pick's time serves its idle check.
                 Upstream::Http1 {
-                    inner: Box::pin(async move { pool.send(addr, req).await }),
+                    inner: Box::pin(async move { pool.send(addr, req, now).await }),
                 }
             }
             Pool::H2(pool) => {

@@ -159,14 +159,15 @@ where
     }
 
     /// Sends a request (origin-form URI, `Host` set) to `addr` on an idle connection or a new
-    /// one. A request that an idle connection closed before taking is sent on the next one.
+    /// one; `now` (on the pool's clock) is the request's start, which the caller has read already.
+    /// A request that an idle connection closed before taking is sent on the next one.
     pub async fn send(
         &self,
         addr: SocketAddr,
         mut req: Request<B>,
+        now: Timestamp,
     ) -> Result<(Response<Incoming>, Lease<B>), PoolError> {
         let slot = self.slot(addr);
-        let now = self.settings.clock.now();
         // Bounded by the idle list, which only shrinks here.
         while let Some(mut sender) = slot.checkout(now) {
             // The previous exchange may still be finishing (its body has been read, hyper has

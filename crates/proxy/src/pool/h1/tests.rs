@@ -80,7 +80,10 @@ fn get(path: &str) -> Request<Full<Bytes>> {
 
 /// Sends, reads the whole body and hands the connection back.
 async fn exchange(pool: &H1Pool<Full<Bytes>>, addr: SocketAddr, path: &str) -> Bytes {
-    let (resp, lease) = pool.send(addr, get(path)).await.unwrap();
+    let (resp, lease) = pool
+        .send(addr, get(path), pool.settings.clock.now())
+        .await
+        .unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     lease.release();
     body
@@ -118,7 +121,11 @@ async fn concurrent_requests_use_separate_connections_and_idle_is_bounded() {
     let mut held = Vec::new();
     for i in 0..4 {
         // Response heads only: each exchange holds its connection until released.
-        held.push(pool.send(up.addr, get(&format!("/c{i}"))).await.unwrap());
+        held.push(
+            pool.send(up.addr, get(&format!("/c{i}")), pool.settings.clock.now())
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), 4);
     for (resp, lease) in held {
@@ -142,7 +149,10 @@ async fn concurrent_requests_use_separate_connections_and_idle_is_bounded() {
 async fn a_body_dropped_before_its_end_does_not_return_the_connection() {
     let up = upstream().await;
     let pool = H1Pool::new(settings(Clock::system()));
-    let (resp, lease) = pool.send(up.addr, get("/big")).await.unwrap();
+    let (resp, lease) = pool
+        .send(up.addr, get("/big"), pool.settings.clock.now())
+        .await
+        .unwrap();
     drop(resp);
     drop(lease);
     assert_eq!(pool.idle(up.addr), 0);
@@ -176,7 +186,10 @@ async fn connections_the_server_closes_are_not_reused_and_no_request_fails() {
 async fn an_empty_response_releases_at_once() {
     let up = upstream().await;
     let pool = H1Pool::new(settings(Clock::system()));
-    let (resp, lease) = pool.send(up.addr, get("/empty")).await.unwrap();
+    let (resp, lease) = pool
+        .send(up.addr, get("/empty"), pool.settings.clock.now())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(http_body::Body::is_end_stream(resp.body()));
     lease.release();
@@ -250,7 +263,7 @@ async fn connect_failures_are_connect_errors() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let pool = H1Pool::new(settings(Clock::system()));
-    match pool.send(addr, get("/")).await {
+    match pool.send(addr, get("/"), pool.settings.clock.now()).await {
         Err(PoolError::Connect(reason)) => assert!(!reason.is_empty()),
         other => panic!("expected a connect error, got {other:?}"),
     }
