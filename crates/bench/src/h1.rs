@@ -238,7 +238,10 @@ impl H1Conn {
     async fn skip_chunked(&mut self) -> Result<(), String> {
         loop {
             let line = self.line().await?;
-            let size_hex = line.split(|&b| b == b';').next().unwrap_or_default();
+            let size_hex = self.buf[line]
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default();
             let size = std::str::from_utf8(size_hex)
                 .ok()
                 .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
@@ -255,12 +258,13 @@ impl H1Conn {
         }
     }
 
-    /// The next CRLF-terminated line (without the CRLF), consumed.
-    async fn line(&mut self) -> Result<Vec<u8>, String> {
+    /// The next CRLF-terminated line, consumed: where it is in the buffer (without the CRLF),
+    /// valid until the next read.
+    async fn line(&mut self) -> Result<std::ops::Range<usize>, String> {
         loop {
             let pending = &self.buf[self.start..];
             if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
-                let line = pending[..i].to_vec();
+                let line = self.start..self.start + i;
                 self.start += i + 2;
                 return Ok(line);
             }
