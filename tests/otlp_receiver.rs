@@ -69,8 +69,19 @@ async fn post(
     send(&h1_client(), req.body(full(body)).unwrap()).await
 }
 
-/// One unary gRPC call; returns (grpc-status, grpc-message, response).
+/// One unary gRPC call on a new connection; returns (grpc-status, grpc-message, response).
 async fn grpc_call(
+    addr: SocketAddr,
+    method: &str,
+    encoding: Option<&str>,
+    message: Vec<u8>,
+) -> (String, String, Resp) {
+    grpc_call_on(&h2c_client(), addr, method, encoding, message).await
+}
+
+/// One unary gRPC call on `client`'s connection.
+async fn grpc_call_on(
+    client: &HttpClient,
     addr: SocketAddr,
     method: &str,
     encoding: Option<&str>,
@@ -86,7 +97,7 @@ async fn grpc_call(
     if let Some(e) = encoding {
         req = req.header("grpc-encoding", e);
     }
-    let r = send(&h2c_client(), req.body(full(framed)).unwrap()).await;
+    let r = send(client, req.body(full(framed)).unwrap()).await;
     let from = |name: &str| {
         r.trailers
             .as_ref()
@@ -256,5 +267,97 @@ async fn bad_grpc_input_gets_the_right_code() {
             "otlp_mesh_receiver_requests_total{transport=\"grpc\",signal=\"traces\",outcome=\"too_large\"}"
         ),
         Some(2.0)
+    );
+}
+
+/// 40 concurrent exports of ~27 KB on one HTTP/2 connection and 8 over HTTP/1.1, through a
+/// 64 KiB receive budget: bodies wait for each other, and none is lost or refused. Bodies waiting
+/// unread hold part of the connection's flow-control window; if that starved the bodies being
+/// read, this would hang until the 5 s wait gives up and refuse some.
+#[tokio::test]
+async fn a_small_receive_budget_reads_bodies_in_turn_and_refuses_none() {
+    let o = start("    max_receiving_bytes: 64KiB\n").await;
+    let body = spans(200, 100);
+    assert!(body.len() > 20_000 && body.len() < 40_000, "{}", body.len());
+    let client = h2c_client();
+    let grpc = (0..40).map(|_| grpc_call_on(&client, o.grpc, TRACES, None, body.clone()));
+    let http = (0..8).map(|_| {
+        post(
+            o.http,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            body.clone(),
+        )
+    });
+    let (grpc, http) = tokio::join!(
+        futures_util::future::join_all(grpc),
+        futures_util::future::join_all(http)
+    );
+    for (code, msg, _) in &grpc {
+        assert_eq!(code, "0", "{msg}");
+    }
+    for r in &http {
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let m = o.mesh.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_pipeline_accepted_items_total{signal=\"traces\"}"
+        ),
+        Some(48.0 * 200.0)
+    );
+    // A body larger than the whole budget is read alone rather than never.
+    let o = start("    max_receiving_bytes: 16KiB\n").await;
+    let (code, msg, _) = grpc_call(o.grpc, TRACES, None, spans(300, 100)).await;
+    assert_eq!(code, "0", "{msg}");
+}
+
+/// A sender that announces a body and then stalls holds the budget; the next body waits 5 s for
+/// room and is then refused with a retryable status, and once the stalled sender goes away the
+/// budget is free again.
+#[tokio::test]
+async fn a_stalled_body_holds_the_budget_and_the_next_sender_is_asked_to_retry() {
+    use tokio::io::AsyncWriteExt;
+    let o = start("    max_receiving_bytes: 48KiB\n").await;
+    let mut stalled = tokio::net::TcpStream::connect(o.http).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n\
+              content-length: 40000\r\n\r\n\x0a",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let body = spans(200, 100);
+    let started = std::time::Instant::now();
+    let (grpc, http) = tokio::join!(
+        grpc_call(o.grpc, TRACES, None, body.clone()),
+        post(
+            o.http,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            body.clone()
+        )
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4));
+    let (code, msg, r) = grpc;
+    assert_eq!(code, "14", "{msg}"); // UNAVAILABLE
+    assert!(msg.contains("receive budget"), "{msg}");
+    assert!(r.headers.contains_key("grpc-status-details-bin"));
+    assert_eq!(http.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(http.headers["retry-after"], "1");
+    drop(stalled);
+    let (code, msg, _) = grpc_call(o.grpc, TRACES, None, body).await;
+    assert_eq!(code, "0", "{msg}");
+    let m = o.mesh.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_receiver_requests_total{transport=\"grpc\",signal=\"traces\",outcome=\"refused\"}"
+        ),
+        Some(1.0)
     );
 }

@@ -170,6 +170,14 @@ pub struct ReceiverConfig {
     /// Largest request body after decompression. Default `16MiB`.
     #[serde(default = "default_max_decompressed")]
     pub max_decompressed_size: Located<ByteSize>,
+    /// Request-body bytes read at once, over all connections; further bodies wait unread (flow
+    /// control holds their senders) up to 5 s, then get a retryable refusal. Default `4MiB`.
+    #[serde(default = "default_max_receiving")]
+    pub max_receiving_bytes: Located<ByteSize>,
+}
+
+fn default_max_receiving() -> Located<ByteSize> {
+    Located::new(ByteSize(4 << 20))
 }
 
 fn default_max_message() -> Located<ByteSize> {

@@ -477,6 +477,14 @@ fn validate_telemetry(c: &mut Collector<'_>, t: &Located<crate::telemetry::Telem
                 "must be at least max_message_size",
             );
         }
+        let receiving = r.max_receiving_bytes.value.0;
+        if receiving == 0 || receiving > u64::from(u32::MAX) {
+            c.at(
+                &r.max_receiving_bytes,
+                "telemetry.receiver.max_receiving_bytes",
+                "must be above 0 and below 4GiB",
+            );
+        }
     }
     let m = &t.memory_limit;
     if m.soft.value.0 == 0 || m.soft.value.0 > m.hard.value.0 {

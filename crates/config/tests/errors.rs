@@ -432,3 +432,28 @@ fn loadbalancing_resolver_errors_name_field_and_line() {
         "no discovery source",
     );
 }
+
+#[test]
+fn receiver_budget_must_be_positive_and_fit_in_32_bits() {
+    for (value, bad) in [("0", true), ("4GiB", true), ("1KiB", false)] {
+        let yaml = format!(
+            "telemetry:\n  receiver:\n    grpc: 127.0.0.1:4317\n    max_receiving_bytes: {value}\n"
+        );
+        match parse_str(&yaml, "mesh.yaml") {
+            Err(errs) => {
+                assert!(bad, "{value}: {errs:?}");
+                has(
+                    &errs,
+                    4,
+                    "telemetry.receiver.max_receiving_bytes",
+                    "above 0 and below 4GiB",
+                );
+            }
+            Ok(c) => {
+                assert!(!bad, "{value} accepted");
+                let r = c.telemetry.unwrap().value.receiver.unwrap().value;
+                assert_eq!(r.max_receiving_bytes.value.0, 1024);
+            }
+        }
+    }
+}

@@ -183,6 +183,10 @@ impl Telemetry {
                 max_decompressed_size: usize::try_from(r.max_decompressed_size.value.0)
                     .unwrap_or(usize::MAX),
             };
+            // One budget for both endpoints: it bounds the process's memory, not a port's.
+            let budget = receiver::Budget::new(
+                usize::try_from(r.max_receiving_bytes.value.0).unwrap_or(usize::MAX),
+            );
             for (what, addr) in [("gRPC", &r.grpc), ("HTTP", &r.http)] {
                 let Some(addr) = addr else { continue };
                 let bind = |source| TelemetryError::Bind {
@@ -196,10 +200,15 @@ impl Telemetry {
                         "not a socket address",
                     ))
                 })?;
-                let handle =
-                    receiver::start(parsed, pipeline.clone(), limits, receiver_stats.clone())
-                        .await
-                        .map_err(bind)?;
+                let handle = receiver::start(
+                    parsed,
+                    pipeline.clone(),
+                    limits,
+                    receiver_stats.clone(),
+                    budget.clone(),
+                )
+                .await
+                .map_err(bind)?;
                 tracing::info!(transport = what, addr = %handle.addr, "OTLP receiver listening");
                 receivers.push((what, handle));
             }

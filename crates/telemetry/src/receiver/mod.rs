@@ -4,6 +4,11 @@
 //! content-type is `application/grpc*` is gRPC), so a client pointed at either works.
 //! Admission is decided before the body is read: when the memory limit is reached the sender
 //! gets a retryable status (gRPC `UNAVAILABLE` with `RetryInfo`, HTTP 503 with `Retry-After`).
+//! Bodies are then read only while the [receive budget](Budget) has room for them.
+
+mod budget;
+
+pub use budget::{Budget, Reservation};
 
 use crate::limiter::Priority;
 use crate::otlp::Signal;
@@ -98,7 +103,17 @@ struct Shared {
     pipeline: Arc<Pipeline>,
     limits: ReceiverLimits,
     stats: Arc<ReceiverStats>,
+    budget: Budget,
 }
+
+/// Streams a client may have open on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 100;
+/// Each stream's HTTP/2 receive window (the protocol's default).
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// The connection's receive window: room for every stream's window and one more. Streams that
+/// wait for the receive budget keep up to [`STREAM_WINDOW`] unread each; the connection window
+/// must still leave room for the streams being read, or they would wait for each other forever.
+const CONNECTION_WINDOW: u32 = (MAX_STREAMS + 1) * STREAM_WINDOW;
 
 /// A running receiver endpoint.
 #[derive(Debug)]
@@ -117,12 +132,13 @@ impl ReceiverHandle {
     }
 }
 
-/// Binds `addr` and serves OTLP into `pipeline`.
+/// Binds `addr` and serves OTLP into `pipeline`, reading bodies within `budget`.
 pub async fn start(
     addr: SocketAddr,
     pipeline: Arc<Pipeline>,
     limits: ReceiverLimits,
     stats: Arc<ReceiverStats>,
+    budget: Budget,
 ) -> std::io::Result<ReceiverHandle> {
     let socket = TcpListener::bind(addr).await?;
     let addr = socket.local_addr()?;
@@ -131,6 +147,7 @@ pub async fn start(
         pipeline,
         limits,
         stats,
+        budget,
     });
     let task = tokio::spawn(accept_loop(socket, shared, stop_rx));
     Ok(ReceiverHandle { addr, stop, task })
@@ -156,7 +173,12 @@ async fn accept_loop(
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-                    builder.http2().timer(TokioTimer::new());
+                    builder
+                        .http2()
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(MAX_STREAMS)
+                        .initial_stream_window_size(STREAM_WINDOW)
+                        .initial_connection_window_size(CONNECTION_WINDOW);
                     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -244,9 +266,20 @@ async fn http(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         shared.stats.count(false, signal, Outcome::Refused);
         return http_busy(format, "exporters busy; retry later");
     }
-    let body = match read_body(req.into_body(), shared.limits.max_message_size, false).await {
+    let (body, reserved) = match read_body(
+        req.into_body(),
+        shared.limits.max_message_size,
+        false,
+        &shared.budget,
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(e) => return http_decode_error(shared, signal, format, e),
+        Err(BodyError::Busy) => {
+            shared.stats.count(false, signal, Outcome::Refused);
+            return http_busy(format, BUDGET_FULL);
+        }
+        Err(BodyError::Decode(e)) => return http_decode_error(shared, signal, format, e),
     };
     let decoded = match decode::decompress(encoding, body, shared.limits.max_decompressed_size)
         .and_then(|b| decode::decode(signal, format, b))
@@ -264,6 +297,8 @@ async fn http(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         shared.stats.count(false, signal, Outcome::Refused);
         return http_busy(format, &e.to_string());
     }
+    // The pipeline accounts for the data from here on.
+    drop(reserved);
     shared.stats.count(
         false,
         signal,
@@ -339,26 +374,56 @@ fn http_error(status: StatusCode, format: Format, message: &str) -> Response<Rep
     r
 }
 
-/// Reads a request body of at most `limit` bytes into one buffer. A body that arrives in one
-/// frame is returned as that frame (no copy); a longer one is copied once, frame by frame, into
-/// a buffer sized up front (from the length the body announces, or for gRPC from the message
-/// prefix), so each frame is freed as soon as it is copied: the peak is one body, not the frames
-/// plus their concatenation.
-async fn read_body(mut body: Incoming, limit: usize, grpc: bool) -> Result<Bytes, DecodeError> {
-    let too_large = || DecodeError::TooLarge {
-        what: "request body",
-        limit,
+const BUDGET_FULL: &str = "receive budget full; retry later";
+
+/// Why a request body was not read.
+enum BodyError {
+    Decode(DecodeError),
+    /// The receive budget had no room within [`PACE_MAX_WAIT`].
+    Busy,
+}
+
+/// Reads a request body of at most `limit` bytes into one buffer, within `budget`.
+///
+/// The body's size is reserved before it is read past what tells it: the length the body
+/// announces, else (gRPC) the message prefix in its first frame, else what has arrived so far.
+/// A body that arrives in one frame is returned as that frame (no copy); a longer one is copied
+/// once, frame by frame, into a buffer sized up front, so each frame is freed as soon as it is
+/// copied: the peak is one body, not the frames plus their concatenation.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    grpc: bool,
+    budget: &Budget,
+) -> Result<(Bytes, Reservation), BodyError> {
+    let too_large = || {
+        BodyError::Decode(DecodeError::TooLarge {
+            what: "request body",
+            limit,
+        })
     };
     if body.size_hint().lower() > limit as u64 {
         return Err(too_large());
     }
-    let announced = body.size_hint().exact();
+    let mut expected = body
+        .size_hint()
+        .exact()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX).min(limit));
+    let mut reserved = Reservation::default();
+    if let Some(n) = expected
+        && !budget.reserve(&mut reserved, n, PACE_MAX_WAIT).await
+    {
+        return Err(BodyError::Busy);
+    }
     let mut first: Option<Bytes> = None;
     let mut buf = bytes::BytesMut::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| DecodeError::Invalid(format!("request body cannot be read: {e}")))?;
+        let frame = frame.map_err(|e| {
+            BodyError::Decode(DecodeError::Invalid(format!(
+                "request body cannot be read: {e}"
+            )))
+        })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -369,20 +434,32 @@ async fn read_body(mut body: Incoming, limit: usize, grpc: bool) -> Result<Bytes
         if data.is_empty() {
             continue;
         }
+        if expected.is_none() && grpc && len == data.len() && data.len() >= 5 {
+            let announced = 5 + u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+            if announced > limit {
+                // Refused before the rest is read (or reserved).
+                return Err(too_large());
+            }
+            expected = Some(announced);
+        }
+        // Room for what is still to come, before polling for it.
+        if !budget
+            .reserve(&mut reserved, expected.unwrap_or(0).max(len), PACE_MAX_WAIT)
+            .await
+        {
+            return Err(BodyError::Busy);
+        }
         match first.take() {
             None if buf.is_empty() => first = Some(data),
             Some(f) => {
-                let grpc_len = (grpc && f.len() >= 5)
-                    .then(|| 5 + u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as u64);
-                let expected = announced.or(grpc_len).unwrap_or(0).min(limit as u64) as usize;
-                buf.reserve(expected.max(len));
+                buf.reserve(expected.unwrap_or(0).max(len));
                 buf.extend_from_slice(&f);
                 buf.extend_from_slice(&data);
             }
             None => buf.extend_from_slice(&data),
         }
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok((first.unwrap_or_else(|| buf.freeze()), reserved))
 }
 
 // ---------------------------------------------------------------- OTLP/gRPC
@@ -411,9 +488,20 @@ async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         return grpc_busy("exporters busy; retry later");
     }
     // The 5-byte gRPC message prefix is allowed on top of the message size limit.
-    let body = match read_body(req.into_body(), shared.limits.max_message_size + 5, true).await {
+    let (body, reserved) = match read_body(
+        req.into_body(),
+        shared.limits.max_message_size + 5,
+        true,
+        &shared.budget,
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(e) => return grpc_decode_error(shared, signal, e),
+        Err(BodyError::Busy) => {
+            shared.stats.count(true, signal, Outcome::Refused);
+            return grpc_busy(BUDGET_FULL);
+        }
+        Err(BodyError::Decode(e)) => return grpc_decode_error(shared, signal, e),
     };
     let message = match unframe(body, encoding) {
         Ok(m) => m,
@@ -436,6 +524,7 @@ async fn grpc(shared: &Shared, req: Request<Incoming>) -> Response<ReplyBody> {
         shared.stats.count(true, signal, Outcome::Refused);
         return grpc_busy(&e.to_string());
     }
+    drop(reserved);
     shared.stats.count(
         true,
         signal,
