@@ -52,11 +52,18 @@ pub fn validate(path: &Path) -> ExitCode {
     }
 }
 
+/// The tokio runtime: with one worker, everything runs on the calling thread (no work-stealing
+/// scheduler to pay for: its queues, atomics and cross-thread wake-ups), like one nginx worker.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let workers = workers.map(|n| n.max(1));
+    let mut b = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all().thread_name("otlp-mesh-worker");
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
+    if let Some(n) = workers.filter(|&n| n > 1) {
+        b.worker_threads(n);
     }
     b.build().context("cannot start the tokio runtime")
 }

@@ -36,7 +36,7 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// Worker threads (default: number of cores).
+        /// Worker threads (default: number of cores); 1 runs everything on one thread.
         #[arg(long)]
         workers: Option<usize>,
     },
