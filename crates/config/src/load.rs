@@ -60,9 +60,8 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
     // path is worked out only now that there is one (see `locate`).
     let mut field_error: Option<ConfigError> = None;
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        <Config as serde::Deserialize>::deserialize(de).map_err(|e| {
-            field_error = Some(from_yaml_error(&e, String::new(), file));
-            e
+        <Config as serde::Deserialize>::deserialize(de).inspect_err(|e| {
+            field_error = Some(from_yaml_error(e, String::new(), file));
         })
     });
     let config = match parsed {

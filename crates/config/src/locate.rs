@@ -338,20 +338,20 @@ fn node_path(text: &str, line: u64, column: u64, message: &str) -> String {
         }
         return first.path.clone();
     }
-    if message.starts_with("duplicate mapping key") {
-        if let Some(k) = key {
-            return join_key(&k.parent, "?");
-        }
+    if let Some(k) = key
+        && message.starts_with("duplicate mapping key")
+    {
+        return join_key(&k.parent, "?");
     }
-    if message.starts_with("unknown variant") {
-        if let Some(k) = key {
-            return k.parent.clone();
-        }
+    if let Some(k) = key
+        && message.starts_with("unknown variant")
+    {
+        return k.parent.clone();
     }
-    if message.starts_with("invalid type: map") {
-        if let Some(c) = container {
-            return c.path.clone();
-        }
+    if let Some(c) = container
+        && message.starts_with("invalid type: map")
+    {
+        return c.path.clone();
     }
     // A value's error is reported at its key.
     if let Some(k) = key {
