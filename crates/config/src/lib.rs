@@ -6,6 +6,7 @@
 mod error;
 pub mod health;
 mod load;
+mod locate;
 mod located;
 mod mask;
 pub mod model;

@@ -1,4 +1,4 @@
-use crate::{Config, ConfigError, LoadError, validate};
+use crate::{Config, ConfigError, LoadError, locate, validate};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 
@@ -56,22 +56,26 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
     if text.trim().is_empty() {
         return Ok(Config::default());
     }
-    // On a field error we stop the closure with an error of our own, keeping the located one:
-    // returning Ok would make the YAML reader complain about the unread rest of the document.
+    // A field error is kept as the reader raised it, before serde-saphyr decorates it; its field
+    // path is worked out only now that there is one (see `locate`).
     let mut field_error: Option<ConfigError> = None;
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, Config>(de).map_err(|path_err| {
-            let path = clean_path(&path_err.path().to_string());
-            field_error = Some(from_yaml_error(path_err.inner(), path, file));
-            <serde_saphyr::Error as serde::de::Error>::custom("field error")
+        <Config as serde::Deserialize>::deserialize(de).inspect_err(|e| {
+            field_error = Some(from_yaml_error(e, String::new(), file));
         })
     });
     let config = match parsed {
         Ok(config) => config,
         Err(e) => {
-            return Err(vec![
-                field_error.unwrap_or_else(|| from_yaml_error(&e, String::new(), file)),
-            ]);
+            let error = match field_error {
+                Some(mut error) => {
+                    error.path = locate::error_path(text, error.line, error.column, &error.message);
+                    error
+                }
+                // The document was read, and what follows it is not valid.
+                None => from_yaml_error(&e, String::new(), file),
+            };
+            return Err(vec![error]);
         }
     };
     let errors = validate::validate(&config, file);
@@ -80,21 +84,6 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
     } else {
         Err(errors)
     }
-}
-
-/// The user-facing field path: drops the `value` field of our [`crate::Located`] wrapper.
-fn clean_path(raw: &str) -> String {
-    if raw == "." {
-        return String::new();
-    }
-    let mut out = raw.replace(".value.", ".");
-    if let Some(stripped) = out.strip_suffix(".value") {
-        out = stripped.to_string();
-    }
-    if let Some(stripped) = out.strip_prefix("value.") {
-        out = stripped.to_string();
-    }
-    out
 }
 
 fn from_yaml_error(e: &serde_saphyr::Error, path: String, file: &str) -> ConfigError {
@@ -112,7 +101,7 @@ fn from_yaml_error(e: &serde_saphyr::Error, path: String, file: &str) -> ConfigE
 }
 
 /// The error's first line without the position the library appends; we print our own.
-fn plain_message(e: &serde_saphyr::Error) -> String {
+pub(crate) fn plain_message(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or("").trim();
     let first = match first.find(" at line ") {

@@ -193,6 +193,117 @@ fn display_is_file_line_column_path_message() {
     );
 }
 
+/// Errors found while reading the YAML (before validation) name the field path too. The paths are
+/// worked out after the error from the document's events (`locate.rs`); these pin each rule.
+#[test]
+fn reading_errors_name_line_column_and_path() {
+    let cases: &[(&str, u64, u64, &str, &str)] = &[
+        // An unknown field names itself.
+        (
+            "listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    bnid: x\n",
+            4,
+            5,
+            "listeners[0].bnid",
+            "unknown field `bnid`",
+        ),
+        // A missing field names the mapping, at its first key.
+        (
+            "clusters:\n  - name: a\n",
+            2,
+            5,
+            "clusters[0]",
+            "missing field `discovery`",
+        ),
+        (
+            "listeners:\n  - name: a\n  bind: 127.0.0.1:1\n",
+            2,
+            5,
+            "listeners[0]",
+            "missing field `bind`",
+        ),
+        // A list where a mapping belongs: reported at its first item, named as the list.
+        (
+            "telemetry:\n  processors:\n    tail_sampling:\n      - decision_wait: 2s\n",
+            4,
+            7,
+            "telemetry.processors.tail_sampling",
+            "expected mapping start",
+        ),
+        // A list where a duration belongs: reported at the key.
+        (
+            "telemetry:\n  processors:\n    tail_sampling:\n      decision_wait:\n        - 2s\n",
+            4,
+            7,
+            "telemetry.processors.tail_sampling.decision_wait",
+            "invalid type: sequence",
+        ),
+        // Inside a list of a located value (`split`): the list index follows the field.
+        (
+            "listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    routes:\n      - split: [ { cluster: [x], weight: 1 } ]\n",
+            5,
+            29,
+            "listeners[0].routes[0].split[0].cluster",
+            "expected string scalar",
+        ),
+        // A repeated key: the mapping, and `?` for the key.
+        (
+            "admin:\n  bind: 127.0.0.1:1\n  bind: 127.0.0.1:2\n",
+            3,
+            3,
+            "admin.?",
+            "duplicate mapping key: bind",
+        ),
+        // Hand-written readers name their mapping.
+        (
+            "clusters:\n  - name: a\n    discovery: { static: [ { address: 127.0.0.1:1, wieght: 2 } ] }\n",
+            3,
+            52,
+            "clusters[0].discovery.static[0]",
+            "unknown field `wieght`",
+        ),
+        (
+            "listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    routes:\n      - match: { headers: { x-a: { regex: a, exact: b } } }\n        cluster: c\n",
+            5,
+            34,
+            "listeners[0].routes[0].match.headers.x-a",
+            "exactly one of exact, regex, present",
+        ),
+        // YAML syntax errors and unknown anchors: where the reader was when it stopped.
+        (
+            "runtime: { drain_timeout: 10s\n",
+            1,
+            10,
+            "runtime.?",
+            "unclosed bracket",
+        ),
+        (
+            "listeners:\n  - name: a\n    bind: 127.0.0.1:1\n    routes:\n      - match: { path_prefix: / }\n        retry:\n          on: [ 5xx\n",
+            7,
+            15,
+            "listeners[0].routes[0].retry.on",
+            "unclosed bracket",
+        ),
+        (
+            "clusters:\n  - name: a\n    discovery: { static: [ 127.0.0.1:1 ] }\n    balancer: *nope\n",
+            4,
+            15,
+            "clusters[0]",
+            "unknown anchor",
+        ),
+    ];
+    for (yaml, line, column, path, text) in cases {
+        let errs = errors(yaml);
+        assert_eq!(errs.len(), 1, "{yaml}: {errs:#?}");
+        let e = &errs[0];
+        assert_eq!(
+            (e.line, e.column, e.path.as_str()),
+            (*line, *column, *path),
+            "{yaml}: {e}"
+        );
+        assert!(e.message.contains(text), "{yaml}: {e}");
+    }
+}
+
 mod robustness {
     use otlp_mesh_config::parse_str;
     use proptest::prelude::*;
