@@ -361,3 +361,56 @@ async fn a_stalled_body_holds_the_budget_and_the_next_sender_is_asked_to_retry()
         Some(1.0)
     );
 }
+
+/// Bodies of unknown length (HTTP/1.1 chunked) arriving side by side, each in two halves: each
+/// reserves the size limit before it is read on, so they are read one after another. Growing
+/// reservations as chunks arrived would let every body hold a half and wait for room that only
+/// the others could free, until all were refused.
+#[tokio::test]
+async fn chunked_bodies_do_not_wait_for_each_other_holding_part_of_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = start("    max_receiving_bytes: 48KiB\n").await;
+    let body = spans(200, 100);
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(o.http).await.unwrap();
+        let head = "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ntransfer-encoding: chunked\r\n\r\n";
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(format!("{:x}\r\n", a.len()).as_bytes())
+            .await
+            .unwrap();
+        c.write_all(a).await.unwrap();
+        c.write_all(b"\r\n").await.unwrap();
+        conns.push(c);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for c in &mut conns {
+        c.write_all(format!("{:x}\r\n", b.len()).as_bytes())
+            .await
+            .unwrap();
+        c.write_all(b).await.unwrap();
+        c.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+    }
+    for mut c in conns {
+        let mut reply = [0u8; 12];
+        tokio::time::timeout(WAIT, c.read_exact(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &reply,
+            b"HTTP/1.1 200",
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let m = o.mesh.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "otlp_mesh_pipeline_accepted_items_total{signal=\"traces\"}"
+        ),
+        Some(4.0 * 200.0)
+    );
+}

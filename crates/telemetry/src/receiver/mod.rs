@@ -385,8 +385,8 @@ enum BodyError {
 
 /// Reads a request body of at most `limit` bytes into one buffer, within `budget`.
 ///
-/// The body's size is reserved before it is read past what tells it: the length the body
-/// announces, else (gRPC) the message prefix in its first frame, else what has arrived so far.
+/// The body's size is reserved once, before it is read past what tells it: the length the body
+/// announces, else (gRPC) the message prefix in its first frame, else the size limit.
 /// A body that arrives in one frame is returned as that frame (no copy); a longer one is copied
 /// once, frame by frame, into a buffer sized up front, so each frame is freed as soon as it is
 /// copied: the peak is one body, not the frames plus their concatenation.
@@ -434,20 +434,34 @@ async fn read_body(
         if data.is_empty() {
             continue;
         }
-        if expected.is_none() && grpc && len == data.len() && data.len() >= 5 {
-            let announced = 5 + u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-            if announced > limit {
-                // Refused before the rest is read (or reserved).
-                return Err(too_large());
+        if reserved.bytes() == 0 {
+            // The first data tells what is still to come (the gRPC message prefix), or nothing
+            // (then the worst case, the size limit, is reserved). One reservation per body, made
+            // while it holds none: bodies never wait for each other holding part of the budget.
+            if grpc && expected.is_none() && data.len() >= 5 {
+                let announced =
+                    5 + u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+                if announced > limit {
+                    // Refused before the rest is read (or reserved).
+                    return Err(too_large());
+                }
+                expected = Some(announced);
             }
-            expected = Some(announced);
+            if !budget
+                .reserve(&mut reserved, expected.unwrap_or(limit), PACE_MAX_WAIT)
+                .await
+            {
+                return Err(BodyError::Busy);
+            }
         }
-        // Room for what is still to come, before polling for it.
-        if !budget
-            .reserve(&mut reserved, expected.unwrap_or(0).max(len), PACE_MAX_WAIT)
-            .await
+        if let Some(n) = expected
+            && len > n
         {
-            return Err(BodyError::Busy);
+            // Only a gRPC body can get here (hyper holds others to their content-length).
+            return Err(BodyError::Decode(DecodeError::Invalid(format!(
+                "gRPC message prefix says {} bytes but more follow (one unary message expected)",
+                n.saturating_sub(5)
+            ))));
         }
         match first.take() {
             None if buf.is_empty() => first = Some(data),
