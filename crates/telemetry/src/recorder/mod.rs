@@ -77,11 +77,15 @@ impl WallClock {
     }
 
     fn unix_nanos(&self, at: Instant) -> u64 {
-        let base = self.unix_at_base.load(Ordering::Relaxed);
-        match at.checked_duration_since(self.base) {
-            Some(d) => base.saturating_add(nanos(d)),
-            None => base.saturating_sub(nanos(self.base.duration_since(at))),
-        }
+        unix_nanos_at(self.base, self.unix_at_base.load(Ordering::Relaxed), at)
+    }
+}
+
+/// `at` as Unix nanoseconds, given that `base` was `base_unix` (either may come first).
+fn unix_nanos_at(base: Instant, base_unix: u64, at: Instant) -> u64 {
+    match at.checked_duration_since(base) {
+        Some(d) => base_unix.saturating_add(nanos(d)),
+        None => base_unix.saturating_sub(nanos(base.duration_since(at))),
     }
 }
 
@@ -209,12 +213,7 @@ impl RequestTrace {
     /// `at` (a monotonic instant of this request) as Unix nanoseconds, without reading the
     /// wall clock.
     pub fn unix_nanos(&self, at: Instant) -> u64 {
-        match at.checked_duration_since(self.start) {
-            Some(d) => self.start_unix_nanos.saturating_add(nanos(d)),
-            None => self
-                .start_unix_nanos
-                .saturating_sub(nanos(self.start.duration_since(at))),
-        }
+        unix_nanos_at(self.start, self.start_unix_nanos, at)
     }
 
     /// Records a finished attempt.
