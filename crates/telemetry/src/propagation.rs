@@ -100,28 +100,31 @@ pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, formats: &[Propagatio
     let mut span = [0u8; 16];
     hex_into(&ctx.trace_id, &mut trace);
     hex_into(&ctx.span_id, &mut span);
-    let (trace, span) = (ascii(&trace), ascii(&span));
+    // Hex is ASCII: the text forms are only checked by the B3 formats that format them.
+    let text = || (ascii(&trace), ascii(&span));
     for f in formats {
         match f {
             Propagation::W3c => {
                 // 00-{32 hex}-{16 hex}-{flags}: built on the stack (this runs per upstream try).
                 let mut v = [0u8; 55];
                 v[..3].copy_from_slice(b"00-");
-                v[3..35].copy_from_slice(trace.as_bytes());
+                v[3..35].copy_from_slice(&trace);
                 v[35] = b'-';
-                v[36..52].copy_from_slice(span.as_bytes());
+                v[36..52].copy_from_slice(&span);
                 v[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
                 if let Ok(v) = HeaderValue::from_bytes(&v) {
                     headers.insert(TRACEPARENT, v);
                 }
             }
             Propagation::B3 => {
+                let (trace, span) = text();
                 let v = format!("{trace}-{span}-{}", u8::from(sampled));
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     headers.insert(B3, v);
                 }
             }
             Propagation::B3Multi => {
+                let (trace, span) = text();
                 if let (Ok(t), Ok(s)) = (HeaderValue::from_str(trace), HeaderValue::from_str(span))
                 {
                     headers.insert(B3_TRACE, t);

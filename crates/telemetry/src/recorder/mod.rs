@@ -1,9 +1,12 @@
 //! The proxy's own telemetry: a server span per request, a client span per upstream attempt,
 //! an access log record per request, and RED metrics, all sent through the pipeline as OTLP.
 //!
-//! The request path only fills a [`RequestRecord`] and `try_send`s it on a bounded channel
-//! (when full the record is dropped and counted, never waited for); a background task encodes
-//! records in batches and submits them with [`Priority::Internal`].
+//! The request path fills a [`RequestRecord`] and encodes it at once, into protobuf in a buffer
+//! of its worker thread (a shard behind an uncontended lock), while the request's data is still
+//! in cache and before its allocations are freed; a background task takes what the shards hold
+//! every [`FLUSH_EVERY`] (a full shard hands its batch over sooner) and submits it with
+//! [`Priority::Internal`]. Nothing on the request path waits: when the hand-over queue is full,
+//! the batch is dropped and counted.
 
 use crate::DURATION_BUCKETS_SECONDS;
 
@@ -27,15 +30,17 @@ use otlp_mesh_config::telemetry::{Propagation, TelemetryConfig};
 use prost::Message;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// Records waiting for the encoder; past this the request path drops them (counted).
-const CHANNEL_CAPACITY: usize = 16384;
-/// Records per encoded batch.
+/// Records per encoded batch: a shard holding this many hands its batch to the flusher.
 const MAX_BATCH: usize = 1024;
+/// Full batches waiting for the flusher; past this the request path drops them (counted).
+const FULL_BATCHES: usize = 16;
+/// At most this many shards, however many cores.
+const MAX_SHARDS: usize = 16;
 /// How long a record may wait before its batch is sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -47,7 +52,7 @@ pub fn unix_nanos() -> u64 {
 }
 
 /// Unix time from the monotonic clock: one clock read per event on the request path instead of
-/// a monotonic read for durations plus a wall-clock read for timestamps. The encoder re-anchors
+/// a monotonic read for durations plus a wall-clock read for timestamps. The flusher re-anchors
 /// it on every flush tick, so a stepped wall clock shows up within [`FLUSH_EVERY`].
 #[derive(Debug)]
 struct WallClock {
@@ -358,7 +363,7 @@ impl RequestTarget {
 pub struct RecorderStats {
     pub spans: AtomicU64,
     pub logs: AtomicU64,
-    /// Records dropped because the channel was full.
+    /// Records dropped because the flusher's queue of full batches was full.
     pub dropped: AtomicU64,
     /// Batches the pipeline refused (memory hard limit or full queues).
     pub refused_batches: AtomicU64,
@@ -367,7 +372,9 @@ pub struct RecorderStats {
 /// The request path's handle to the proxy's own telemetry.
 #[derive(Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<RequestRecord>,
+    encoding: Arc<Encoding>,
+    /// Full batches to the flusher; dropping the recorder closes it and ends the flusher.
+    full: mpsc::Sender<Flushed>,
     tracing: bool,
     access_log: bool,
     threshold: u64,
@@ -377,33 +384,36 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the encoder (and RED metrics) tasks feeding `pipeline`.
+    /// Starts the flusher (and RED metrics) tasks feeding `pipeline`.
     pub fn start(
         cfg: &TelemetryConfig,
         pipeline: Arc<Pipeline>,
         registry: Arc<Registry>,
     ) -> Arc<Recorder> {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (full, full_rx) = mpsc::channel(FULL_BATCHES);
         let stats = Arc::new(RecorderStats::default());
         let resource = resource(cfg);
         let clock = Arc::new(WallClock::new());
-        let encoder = Encoder {
+        let encoding = Arc::new(Encoding::new(
+            resource.encode_to_vec(),
+            scope().encode_to_vec(),
+            cfg,
+            shard_count(),
+        ));
+        let flusher = Flusher {
+            encoding: encoding.clone(),
             clock: clock.clone(),
-            resource: resource.encode_to_vec(),
-            scope: scope().encode_to_vec(),
-            spans: cfg.tracing.enabled,
-            otlp_logs: cfg.access_log.otlp,
-            stdout_logs: cfg.access_log.stdout,
             pipeline: pipeline.clone(),
             stats: stats.clone(),
         };
-        tokio::spawn(encoder.run(rx));
+        tokio::spawn(flusher.run(full_rx));
         if cfg.metrics.enabled {
             let interval = Duration::from(cfg.metrics.interval.value);
             tokio::spawn(red_metrics_loop(resource, registry, pipeline, interval));
         }
         Arc::new(Recorder {
-            tx,
+            encoding,
+            full,
             tracing: cfg.tracing.enabled,
             access_log: cfg.access_log.otlp || cfg.access_log.stdout,
             threshold: keep_threshold(cfg.tracing.sampling_ratio.value),
@@ -447,14 +457,21 @@ impl Recorder {
         }))
     }
 
-    /// Hands a finished request to the encoder; never waits.
+    /// Encodes a finished request's span(s) and access log; never waits.
     pub fn record(&self, record: RequestRecord) {
         let sampled = record.trace.as_ref().is_some_and(|t| t.sampled);
         if !sampled && !self.access_log {
             return;
         }
-        if self.tx.try_send(record).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(full) = self.encoding.encode(&record)
+            && let Err(e) = self.full.try_send(full)
+        {
+            let records = match &e {
+                mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => {
+                    f.records
+                }
+            };
+            self.stats.dropped.fetch_add(records, Ordering::Relaxed);
         }
     }
 
@@ -478,7 +495,7 @@ impl Recorder {
             ),
             (
                 "otlp_mesh_telemetry_dropped_records_total",
-                "Request records dropped because the encoder fell behind.",
+                "Request records dropped because their encoded batch found the send queue full.",
                 &self.stats.dropped,
             ),
             (
@@ -549,75 +566,86 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-/// The span and log writers of the encoder task.
-struct Writers {
-    spans: encode::Writer,
-    logs: encode::Writer,
+/// How many shards a recorder keeps: one per core (worker threads beyond that share).
+fn shard_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, MAX_SHARDS)
 }
 
-struct Encoder {
-    clock: Arc<WallClock>,
+/// The shard of the calling thread: threads are numbered as they first record, so each worker
+/// thread keeps to its own shard.
+fn shard_of_thread(shards: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i) % shards.max(1)
+}
+
+/// One thread's encoded records since the last flush.
+#[derive(Debug)]
+struct Shard {
+    spans: encode::Writer,
+    logs: encode::Writer,
+    /// JSON access log lines for stdout.
+    stdout: Vec<u8>,
+    records: u64,
+}
+
+/// A shard's contents, taken for the pipeline.
+#[derive(Debug)]
+struct Flushed {
+    /// Export requests (`Signal::Traces`, `Signal::Logs`) with their item counts.
+    spans: Option<(Bytes, u64)>,
+    logs: Option<(Bytes, u64)>,
+    stdout: Vec<u8>,
+    records: u64,
+}
+
+/// What the request path needs to encode records: the shards and what goes in every batch.
+#[derive(Debug)]
+struct Encoding {
+    shards: Box<[Mutex<Shard>]>,
     resource: Vec<u8>,
     scope: Vec<u8>,
     spans: bool,
     otlp_logs: bool,
     stdout_logs: bool,
-    pipeline: Arc<Pipeline>,
-    stats: Arc<RecorderStats>,
 }
 
-impl Encoder {
-    async fn run(self, mut rx: mpsc::Receiver<RequestRecord>) {
-        // The encoder wakes on a timer and drains what arrived, instead of being woken by every
-        // record: a wake-up per proxied request would cost more than encoding it. The channel
-        // holds more than one interval's worth at the rates one core can proxy.
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Reused across flushes so their buffers keep their capacity.
-        let head = self.resource.len() + self.scope.len();
-        let mut writers = Writers {
-            spans: encode::Writer::new(head),
-            logs: encode::Writer::new(head),
-        };
-        let mut stdout = Vec::new();
-        loop {
-            tick.tick().await;
-            self.clock.anchor();
-            loop {
-                // Records are encoded as they are taken off the channel (not collected first).
-                let mut n = 0;
-                let closed = loop {
-                    match rx.try_recv() {
-                        Ok(r) => {
-                            self.encode(&r, &mut writers, &mut stdout);
-                            n += 1;
-                            if n == MAX_BATCH {
-                                break false;
-                            }
-                        }
-                        Err(mpsc::error::TryRecvError::Empty) => break false,
-                        Err(mpsc::error::TryRecvError::Disconnected) => break true,
-                    }
-                };
-                let full = n == MAX_BATCH;
-                if n > 0 {
-                    self.flush(&mut writers, &mut stdout).await;
-                }
-                if closed {
-                    return;
-                }
-                if !full {
-                    break;
-                }
-                // Let the requests sharing this worker run between chunks, so a backlog is
-                // encoded in slices of ~1 ms instead of one long stall (tail latency).
-                tokio::task::yield_now().await;
-            }
+impl Encoding {
+    fn new(resource: Vec<u8>, scope: Vec<u8>, cfg: &TelemetryConfig, shards: usize) -> Encoding {
+        let head = resource.len() + scope.len();
+        Encoding {
+            shards: (0..shards.max(1))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        spans: encode::Writer::new(head),
+                        logs: encode::Writer::new(head),
+                        stdout: Vec::new(),
+                        records: 0,
+                    })
+                })
+                .collect(),
+            resource,
+            scope,
+            spans: cfg.tracing.enabled,
+            otlp_logs: cfg.access_log.otlp,
+            stdout_logs: cfg.access_log.stdout,
         }
     }
 
-    fn encode(&self, r: &RequestRecord, w: &mut Writers, stdout: &mut Vec<u8>) {
-        let Writers { spans, logs } = w;
+    /// Encodes `r` into the calling thread's shard; returns the shard's batch once it is full.
+    fn encode(&self, r: &RequestRecord) -> Option<Flushed> {
+        let shard = self.shards.get(shard_of_thread(self.shards.len()))?;
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let Shard {
+            spans,
+            logs,
+            stdout,
+            records,
+        } = &mut *shard;
         let mut encode = |attempts: &[AttemptRecord]| {
             if self.spans && r.trace.as_ref().is_some_and(|t| t.sampled) {
                 spans.spans(r, attempts);
@@ -633,26 +661,81 @@ impl Encoder {
             Some(t) => t.with_attempts(encode),
             None => encode(&[]),
         }
+        *records += 1;
+        (*records >= MAX_BATCH as u64).then(|| self.take(&mut shard))
     }
 
-    async fn flush(&self, w: &mut Writers, stdout: &mut Vec<u8>) {
-        let Writers { spans, logs } = w;
-        if !stdout.is_empty() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(stdout);
-            let _ = out.flush();
-            stdout.clear();
+    /// Takes what `shard` holds, as finished export requests.
+    fn take(&self, shard: &mut Shard) -> Flushed {
+        let finish = |w: &mut encode::Writer| {
+            let n = w.count;
+            (n > 0).then(|| (w.finish(&self.resource, &self.scope), n))
+        };
+        let flushed = Flushed {
+            spans: finish(&mut shard.spans),
+            logs: finish(&mut shard.logs),
+            stdout: std::mem::take(&mut shard.stdout),
+            records: shard.records,
+        };
+        shard.records = 0;
+        flushed
+    }
+}
+
+/// The background task that sends the shards' batches on.
+struct Flusher {
+    encoding: Arc<Encoding>,
+    clock: Arc<WallClock>,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Flusher {
+    async fn run(self, mut full: mpsc::Receiver<Flushed>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = full.recv() => match batch {
+                    Some(batch) => self.send(batch).await,
+                    None => {
+                        // The recorder is gone: send what the shards still hold, then stop.
+                        self.flush_shards().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.clock.anchor();
+                    self.flush_shards().await;
+                }
+            }
         }
-        if spans.count > 0 {
-            let n = spans.count;
+    }
+
+    async fn flush_shards(&self) {
+        for shard in self.encoding.shards.iter() {
+            let taken = {
+                let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                (shard.records > 0).then(|| self.encoding.take(&mut shard))
+            };
+            if let Some(batch) = taken {
+                self.send(batch).await;
+            }
+        }
+    }
+
+    async fn send(&self, batch: Flushed) {
+        if !batch.stdout.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&batch.stdout);
+            let _ = out.flush();
+        }
+        if let Some((payload, n)) = batch.spans {
             self.stats.spans.fetch_add(n, Ordering::Relaxed);
-            let payload = spans.finish(&self.resource, &self.scope);
             self.submit(Batch::new(Signal::Traces, payload, n)).await;
         }
-        if logs.count > 0 {
-            let n = logs.count;
+        if let Some((payload, n)) = batch.logs {
             self.stats.logs.fetch_add(n, Ordering::Relaxed);
-            let payload = logs.finish(&self.resource, &self.scope);
             self.submit(Batch::new(Signal::Logs, payload, n)).await;
         }
     }
@@ -1076,6 +1159,82 @@ mod tests {
             );
             assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "otlp-mesh");
         }
+    }
+
+    /// A recorder with access logs (one log record per request) feeding a collecting sink.
+    fn logging_recorder() -> (Arc<Recorder>, Arc<Collect>) {
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(crate::MemoryLimiter::new(1 << 30, 1 << 30)),
+            None,
+            vec![sink.clone()],
+        ));
+        let cfg = config(
+            "telemetry:\n  service_name: edge\n  tracing: { enabled: false }\n  access_log: { otlp: true }\n",
+        );
+        (Recorder::start(&cfg, pipeline, Registry::new()), sink)
+    }
+
+    fn logged(sink: &Collect) -> u64 {
+        let batches = sink.0.lock().unwrap();
+        batches
+            .iter()
+            .filter(|b| b.signal == Signal::Logs)
+            .map(|b| {
+                let req = ExportLogsServiceRequest::decode(&b.payload[..]).unwrap();
+                let n = req.resource_logs[0].scope_logs[0].log_records.len() as u64;
+                assert_eq!(n, b.items);
+                n
+            })
+            .sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_shard_is_sent_before_the_flush_tick_and_the_rest_on_it() {
+        let (rec, sink) = logging_recorder();
+        // Let the flusher take its first (immediate) tick.
+        tokio::task::yield_now().await;
+        for _ in 0..MAX_BATCH + 5 {
+            rec.record(record(None, 200));
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            logged(&sink),
+            MAX_BATCH as u64,
+            "the full batch, no tick yet"
+        );
+        tokio::time::sleep(FLUSH_EVERY + Duration::from_millis(1)).await;
+        assert_eq!(logged(&sink), MAX_BATCH as u64 + 5, "the rest on the tick");
+        assert_eq!(
+            rec.stats().logs.load(Ordering::Relaxed),
+            MAX_BATCH as u64 + 5
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_batches_past_the_queue_are_dropped_and_counted_and_a_closed_recorder_flushes() {
+        let (rec, sink) = logging_recorder();
+        // The flusher cannot run while this test records without yielding (one thread): the
+        // queue takes FULL_BATCHES full batches, the next one is dropped.
+        let total = (FULL_BATCHES + 1) * MAX_BATCH + 7;
+        for _ in 0..total {
+            rec.record(record(None, 200));
+        }
+        assert_eq!(
+            rec.stats().dropped.load(Ordering::Relaxed),
+            MAX_BATCH as u64
+        );
+        drop(rec);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            logged(&sink),
+            (FULL_BATCHES * MAX_BATCH + 7) as u64,
+            "queued batches and the shard's remainder are sent when the recorder goes"
+        );
     }
 
     #[test]
