@@ -426,45 +426,77 @@ impl Writer {
     }
 
     /// The export request holding every item written since the last call, under one resource
-    /// and scope (both pre-encoded); resets the writer. The head is written into the headroom
-    /// in front of the items, so the batch is handed over without being copied.
+    /// and scope (both pre-encoded); resets the writer.
+    #[cfg(test)]
     pub(super) fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Bytes {
-        let (buf, start) = self.finish_buffer(resource, scope);
+        self.take().into_payload(resource, scope)
+    }
+
+    /// The items written since the last call; the writer starts over with room for as many
+    /// again and an eighth (one allocation per batch, rarely regrown; sized by this batch, not
+    /// by the largest so far). Cheap: the request that fills a batch calls it, and the
+    /// flusher finishes the batch.
+    pub(super) fn take(&mut self) -> Items {
+        let mut next = Vec::with_capacity(self.items.len() + self.items.len() / 8);
+        next.resize(self.headroom, 0);
+        let items = Items {
+            buf: std::mem::replace(&mut self.items, next),
+            headroom: self.headroom,
+            count: self.count,
+        };
+        self.count = 0;
+        items
+    }
+}
+
+/// Encoded items taken from a [`Writer`], not yet an export request.
+#[derive(Debug)]
+pub(super) struct Items {
+    /// `headroom` free bytes, then the items.
+    buf: Vec<u8>,
+    headroom: usize,
+    pub(super) count: u64,
+}
+
+impl Items {
+    /// The export request: the head is written into the headroom in front of the items, so the
+    /// batch is handed over without being copied.
+    pub(super) fn into_payload(self, resource: &[u8], scope: &[u8]) -> Bytes {
+        let (buf, start) = self.into_buffer(resource, scope);
         Bytes::from(buf).slice(start..)
     }
 
-    /// `finish`'s buffer and where the export request starts in it.
-    fn finish_buffer(&mut self, resource: &[u8], scope: &[u8]) -> (Vec<u8>, usize) {
+    /// `into_payload`'s buffer and where the export request starts in it.
+    fn into_buffer(self, resource: &[u8], scope: &[u8]) -> (Vec<u8>, usize) {
         // Export*ServiceRequest.resource_* (1) { resource (1), scope_* (2) { scope (1), items (2)… } }
-        let body = self.items.len().saturating_sub(self.headroom);
+        let Items {
+            buf: mut items,
+            headroom,
+            ..
+        } = self;
+        let body = items.len().saturating_sub(headroom);
         let scope_msg = len_delimited_len(scope.len()) + body;
         let resource_msg = len_delimited_len(resource.len()) + len_delimited_len(scope_msg);
-        let mut head = Vec::with_capacity(self.headroom);
+        let mut head = Vec::with_capacity(headroom);
         key(&mut head, 1, LEN);
         varint(&mut head, resource_msg as u64);
         bytes_field(&mut head, 1, resource);
         key(&mut head, 2, LEN);
         varint(&mut head, scope_msg as u64);
         bytes_field(&mut head, 1, scope);
-        // The next batch starts with room for this one's size and an eighth (one allocation per
-        // batch, rarely regrown; sized by this batch, not by the largest so far).
-        let mut next = Vec::with_capacity(self.items.len() + self.items.len() / 8);
-        next.resize(self.headroom, 0);
-        let mut items = std::mem::replace(&mut self.items, next);
-        self.count = 0;
         // The buffer goes out with the batch (queues, exporters, retries) and the memory limiter
         // counts its length: a buffer that grew well past what it holds is trimmed first.
         if items.capacity() > items.len() + items.len() / 4 {
             items.shrink_to_fit();
         }
-        if let Some(start) = self.headroom.checked_sub(head.len())
-            && let Some(slot) = items.get_mut(start..self.headroom)
+        if let Some(start) = headroom.checked_sub(head.len())
+            && let Some(slot) = items.get_mut(start..headroom)
         {
             slot.copy_from_slice(&head);
             return (items, start);
         }
         // Not reached (the headroom covers the head); kept correct rather than panicking.
-        head.extend_from_slice(items.get(self.headroom..).unwrap_or(&[]));
+        head.extend_from_slice(items.get(headroom..).unwrap_or(&[]));
         (head, 0)
     }
 }
@@ -598,7 +630,7 @@ mod tests {
         for n in [100_000usize, 50, 3_000, 200_000, 10] {
             w.items.extend(std::iter::repeat_n(7u8, n));
             w.count = 1;
-            let (buf, start) = w.finish_buffer(b"res", b"scope");
+            let (buf, start) = w.take().into_buffer(b"res", b"scope");
             assert_eq!(buf.len() - w.headroom, n);
             assert!(start < w.headroom);
             assert!(

@@ -596,9 +596,9 @@ struct Shard {
 /// A shard's contents, taken for the pipeline.
 #[derive(Debug)]
 struct Flushed {
-    /// Export requests (`Signal::Traces`, `Signal::Logs`) with their item counts.
-    spans: Option<(Bytes, u64)>,
-    logs: Option<(Bytes, u64)>,
+    /// Spans and log records; the flusher turns them into export requests.
+    spans: encode::Items,
+    logs: encode::Items,
     stdout: Vec<u8>,
     records: u64,
 }
@@ -662,18 +662,14 @@ impl Encoding {
             None => encode(&[]),
         }
         *records += 1;
-        (*records >= MAX_BATCH as u64).then(|| self.take(&mut shard))
+        (*records >= MAX_BATCH as u64).then(|| Encoding::take(&mut shard))
     }
 
-    /// Takes what `shard` holds, as finished export requests.
-    fn take(&self, shard: &mut Shard) -> Flushed {
-        let finish = |w: &mut encode::Writer| {
-            let n = w.count;
-            (n > 0).then(|| (w.finish(&self.resource, &self.scope), n))
-        };
+    /// Takes what `shard` holds (its buffers change hands; the flusher finishes them).
+    fn take(shard: &mut Shard) -> Flushed {
         let flushed = Flushed {
-            spans: finish(&mut shard.spans),
-            logs: finish(&mut shard.logs),
+            spans: shard.spans.take(),
+            logs: shard.logs.take(),
             stdout: std::mem::take(&mut shard.stdout),
             records: shard.records,
         };
@@ -716,7 +712,7 @@ impl Flusher {
         for shard in self.encoding.shards.iter() {
             let taken = {
                 let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-                (shard.records > 0).then(|| self.encoding.take(&mut shard))
+                (shard.records > 0).then(|| Encoding::take(&mut shard))
             };
             if let Some(batch) = taken {
                 self.send(batch).await;
@@ -730,13 +726,17 @@ impl Flusher {
             let _ = out.write_all(&batch.stdout);
             let _ = out.flush();
         }
-        if let Some((payload, n)) = batch.spans {
-            self.stats.spans.fetch_add(n, Ordering::Relaxed);
-            self.submit(Batch::new(Signal::Traces, payload, n)).await;
-        }
-        if let Some((payload, n)) = batch.logs {
-            self.stats.logs.fetch_add(n, Ordering::Relaxed);
-            self.submit(Batch::new(Signal::Logs, payload, n)).await;
+        let (resource, scope) = (&self.encoding.resource, &self.encoding.scope);
+        for (items, signal, counter) in [
+            (batch.spans, Signal::Traces, &self.stats.spans),
+            (batch.logs, Signal::Logs, &self.stats.logs),
+        ] {
+            let n = items.count;
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+                let payload = items.into_payload(resource, scope);
+                self.submit(Batch::new(signal, payload, n)).await;
+            }
         }
     }
 
