@@ -536,3 +536,89 @@ telemetry:
         assert_eq!(c["status"]["code"], code);
     }
 }
+
+#[tokio::test]
+async fn a_server_span_names_the_proxys_own_error_not_an_upstreams() {
+    // An upstream that fails with its own `x-mesh-error` (as another mesh hop would), and a
+    // cluster whose only endpoint refuses connections.
+    let upstream = Upstream::start(|_req| async {
+        let mut r = Response::new(full("busy"));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut().insert(
+            "x-mesh-error",
+            http::HeaderValue::from_static("circuit_open"),
+        );
+        r
+    })
+    .await;
+    let dead = free_addr();
+    let (admin, listen) = (free_addr(), free_addr());
+    let mesh = Mesh::start(
+        admin,
+        &format!(
+            "{}listeners:
+  - name: edge
+    bind: {listen}
+    routes:
+      - {{ name: busy, match: {{ path_prefix: /busy }}, cluster: up }}
+      - {{ name: dead, match: {{ path_prefix: /dead }}, cluster: gone }}
+clusters:
+  - {{ name: up, discovery: {{ static: [ {} ] }} }}
+  - {{ name: gone, discovery: {{ static: [ {dead} ] }} }}
+telemetry:
+  service_name: edge
+",
+            prelude(admin),
+            upstream.addr
+        ),
+    )
+    .await;
+    let client = h1_client();
+    for (path, trace_id, status, error_type) in [
+        ("/busy", "0af7651916cd43dd8448eb211c80319c", 503, "503"),
+        (
+            "/dead",
+            "1af7651916cd43dd8448eb211c80319d",
+            502,
+            "connect_failed",
+        ),
+        (
+            "/nowhere",
+            "2af7651916cd43dd8448eb211c80319e",
+            404,
+            "no_route",
+        ),
+    ] {
+        let mut req = get_req(&format!("http://{listen}{path}"));
+        req.headers_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-b7ad6b7169203331-01")
+                .parse()
+                .unwrap(),
+        );
+        let r = send(&client, req).await;
+        assert_eq!(r.status.as_u16(), status, "{path}");
+        let api_path = format!("/api/traces/{trace_id}");
+        eventually("the trace in the store", Duration::from_secs(10), || {
+            let (m, p) = (&mesh, api_path.clone());
+            async move {
+                m.try_admin_get(&p)
+                    .await
+                    .is_ok_and(|r| r.status == StatusCode::OK)
+            }
+        })
+        .await;
+        let t = api(&mesh, &api_path).await;
+        let server = t["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == "SERVER")
+            .unwrap_or_else(|| panic!("no server span in {t}"));
+        assert_eq!(
+            server["attributes"]["error.type"], error_type,
+            "{path}: {server}"
+        );
+        assert_eq!(server["status"]["code"], "ERROR", "{path}");
+    }
+}

@@ -278,10 +278,7 @@ pub async fn handle(
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),
-            resp.headers()
-                .get(&X_MESH_ERROR)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            picked.error.map(str::to_string),
             resp.extensions()
                 .get::<otlp_mesh_chaos::AppliedFaults>()
                 .map(|f| f.kinds()),
@@ -309,14 +306,14 @@ pub async fn handle(
     result
 }
 
-/// The proxy's error-code response header (see `ProxyError::code`).
-const X_MESH_ERROR: http::HeaderName = http::HeaderName::from_static("x-mesh-error");
-
 /// The route and cluster a request went to, for its span and access log, and how long it took.
 #[derive(Default)]
 struct Picked {
     names: Option<Arc<RouteNames>>,
     elapsed: Option<std::time::Duration>,
+    /// The code of the error response the proxy made (its `x-mesh-error`), if it made one:
+    /// kept here rather than looked up again in the response's headers.
+    error: Option<&'static str>,
 }
 
 /// Records the request in its metric series; the duration is kept for its span.
@@ -339,7 +336,7 @@ async fn route_and_forward(
     let grpc = is_grpc(&parts.headers);
     let Some(route) = state.routes.find(&parts) else {
         record_metrics(&state.no_route, 404, start, picked);
-        return Ok(finish_error(state, grpc, ProxyError::NoRoute));
+        return Ok(finish_error(state, grpc, ProxyError::NoRoute, picked));
     };
     let Some(target) = route.pick_target() else {
         record_metrics(&state.no_route, 503, start, picked);
@@ -347,6 +344,7 @@ async fn route_and_forward(
             state,
             grpc,
             ProxyError::NoEndpoints(route.name.clone()),
+            picked,
         ));
     };
     if trace.is_some() {
@@ -362,7 +360,12 @@ async fn route_and_forward(
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             record_metrics(&target.metrics, 413, start, picked);
-            return Ok(finish_error(state, grpc, ProxyError::BodyTooLarge(limit)));
+            return Ok(finish_error(
+                state,
+                grpc,
+                ProxyError::BodyTooLarge(limit),
+                picked,
+            ));
         }
     }
 
@@ -445,7 +448,7 @@ async fn route_and_forward(
             }
             tracing::debug!(listener = %state.name, route = %route.name, cluster = %target.cluster.name, error = %e, "request failed");
             record_metrics(&target.metrics, e.status().as_u16(), start, picked);
-            Ok(finish_error(state, grpc, e))
+            Ok(finish_error(state, grpc, e, picked))
         }
     }
 }
@@ -509,7 +512,14 @@ fn finish_headers(state: &ListenerState, headers: &mut http::HeaderMap) {
     }
 }
 
-fn finish_error(state: &ListenerState, grpc: bool, e: ProxyError) -> Response<ResponseBody> {
+/// The response for a request the proxy fails with `e`; its code is kept for the request's span.
+fn finish_error(
+    state: &ListenerState,
+    grpc: bool,
+    e: ProxyError,
+    picked: &mut Picked,
+) -> Response<ResponseBody> {
+    picked.error = Some(e.code());
     let mut resp = if grpc {
         e.into_grpc_response()
     } else {

@@ -255,7 +255,7 @@ pub struct RequestRecord {
     /// Listener, route and cluster: one shared reference per request instead of three.
     pub names: Arc<RouteNames>,
     pub status: u16,
-    /// `x-mesh-error` code of a proxy-made error response.
+    /// `x-mesh-error` code of the error response this proxy made, if it made one.
     pub error: Option<String>,
     /// Fault kinds injected (`delay,abort`).
     pub faults: Option<String>,
