@@ -365,10 +365,9 @@ impl Cluster {
         let inner = match &*self.pool {
             Pool::Http1(pool) => {
                 origin_form(&mut req, &endpoint.authority);
-                let (pool, addr) = (pool.clone(), endpoint.addr);
                 // The pool runs on the cluster's clock: the pick's time serves its idle check.
                 Upstream::Http1 {
-                    inner: Box::pin(async move { pool.send(addr, req, now).await }),
+                    inner: Box::pin(pool.send(endpoint.addr, req, now)),
                 }
             }
             Pool::H2(pool) => {
