@@ -40,6 +40,8 @@ struct Seen {
     spans: Mutex<HashMap<Vec<u8>, Vec<Span>>>,
     /// `grpc-encoding` / `content-encoding` of each request.
     encodings: Mutex<Vec<String>>,
+    /// Requests whose headers arrived (before any gate).
+    arrived: AtomicU64,
 }
 
 impl Seen {
@@ -117,6 +119,7 @@ fn serve_with(
                     let (seen, handler, counter) = (seen.clone(), handler.clone(), counter.clone());
                     let gate = gate.clone();
                     async move {
+                        seen.arrived.fetch_add(1, Ordering::Relaxed);
                         if let Some(g) = gate {
                             g.acquire().await.unwrap().forget();
                         }
@@ -648,6 +651,84 @@ telemetry:
     assert_eq!(s.paced_enqueues, 0);
     assert_eq!(s.queued_items, 100);
     exp.shutdown(Duration::from_millis(10)).await;
+}
+
+/// Receivers wait once the requests in flight and the queue hold 1½ full requests, the
+/// requests in flight counted by the bodies they send: uncompressed, the batches themselves;
+/// compressed, only the compressed body.
+#[tokio::test]
+async fn receivers_wait_once_one_and_a_half_requests_are_held_counting_bodies_as_sent() {
+    // Batches of ten spans with ids of four digits all encode to the same length `b`.
+    let ten = |k: u64| batch(1000 + k * 10..1010 + k * 10);
+    let b = ten(0).len() as u64;
+    assert!((0..12).all(|k| ten(k).len() as u64 == b));
+    for compression in ["none", "gzip"] {
+        let (l, addr) = listener().await;
+        let gate = Arc::new(Semaphore::new(0));
+        let ok: Handler = Arc::new(|_: &Req| grpc_ok(&ExportTraceServiceResponse::default()));
+        let seen = serve_with(l, ok, None, Some(gate.clone()));
+        // A full request is four batches (by bytes); only full requests go before shutdown.
+        let (cfg, batch_cfg) = config(&format!(
+            r#"
+telemetry:
+  batch: {{ size: 100000, timeout: 1h, max_bytes: {} }}
+  exporters:
+    - name: held
+      otlp_grpc: {{ endpoint: "http://{addr}", compression: {compression} }}
+"#,
+            4 * b
+        ));
+        let exp = Exporter::start("held".into(), &cfg, &batch_cfg, limiter())
+            .await
+            .unwrap();
+        for k in 0..4 {
+            exp.enqueue(ten(k)).await.unwrap();
+        }
+        // Its body was prepared (compressed) before it was sent.
+        wait_for(
+            "the full request at the backend",
+            Duration::from_secs(5),
+            || seen.arrived.load(Ordering::Relaxed) == 1,
+        )
+        .await;
+        assert_eq!(exp.stats().in_flight_requests, 1);
+        exp.enqueue(ten(4)).await.unwrap();
+        assert!(!exp.busy(), "{compression}: 4b in flight + b queued");
+        exp.enqueue(ten(5)).await.unwrap();
+        // Uncompressed, the request in flight holds its four batches: with two more queued,
+        // 1½ full requests are held. Compressed, it holds far less; a third batch still gets in.
+        assert_eq!(
+            exp.busy(),
+            compression == "none",
+            "{compression}: 2b queued"
+        );
+        if compression == "gzip" {
+            exp.enqueue(ten(6)).await.unwrap();
+            assert!(!exp.busy(), "gzip: 3b queued beside a compressed body");
+            gate.add_permits(100);
+            exp.shutdown(Duration::from_secs(5)).await;
+            assert_exactly_once(&seen, 1000..1070);
+            continue;
+        }
+        let waiting = tokio::spawn({
+            let exp = exp.clone();
+            async move { exp.enqueue(ten(6)).await }
+        });
+        wait_for("the enqueue to wait", Duration::from_secs(5), || {
+            exp.stats().paced_enqueues == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "enqueue did not wait for room");
+        assert!(!exp.ready(Duration::from_millis(50)).await);
+        // The answer releases the request in flight: three batches queued, room again.
+        gate.add_permits(1);
+        waiting.await.unwrap().unwrap();
+        assert!(!exp.busy());
+        gate.add_permits(100);
+        exp.shutdown(Duration::from_secs(5)).await;
+        assert_exactly_once(&seen, 1000..1070);
+    }
 }
 
 #[tokio::test]

@@ -76,6 +76,11 @@ impl GrpcClient {
         Ok(Chunks::new(vec![Bytes::from(body)]))
     }
 
+    /// Whether [`prepare`](Self::prepare) sends the parts themselves (uncompressed).
+    pub fn sends_parts(&self) -> bool {
+        self.compression == Compression::None
+    }
+
     /// A sender on the shared connection, connecting if there is none or it closed.
     async fn sender(&self) -> Result<http2::SendRequest<Chunks>, Failure> {
         let mut guard = self.conn.lock().await;
@@ -163,6 +168,11 @@ impl Chunks {
             next: 0,
             remaining,
         }
+    }
+
+    /// Bytes left to send.
+    pub fn len(&self) -> u64 {
+        self.remaining
     }
 }
 

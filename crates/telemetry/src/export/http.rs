@@ -69,6 +69,12 @@ impl HttpClient {
         }
     }
 
+    /// Whether [`prepare`](Self::prepare) sends `parts` queued batches as they are: a single
+    /// one, uncompressed.
+    pub fn sends_parts(&self, parts: usize) -> bool {
+        self.compression == Compression::None && parts == 1
+    }
+
     /// One attempt: POST `body` and interpret the status.
     pub async fn send(&self, signal: Signal, body: Bytes) -> Result<Accepted, Failure> {
         match tokio::time::timeout(self.timeout, self.attempt(signal, body)).await {

@@ -29,7 +29,7 @@ use queue::{Limits, MemoryQueue, Taken};
 use stats::Stats;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -39,6 +39,14 @@ use wal::{Wal, WalOptions};
 
 /// Export requests of one exporter sent (or being retried) at the same time.
 pub const MAX_IN_FLIGHT: usize = 4;
+/// Receivers wait (while the backend answers) once an exporter holds this many halves of a
+/// full request (`batch.max_bytes`): the bytes that requests in flight hold (their bodies as
+/// sent) plus the queued ones. Three halves: an uncompressed full request in flight and the next
+/// one half filled (filling it up resumes when the first is answered), rather than two full
+/// requests in flight and a third waiting — the peak of the data in flight falls by about a
+/// third. Compressed requests hold only their compressed bodies, so a full one still waits
+/// beside one or two in flight.
+pub const HELD_HALF_REQUESTS: u64 = 3;
 /// Default bound of the in-memory queue.
 pub const DEFAULT_MEMORY_QUEUE_BYTES: u64 = 64 << 20;
 /// Default bound of the persistent queue.
@@ -90,6 +98,15 @@ impl Client {
         }
     }
 
+    /// Whether a prepared body is (made of) the queued batches themselves rather than a
+    /// compressed or concatenated copy of them.
+    fn sends_parts(&self, parts: usize) -> bool {
+        match self {
+            Client::Grpc(c) => c.sends_parts(),
+            Client::Http(c) => c.sends_parts(parts),
+        }
+    }
+
     async fn send(&self, signal: Signal, body: &Prepared) -> Result<Accepted, Failure> {
         match (self, body) {
             (Client::Grpc(c), Prepared::Grpc(chunks)) => c.send(signal, chunks.clone()).await,
@@ -105,6 +122,15 @@ impl Client {
 enum Prepared {
     Grpc(grpc::Chunks),
     Http(bytes::Bytes),
+}
+
+impl Prepared {
+    fn len(&self) -> u64 {
+        match self {
+            Prepared::Grpc(c) => c.len(),
+            Prepared::Http(b) => b.len() as u64,
+        }
+    }
 }
 
 enum Queue {
@@ -132,8 +158,11 @@ struct Inner {
     limits: Limits,
     retry: RetryPolicy,
     wake: Notify,
-    /// Notified when queued bytes are taken for sending or a request finishes (paced receivers).
+    /// Notified when queued bytes are taken for sending, a request's body shrinks (compressed)
+    /// or a request finishes (paced receivers).
     room: Notify,
+    /// Bytes that requests in flight hold: their bodies as sent (and their batches, if kept).
+    sending: AtomicU64,
     /// The last export attempt failed: receivers are not paced (the queue absorbs the outage).
     failing: AtomicBool,
     stopping: AtomicBool,
@@ -422,6 +451,7 @@ impl Exporter {
             retry,
             wake: Notify::new(),
             room: Notify::new(),
+            sending: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
@@ -632,8 +662,9 @@ impl Inner {
         taken
     }
 
-    /// Backpressure towards receivers: while the backend is healthy and a full request is
-    /// already waiting for a free sending slot, a receiver waits (up to `max_wait`) rather
+    /// Backpressure towards receivers: while the backend is healthy and the exporter is
+    /// [busy](Self::busy) (a full request waits for a free sending slot, or the requests in
+    /// flight and the queue hold 1½ full requests), a receiver waits (up to `max_wait`) rather
     /// than queue more, so memory follows the backend's pace instead of filling the queue.
     /// Returns false if there was no room in time. While exports fail, nobody waits: the
     /// queue (up to `queue.max_bytes`) absorbs the outage.
@@ -657,10 +688,16 @@ impl Inner {
         }
     }
 
-    /// A memory queue with a full request waiting for a slot while the backend answers.
+    /// A memory queue, while the backend answers, with a full request waiting for a slot, or
+    /// holding [`HELD_HALF_REQUESTS`] halves of a full request in flight and waiting.
     fn busy(&self) -> bool {
         match &self.queue {
-            Queue::Memory(m) => !self.failing.load(Relaxed) && m.full_request_waiting(&self.limits),
+            Queue::Memory(m) => {
+                !self.failing.load(Relaxed)
+                    && (m.full_request_waiting(&self.limits)
+                        || (m.waiting_bytes() + self.sending.load(Relaxed)).saturating_mul(2)
+                            >= self.limits.bytes.saturating_mul(HELD_HALF_REQUESTS))
+            }
             Queue::Wal(_) => false,
         }
     }
@@ -734,7 +771,8 @@ async fn run(inner: Arc<Inner>) {
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
     let mut meta: HashMap<tokio::task::Id, InFlight> = HashMap::new();
     // Bytes in flight: a new request starts only while less than one full request is out, so
-    // at most about two full requests are held in memory beside the queue.
+    // at most about two full requests are held in memory beside the queue (uncompressed, the
+    // receivers' pacing keeps it to about one: see `HELD_HALF_REQUESTS`).
     let mut bytes_in_flight: u64 = 0;
     let mut deadline_rx = inner.deadline.subscribe();
     loop {
@@ -770,12 +808,14 @@ async fn run(inner: Arc<Inner>) {
                     };
                     inner.stats.in_flight.fetch_add(1, Relaxed);
                     bytes_in_flight += req.bytes;
+                    let held = Held::new(inner.clone(), taken.bytes);
                     let handle = in_flight.spawn(export(
                         inner.clone(),
                         taken.signal,
                         taken.items,
                         taken.parts,
                         taken.bytes as usize,
+                        held,
                     ));
                     meta.insert(handle.id(), req);
                 }
@@ -874,16 +914,50 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// The bytes one request in flight holds, counted in [`Inner::sending`] until it ends (or is
+/// aborted).
+struct Held {
+    inner: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Held {
+    fn new(inner: Arc<Inner>, bytes: u64) -> Held {
+        inner.sending.fetch_add(bytes, Relaxed);
+        Held { inner, bytes }
+    }
+
+    /// The request now holds `bytes` (its body once compressed).
+    fn set(&mut self, bytes: u64) {
+        let sending = &self.inner.sending;
+        if bytes >= self.bytes {
+            sending.fetch_add(bytes - self.bytes, Relaxed);
+        } else {
+            sending.fetch_sub(self.bytes - bytes, Relaxed);
+            self.inner.room.notify_waiters();
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.inner.sending.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
 /// Sends one export request made of the queued payloads `parts` (`total` bytes), retrying per
-/// the policy; says how it ended.
+/// the policy; says how it ended. `held` counts what it holds meanwhile.
 async fn export(
     inner: Arc<Inner>,
     signal: Signal,
     items: u64,
     parts: Vec<bytes::Bytes>,
     total: usize,
+    mut held: Held,
 ) -> Outcome {
     let name = &inner.name;
+    let sends_parts = inner.client.sends_parts(parts.len());
     let body = match inner.client.prepare(parts, total) {
         Ok(b) => b,
         Err(e) => {
@@ -891,6 +965,12 @@ async fn export(
             return Outcome::Dropped(DropReason::PermanentError);
         }
     };
+    // A compressed (or concatenated) body replaces the batches, unless they are kept too.
+    held.set(if sends_parts || !inner.keep_parts.load(Relaxed) {
+        body.len()
+    } else {
+        body.len() + total as u64
+    });
     let policy = inner.retry;
     let started = Instant::now();
     let mut backoff = retry::Backoff::new(policy.initial, policy.max);

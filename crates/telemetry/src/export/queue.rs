@@ -254,6 +254,11 @@ impl MemoryQueue {
         left
     }
 
+    /// Bytes queued and not yet taken for sending.
+    pub fn waiting_bytes(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// True when at least one full export request (by `limits`) waits to be taken.
     pub fn full_request_waiting(&self, limits: &Limits) -> bool {
         self.waiting_items.load(Ordering::Relaxed) >= limits.items
