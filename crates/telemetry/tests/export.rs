@@ -283,6 +283,26 @@ fn limiter() -> Arc<MemoryLimiter> {
     Arc::new(MemoryLimiter::new(64 << 20, 96 << 20))
 }
 
+/// Starts a receiver's enqueue of `batch` and checks that it is paced: it waits for room
+/// instead of returning.
+async fn paced_enqueue(
+    exp: &Exporter,
+    batch: Batch,
+) -> tokio::task::JoinHandle<Result<(), otlp_mesh_telemetry::export::QueueFull>> {
+    let paced = exp.stats().paced_enqueues;
+    let waiting = tokio::spawn({
+        let exp = exp.clone();
+        async move { exp.enqueue(batch).await }
+    });
+    wait_for("the enqueue to wait", Duration::from_secs(5), || {
+        exp.stats().paced_enqueues == paced + 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "enqueue did not wait for room");
+    waiting
+}
+
 async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -593,16 +613,7 @@ telemetry:
     exp.enqueue(batch(20..25)).await.unwrap();
     assert_eq!(exp.stats().paced_enqueues, 0);
     // The next receiver waits: the backend is healthy, only busy.
-    let waiting = tokio::spawn({
-        let exp = exp.clone();
-        async move { exp.enqueue(batch(25..30)).await }
-    });
-    wait_for("the enqueue to wait", Duration::from_secs(5), || {
-        exp.stats().paced_enqueues == 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiting.is_finished(), "enqueue did not wait for room");
+    let waiting = paced_enqueue(&exp, batch(25..30)).await;
     assert_eq!(
         exp.stats().queued_items,
         25,
@@ -710,16 +721,7 @@ telemetry:
             assert_exactly_once(&seen, 1000..1070);
             continue;
         }
-        let waiting = tokio::spawn({
-            let exp = exp.clone();
-            async move { exp.enqueue(ten(6)).await }
-        });
-        wait_for("the enqueue to wait", Duration::from_secs(5), || {
-            exp.stats().paced_enqueues == 1
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "enqueue did not wait for room");
+        let waiting = paced_enqueue(&exp, ten(6)).await;
         assert!(!exp.ready(Duration::from_millis(50)).await);
         // The answer releases the request in flight: three batches queued, room again.
         gate.add_permits(1);

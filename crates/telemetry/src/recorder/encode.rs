@@ -429,14 +429,20 @@ impl Writer {
     /// and scope (both pre-encoded); resets the writer.
     #[cfg(test)]
     pub(super) fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Bytes {
-        self.take().into_payload(resource, scope)
+        match self.take() {
+            Some(items) => items.into_payload(resource, scope),
+            None => Bytes::new(),
+        }
     }
 
-    /// The items written since the last call; the writer starts over with room for as many
-    /// again and an eighth (one allocation per batch, rarely regrown; sized by this batch, not
-    /// by the largest so far). Cheap: the request that fills a batch calls it, and the
+    /// The items written since the last call, if any; the writer starts over with room for as
+    /// many again and an eighth (one allocation per batch, rarely regrown; sized by this batch,
+    /// not by the largest so far). Cheap: the request that fills a batch calls it, and the
     /// flusher finishes the batch.
-    pub(super) fn take(&mut self) -> Items {
+    pub(super) fn take(&mut self) -> Option<Items> {
+        if self.count == 0 {
+            return None;
+        }
         let mut next = Vec::with_capacity(self.items.len() + self.items.len() / 8);
         next.resize(self.headroom, 0);
         let items = Items {
@@ -445,7 +451,7 @@ impl Writer {
             count: self.count,
         };
         self.count = 0;
-        items
+        Some(items)
     }
 }
 
@@ -630,7 +636,7 @@ mod tests {
         for n in [100_000usize, 50, 3_000, 200_000, 10] {
             w.items.extend(std::iter::repeat_n(7u8, n));
             w.count = 1;
-            let (buf, start) = w.take().into_buffer(b"res", b"scope");
+            let (buf, start) = w.take().unwrap().into_buffer(b"res", b"scope");
             assert_eq!(buf.len() - w.headroom, n);
             assert!(start < w.headroom);
             assert!(

@@ -394,14 +394,13 @@ impl Recorder {
         let stats = Arc::new(RecorderStats::default());
         let resource = resource(cfg);
         let clock = Arc::new(WallClock::new());
-        let encoding = Arc::new(Encoding::new(
-            resource.encode_to_vec(),
-            scope().encode_to_vec(),
-            cfg,
-            shard_count(),
-        ));
+        let (resource_bytes, scope_bytes) = (resource.encode_to_vec(), scope().encode_to_vec());
+        let head = resource_bytes.len() + scope_bytes.len();
+        let encoding = Arc::new(Encoding::new(head, cfg, shard_count()));
         let flusher = Flusher {
             encoding: encoding.clone(),
+            resource: resource_bytes,
+            scope: scope_bytes,
             clock: clock.clone(),
             pipeline: pipeline.clone(),
             stats: stats.clone(),
@@ -466,11 +465,7 @@ impl Recorder {
         if let Some(full) = self.encoding.encode(&record)
             && let Err(e) = self.full.try_send(full)
         {
-            let records = match &e {
-                mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => {
-                    f.records
-                }
-            };
+            let records = e.into_inner().records;
             self.stats.dropped.fetch_add(records, Ordering::Relaxed);
         }
     }
@@ -593,30 +588,40 @@ struct Shard {
     records: u64,
 }
 
+impl Shard {
+    /// Takes what the shard holds (its buffers change hands; the flusher finishes them).
+    fn take(&mut self) -> Flushed {
+        Flushed {
+            spans: self.spans.take(),
+            logs: self.logs.take(),
+            stdout: std::mem::take(&mut self.stdout),
+            records: std::mem::take(&mut self.records),
+        }
+    }
+}
+
 /// A shard's contents, taken for the pipeline.
 #[derive(Debug)]
 struct Flushed {
-    /// Spans and log records; the flusher turns them into export requests.
-    spans: encode::Items,
-    logs: encode::Items,
+    /// Spans and log records, when there were any; the flusher makes export requests of them.
+    spans: Option<encode::Items>,
+    logs: Option<encode::Items>,
     stdout: Vec<u8>,
     records: u64,
 }
 
-/// What the request path needs to encode records: the shards and what goes in every batch.
+/// What the request path needs to encode records: the shards and which signals to write.
 #[derive(Debug)]
 struct Encoding {
     shards: Box<[Mutex<Shard>]>,
-    resource: Vec<u8>,
-    scope: Vec<u8>,
     spans: bool,
     otlp_logs: bool,
     stdout_logs: bool,
 }
 
 impl Encoding {
-    fn new(resource: Vec<u8>, scope: Vec<u8>, cfg: &TelemetryConfig, shards: usize) -> Encoding {
-        let head = resource.len() + scope.len();
+    /// `head`: the bytes of the pre-encoded resource and scope that every batch starts with.
+    fn new(head: usize, cfg: &TelemetryConfig, shards: usize) -> Encoding {
         Encoding {
             shards: (0..shards.max(1))
                 .map(|_| {
@@ -628,8 +633,6 @@ impl Encoding {
                     })
                 })
                 .collect(),
-            resource,
-            scope,
             spans: cfg.tracing.enabled,
             otlp_logs: cfg.access_log.otlp,
             stdout_logs: cfg.access_log.stdout,
@@ -662,25 +665,16 @@ impl Encoding {
             None => encode(&[]),
         }
         *records += 1;
-        (*records >= MAX_BATCH as u64).then(|| Encoding::take(&mut shard))
-    }
-
-    /// Takes what `shard` holds (its buffers change hands; the flusher finishes them).
-    fn take(shard: &mut Shard) -> Flushed {
-        let flushed = Flushed {
-            spans: shard.spans.take(),
-            logs: shard.logs.take(),
-            stdout: std::mem::take(&mut shard.stdout),
-            records: shard.records,
-        };
-        shard.records = 0;
-        flushed
+        (*records >= MAX_BATCH as u64).then(|| shard.take())
     }
 }
 
 /// The background task that sends the shards' batches on.
 struct Flusher {
     encoding: Arc<Encoding>,
+    /// The pre-encoded resource and scope at the head of every export request.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     clock: Arc<WallClock>,
     pipeline: Arc<Pipeline>,
     stats: Arc<RecorderStats>,
@@ -712,7 +706,7 @@ impl Flusher {
         for shard in self.encoding.shards.iter() {
             let taken = {
                 let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-                (shard.records > 0).then(|| Encoding::take(&mut shard))
+                (shard.records > 0).then(|| shard.take())
             };
             if let Some(batch) = taken {
                 self.send(batch).await;
@@ -726,15 +720,14 @@ impl Flusher {
             let _ = out.write_all(&batch.stdout);
             let _ = out.flush();
         }
-        let (resource, scope) = (&self.encoding.resource, &self.encoding.scope);
         for (items, signal, counter) in [
             (batch.spans, Signal::Traces, &self.stats.spans),
             (batch.logs, Signal::Logs, &self.stats.logs),
         ] {
-            let n = items.count;
-            if n > 0 {
+            if let Some(items) = items {
+                let n = items.count;
                 counter.fetch_add(n, Ordering::Relaxed);
-                let payload = items.into_payload(resource, scope);
+                let payload = items.into_payload(&self.resource, &self.scope);
                 self.submit(Batch::new(signal, payload, n)).await;
             }
         }
