@@ -187,7 +187,7 @@ where
     /// one; `now` (on the pool's clock) is the request's start, which the caller has read already.
     /// A request that an idle connection closed before taking is sent on the next one.
     ///
-    /// The future holds the request once and the endpoint's slot, nothing else: as an `async fn`
+    /// The future holds the request once, the endpoint's slot and `now`: as an `async fn`
     /// taking the pool it kept both its argument and the request moved out of it, 1.5 KiB boxed
     /// per request, past glibc's per-thread cache for small blocks (≤ 1 032 bytes), so every
     /// request's box took the allocator's slow path.
