@@ -389,10 +389,15 @@ impl LoadBalancingExporter {
         futures_util::future::join_all(ring.exporters.iter().map(|e| e.shutdown(deadline))).await;
     }
 
-    /// Every backend exporter, current and retiring (for their metrics).
+    /// Every backend exporter, current and retiring (for their metrics), each once.
     pub fn exporters(&self) -> Vec<Exporter> {
         let mut all = self.backends();
-        all.extend(self.retiring());
+        // A backend being removed is briefly in both lists (see `apply`).
+        for e in self.retiring() {
+            if !all.iter().any(|a| a.name() == e.name()) {
+                all.push(e);
+            }
+        }
         all
     }
 
@@ -692,13 +697,19 @@ async fn apply(inner: &Arc<Inner>, set: &Endpoints, retirements: &mut JoinSet<()
         return incomplete;
     }
     drop(cur);
-    let old = inner.ring.swap(Arc::new(Ring::new(next)));
+    // A removed backend is listed as retiring in the same step that takes it out of the ring
+    // (the swap happens under the `retiring` lock): it is never in neither list, so whoever
+    // sees it gone from the set and `retiring` empty knows it has finished.
+    let old = {
+        let mut retiring = lock(&inner.retiring);
+        retiring.extend(removed.iter().cloned());
+        inner.ring.swap(Arc::new(Ring::new(next)))
+    };
     inner.ring_changes.fetch_add(1, Relaxed);
     tracing::info!(exporter = %inner.name, backends = inner.ring.load().urls.len(), added, removed = removed.len(), "load-balancing backend set changed");
     wait_unshared(&inner.name, &old).await;
     drop(old);
     for (url, e) in removed {
-        lock(&inner.retiring).push((url.clone(), e.clone()));
         retirements.spawn(retire(inner.clone(), url, e));
     }
     incomplete
