@@ -59,6 +59,12 @@ pub struct CompareArgs {
     /// Only these targets (comma-separated names as printed, e.g. `direct,otlp-mesh,otlp-mesh+telemetry`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Measure every target this many times, round after round (targets in the same order each
+    /// round), and also print each target's median over the rounds. Tails at a fixed rate move
+    /// between runs by more than the proxies differ; medians of alternating rounds are the fair
+    /// comparison.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Write every target's report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -197,10 +203,25 @@ fn measure(
 /// Runs the comparison; exit 1 when it cannot run at all (no taskset, no upstream).
 pub fn run(args: CompareArgs) -> ExitCode {
     match run_inner(&args) {
-        Ok(outcomes) => {
-            print_table(&outcomes);
+        Ok(rounds) => {
+            for (i, outcomes) in rounds.iter().enumerate() {
+                if rounds.len() > 1 {
+                    println!("round {} of {}", i + 1, rounds.len());
+                }
+                print_table(outcomes);
+            }
+            let medians = (rounds.len() > 1).then(|| medians(&rounds));
+            if let Some(m) = &medians {
+                print_medians(m, rounds.len());
+            }
             if let Some(path) = &args.json {
-                let json = serde_json::json!({ "targets": outcomes });
+                // `targets` is the first round (the shape of a one-round run); every round and
+                // the medians follow.
+                let json = serde_json::json!({
+                    "targets": rounds.first(),
+                    "rounds": rounds,
+                    "medians": medians,
+                });
                 if let Err(e) = std::fs::write(path, json.to_string()) {
                     eprintln!(
                         "otlp-mesh bench-compare: cannot write {}: {e}",
@@ -218,7 +239,7 @@ pub fn run(args: CompareArgs) -> ExitCode {
     }
 }
 
-fn run_inner(args: &CompareArgs) -> Result<Vec<Outcome>, String> {
+fn run_inner(args: &CompareArgs) -> Result<Vec<Vec<Outcome>>, String> {
     find("taskset").ok_or("needs `taskset` (util-linux) to pin processes to cores")?;
     let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let dir = std::env::temp_dir().join(format!("otlp-mesh-compare-{}", std::process::id()));
@@ -228,7 +249,7 @@ fn run_inner(args: &CompareArgs) -> Result<Vec<Outcome>, String> {
     result
 }
 
-fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>, String> {
+fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outcome>>, String> {
     let upstream = free_addr()?;
     let mut up = pinned(
         args.load_core,
@@ -254,6 +275,22 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
         Protocol::Http1 | Protocol::H2c => None,
     };
     let body = body.as_deref();
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds {
+        rounds.push(round(me, dir, args, upstream, body)?);
+    }
+    drop(up);
+    Ok(rounds)
+}
+
+/// Measures every wanted target once, one after another, against the running `upstream`.
+fn round(
+    me: &Path,
+    dir: &Path,
+    args: &CompareArgs,
+    upstream: SocketAddr,
+    body: Option<&Path>,
+) -> Result<Vec<Outcome>, String> {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut outcomes = Vec::new();
     if wanted("direct") {
@@ -387,8 +424,127 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Outcome>,
             });
         outcomes.push(outcome(name, result));
     }
-    drop(up);
     Ok(outcomes)
+}
+
+/// A target's medians over the rounds that measured it.
+#[derive(serde::Serialize, Debug, PartialEq)]
+struct Median {
+    name: &'static str,
+    /// Rounds that measured this target (failed and skipped ones are left out).
+    rounds: usize,
+    throughput_rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    /// Median over the rounds of (this target's p50/p99/p99.9 minus `direct`'s in the same
+    /// round); absent without a `direct` measurement.
+    added_p50_us: Option<f64>,
+    added_p99_us: Option<f64>,
+    added_p999_us: Option<f64>,
+    cpu_us_per_request: Option<f64>,
+    rss_peak_mib: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Each target's medians over `rounds`, in the order of the first round.
+fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    let report = |round: &[Outcome], name: &str| {
+        round
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.report.as_ref())
+            .cloned()
+    };
+    let mut out = Vec::new();
+    for name in first.iter().map(|o| o.name) {
+        let measured: Vec<(Report, Option<Report>)> = rounds
+            .iter()
+            .filter_map(|r| report(r, name).map(|rep| (rep, report(r, "direct"))))
+            .collect();
+        if measured.is_empty() {
+            continue;
+        }
+        let of = |f: &dyn Fn(&Report) -> f64| median(measured.iter().map(|(r, _)| f(r)).collect());
+        let added = |f: &dyn Fn(&Report) -> u64| {
+            median(
+                measured
+                    .iter()
+                    .filter_map(|(r, d)| d.as_ref().map(|d| f(r) as f64 - f(d) as f64))
+                    .collect(),
+            )
+        };
+        let process = |f: &dyn Fn(&otlp_mesh_bench::ProcessUsage) -> f64| {
+            median(
+                measured
+                    .iter()
+                    .filter_map(|(r, _)| r.processes.first().map(f))
+                    .collect(),
+            )
+        };
+        out.push(Median {
+            name,
+            rounds: measured.len(),
+            throughput_rps: of(&|r| r.throughput_rps).unwrap_or(0.0),
+            p50_us: of(&|r| r.latency.p50_us as f64).unwrap_or(0.0),
+            p99_us: of(&|r| r.latency.p99_us as f64).unwrap_or(0.0),
+            p999_us: of(&|r| r.latency.p999_us as f64).unwrap_or(0.0),
+            added_p50_us: added(&|r| r.latency.p50_us),
+            added_p99_us: added(&|r| r.latency.p99_us),
+            added_p999_us: added(&|r| r.latency.p999_us),
+            cpu_us_per_request: process(&|p| p.cpu_us_per_request),
+            rss_peak_mib: process(&|p| p.rss_peak_bytes as f64 / 1048576.0),
+        });
+    }
+    out
+}
+
+fn print_medians(medians: &[Median], rounds: usize) {
+    println!("median of {rounds} rounds");
+    println!(
+        "{:<19} {:>7} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>9}",
+        "target",
+        "rounds",
+        "req/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "added p50",
+        "added p99",
+        "cpu-µs/req",
+        "rss-MiB"
+    );
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    for m in medians {
+        println!(
+            "{:<19} {:>7} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>10} {:>11} {:>9}",
+            m.name,
+            m.rounds,
+            m.throughput_rps,
+            m.p50_us,
+            m.p99_us,
+            m.p999_us,
+            opt(m.added_p50_us, 0),
+            opt(m.added_p99_us, 0),
+            opt(m.cpu_us_per_request, 1),
+            opt(m.rss_peak_mib, 1),
+        );
+    }
+    println!(
+        "(latencies in µs; added = the target's percentile minus direct's in the same round, then the median over rounds)"
+    );
 }
 
 /// otlp-mesh with one worker on the config `template` filled for this run.
@@ -578,4 +734,94 @@ async fn answer(
         resp.headers_mut().insert("grpc-encoding", e);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otlp_mesh_bench::{Errors, ProcessUsage};
+
+    fn measured(name: &'static str, p99_us: u64, rps: f64, cpu: Option<f64>) -> Outcome {
+        let report = Report {
+            url: "http://127.0.0.1:1/".into(),
+            protocol: Protocol::Http1,
+            mode: "open".into(),
+            connections: 50,
+            workers: 1,
+            duration_s: 10.0,
+            target_rate: Some(20000.0),
+            requests: 1000,
+            ok: 1000,
+            errors: Errors::default(),
+            throughput_rps: rps,
+            latency: otlp_mesh_bench::Percentiles {
+                p50_us: p99_us / 2,
+                p99_us,
+                p999_us: p99_us * 2,
+                ..Default::default()
+            },
+            latency_uncorrected: None,
+            processes: cpu
+                .map(|c| ProcessUsage {
+                    pid: 1,
+                    name: name.into(),
+                    cpu_seconds: 1.0,
+                    cpu_us_per_request: c,
+                    rss_peak_bytes: 16 << 20,
+                })
+                .into_iter()
+                .collect(),
+            unix_time_s: 0,
+            timeline_bucket_ms: 100,
+            timeline: Vec::new(),
+            latency_distribution: Vec::new(),
+        };
+        outcome(name, Ok(report))
+    }
+
+    #[test]
+    fn medians_take_added_latency_per_round_and_leave_out_failed_rounds() {
+        let rounds = vec![
+            vec![
+                measured("direct", 1000, 100.0, None),
+                measured("otlp-mesh", 1500, 90.0, Some(10.0)),
+                measured("haproxy", 1100, 95.0, Some(8.0)),
+            ],
+            vec![
+                measured("direct", 3000, 100.0, None),
+                measured("otlp-mesh", 2800, 80.0, Some(12.0)),
+                outcome("haproxy", Err("exited".into())),
+            ],
+            vec![
+                measured("direct", 2000, 100.0, None),
+                measured("otlp-mesh", 2600, 70.0, Some(11.0)),
+                measured("haproxy", 2300, 85.0, Some(9.0)),
+            ],
+        ];
+        let m = medians(&rounds);
+        let names: Vec<&str> = m.iter().map(|m| m.name).collect();
+        assert_eq!(names, ["direct", "otlp-mesh", "haproxy"]);
+        assert_eq!(m[0].added_p99_us, Some(0.0));
+        assert_eq!(m[0].cpu_us_per_request, None);
+        // Added p99 per round: +500, -200, +600; the median of the differences, not the
+        // difference of the medians (2600 - 2000).
+        assert_eq!(m[1].rounds, 3);
+        assert_eq!(m[1].p99_us, 2600.0);
+        assert_eq!(m[1].added_p99_us, Some(500.0));
+        assert_eq!(m[1].added_p50_us, Some(250.0));
+        assert_eq!(m[1].throughput_rps, 80.0);
+        assert_eq!(m[1].cpu_us_per_request, Some(11.0));
+        // haproxy failed in round 2: two rounds, +100 and +300, median 200.
+        assert_eq!(m[2].rounds, 2);
+        assert_eq!(m[2].added_p99_us, Some(200.0));
+        assert_eq!(m[2].cpu_us_per_request, Some(8.5));
+        assert_eq!(m[2].rss_peak_mib, Some(16.0));
+    }
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
 }

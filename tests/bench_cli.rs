@@ -375,6 +375,66 @@ fn bench_compare_only_runs_the_named_targets() {
     assert_eq!(names, ["otlp-mesh", "otlp-mesh+telemetry"]);
 }
 
+/// `bench-compare --rounds 2`: every target measured in each round, and per target the medians
+/// over the rounds with the latency added over `direct`'s in the same round.
+#[test]
+fn bench_compare_rounds_report_every_round_and_the_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let mut p = Proc::spawn(&[
+        "bench-compare",
+        "-d",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "-c",
+        "2",
+        "--rate",
+        "400",
+        "--rounds",
+        "2",
+        "--only",
+        "direct,otlp-mesh",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    p.wait_exit_blocking(Duration::from_secs(60));
+    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
+    let v = read_json(&json);
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    let p99 = |round: &serde_json::Value, name: &str| {
+        round
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing in {round}"))["report"]["latency"]["p99_us"]
+            .as_f64()
+            .unwrap()
+    };
+    let added: Vec<f64> = rounds
+        .iter()
+        .map(|r| p99(r, "otlp-mesh") - p99(r, "direct"))
+        .collect();
+    assert_eq!(v["targets"], rounds[0]);
+    let medians = v["medians"].as_array().unwrap();
+    let names: Vec<&str> = medians
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["direct", "otlp-mesh"]);
+    let mesh = &medians[1];
+    assert_eq!(mesh["rounds"], 2);
+    assert_eq!(
+        mesh["added_p99_us"].as_f64().unwrap(),
+        (added[0] + added[1]) / 2.0
+    );
+    assert!(mesh["cpu_us_per_request"].as_f64().unwrap() > 0.0);
+    assert_eq!(medians[0]["added_p99_us"].as_f64(), Some(0.0));
+    assert!(p.stdout().contains("median of 2 rounds"), "{}", p.stdout());
+}
+
 // ---------------------------------------------------------------------------------------------
 // gRPC
 // ---------------------------------------------------------------------------------------------

@@ -81,6 +81,29 @@ async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// Reads one whole response with a `content-length` body (empty when the peer closes first).
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return String::new(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Reads whatever arrives until the peer closes; `closed` is false when it did not close
 /// within `within`.
 async fn read_until_close(stream: &mut TcpStream, within: Duration) -> (String, bool) {
@@ -351,6 +374,45 @@ async fn idle_keep_alive_connection_is_closed_after_the_header_timeout() {
         "closed too early: {:?}",
         start.elapsed()
     );
+}
+
+/// Each request head restarts the header-read timeout: a keep-alive connection busy for longer
+/// than the timeout, with shorter pauses, stays open; once idle it is closed a timeout later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_restarts_with_each_request_on_a_keep_alive_connection() {
+    let up = Upstream::echo("up").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let limits = "    limits: { header_read_timeout: 1s }\n";
+    let yaml = one_route(admin, edge, limits, "", &static_cluster("up", &[up.addr]));
+    let _mesh = Mesh::start(admin, &yaml).await;
+
+    let mut stream = TcpStream::connect(edge).await.unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..5 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        stream
+            .write_all(format!("GET /r{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let resp = read_response(&mut stream).await;
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "request {i} after {:?}: {resp:.200}",
+            start.elapsed()
+        );
+    }
+    assert!(start.elapsed() >= Duration::from_millis(2400));
+    let idle = std::time::Instant::now();
+    let (_, closed) = read_until_close(&mut stream, Duration::from_secs(6)).await;
+    assert!(closed, "idle keep-alive connection still open after 6 s");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "closed too early once idle: {:?}",
+        idle.elapsed()
+    );
+    assert_eq!(up.hits(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ mod resources;
 pub mod timeline;
 
 pub use baseline::{Comparison, Delta, compare};
-pub use histogram::{DistributionPoint, Latency, OpenLoopRecorder};
+pub use histogram::{DistributionPoint, Latency, OpenLoopRecorder, Percentiles};
 pub use load::{BenchConfig, GRPC_ECHO_METHOD, Protocol, check_grpc_method, grpc_frame, run};
 pub use report::{Errors, ProcessUsage, Report};
 pub use resources::ProcessSampler;

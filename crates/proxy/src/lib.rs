@@ -8,6 +8,7 @@
 pub mod body;
 pub mod cluster;
 pub mod error;
+mod head_timer;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

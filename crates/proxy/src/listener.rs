@@ -1,5 +1,6 @@
 //! Listener tasks: accept connections, serve HTTP/1.1 and h2c on each, drain on stop.
 
+use crate::head_timer::HeadTimer;
 use crate::service::{ListenerState, handle};
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -105,7 +106,7 @@ fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer::default())
         .header_read_timeout(Duration::from(limits.header_read_timeout))
         .max_buf_size(
             usize::try_from(limits.max_request_headers.0)
