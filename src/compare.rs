@@ -204,11 +204,9 @@ fn measure(
 pub fn run(args: CompareArgs) -> ExitCode {
     match run_inner(&args) {
         Ok(rounds) => {
-            for (i, outcomes) in rounds.iter().enumerate() {
-                if rounds.len() > 1 {
-                    println!("round {} of {}", i + 1, rounds.len());
-                }
-                print_table(outcomes);
+            // Several rounds are printed one by one as they finish (`compare_in`).
+            if let [only] = rounds.as_slice() {
+                print_table(only);
             }
             let medians = (rounds.len() > 1).then(|| medians(&rounds));
             if let Some(m) = &medians {
@@ -276,8 +274,13 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outco
     };
     let body = body.as_deref();
     let mut rounds = Vec::new();
-    for _ in 0..args.rounds {
-        rounds.push(round(me, dir, args, upstream, body)?);
+    for i in 1..=args.rounds {
+        let outcomes = round(me, dir, args, upstream, body)?;
+        if args.rounds > 1 {
+            println!("round {i} of {}", args.rounds);
+            print_table(&outcomes);
+        }
+        rounds.push(outcomes);
     }
     drop(up);
     Ok(rounds)

@@ -8,8 +8,6 @@ use crate::resources::ProcessSampler;
 use crate::timeline::Timeline;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -186,7 +184,9 @@ struct WorkerResult {
     errors: Errors,
 }
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+/// HTTP/2 straight on the `h2` crate: hyper's client would add a dispatch channel between the
+/// request and the connection task, and a spawned task per request body (every gRPC call).
+type H2Sender = h2::client::SendRequest<Bytes>;
 
 enum Conn {
     H1(H1Conn),
@@ -209,11 +209,14 @@ impl Conn {
         match cfg.protocol {
             Protocol::Http1 => Ok(Conn::H1(H1Conn::new(stream))),
             Protocol::H2c | Protocol::Grpc => {
-                let io = TokioIo::new(stream);
-                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                let (send, conn) = h2::client::handshake(stream)
                     .await
                     .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "HTTP/2 connection ended");
+                    }
+                });
                 Ok(Conn::H2(send))
             }
         }
@@ -248,22 +251,31 @@ impl Conn {
                 });
             }
             Conn::H2(s) => {
-                s.ready().await.map_err(|e| e.to_string())?;
-                s.send_request(request(cfg)).await
+                std::future::poll_fn(|cx| s.poll_ready(cx))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let end = cfg.body.is_empty();
+                let (resp, mut send) = s
+                    .send_request(request(cfg), end)
+                    .map_err(|e| e.to_string())?;
+                if !end {
+                    send.send_data(cfg.body.clone(), true)
+                        .map_err(|e| e.to_string())?;
+                }
+                resp.await
             }
         }
         .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let (parts, mut body) = resp.into_parts();
-        // Read the whole body: a response is complete only when its last byte arrived. Frames are
-        // dropped as they come (no buffering); the trailers are kept for gRPC.
-        let mut trailers = None;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            if let Ok(t) = frame.into_trailers() {
-                trailers = Some(t);
-            }
+        // Read the whole body: a response is complete only when its last byte arrived. Data is
+        // dropped as it comes (no buffering) and its window given back; the trailers are kept
+        // for gRPC.
+        while let Some(data) = body.data().await {
+            let data = data.map_err(|e| e.to_string())?;
+            let _ = body.flow_control().release_capacity(data.len());
         }
+        let trailers = body.trailers().await.map_err(|e| e.to_string())?;
         Ok(match protocol {
             Protocol::Grpc => grpc_outcome(status, &parts.headers, trailers.as_ref()),
             Protocol::Http1 | Protocol::H2c if status >= 400 => Err(Failure::Http(status)),
@@ -272,15 +284,17 @@ impl Conn {
     }
 }
 
-/// An HTTP/2 request (HTTP/1.1 requests are encoded once, [`EncodedRequest`]).
-fn request(cfg: &BenchConfig) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .method(cfg.method.clone())
-        .uri(cfg.url.clone());
+/// An HTTP/2 request head; the body is sent apart (HTTP/1.1 requests are encoded once,
+/// [`EncodedRequest`]).
+fn request(cfg: &BenchConfig) -> Request<()> {
+    let mut req = Request::new(());
+    *req.method_mut() = cfg.method.clone();
+    *req.uri_mut() = cfg.url.clone();
+    let headers = req.headers_mut();
     for (k, v) in &cfg.headers {
-        b = b.header(k, v);
+        headers.append(k.clone(), v.clone());
     }
-    b.body(Full::new(cfg.body.clone())).unwrap_or_default()
+    req
 }
 
 /// For gRPC: checks the method, frames the message, sets POST and the gRPC headers (unless given).
@@ -577,6 +591,8 @@ fn fastrand_f64() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
@@ -678,11 +694,7 @@ mod tests {
         // A content type given by the user is kept (and not doubled).
         let ct: Vec<_> = req.headers().get_all("content-type").iter().collect();
         assert_eq!(ct, ["application/grpc+proto"]);
-        assert_eq!(
-            http_body::Body::size_hint(req.body()).exact(),
-            Some(7),
-            "5-byte prefix + message"
-        );
+        assert_eq!(cfg.body.len(), 7, "5-byte prefix + message");
         let bad = prepare(BenchConfig {
             url: Uri::from_static("http://127.0.0.1:1/"),
             protocol: Protocol::Grpc,
