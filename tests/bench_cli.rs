@@ -293,26 +293,27 @@ fn bad_arguments_are_explained() {
     assert!(p.stderr().contains("unknown unit"), "{}", p.stderr());
 }
 
+/// Runs `bench-compare` with `args` (and `--json`); its JSON report and the ended process.
+fn bench_compare(args: &[&str], within: Duration) -> (serde_json::Value, Proc) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let mut argv = vec!["bench-compare"];
+    argv.extend_from_slice(args);
+    argv.extend(["--json", json.to_str().unwrap()]);
+    let mut p = Proc::spawn(&argv);
+    p.wait_exit_blocking(within);
+    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
+    (read_json(&json), p)
+}
+
 /// `bench-compare` measures the direct upstream and otlp-mesh, and reports each peer as measured
 /// or skipped (never silently dropped).
 #[test]
 fn bench_compare_reports_every_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("compare.json");
-    let mut p = Proc::spawn(&[
-        "bench-compare",
-        "-d",
-        "500ms",
-        "--warmup",
-        "100ms",
-        "-c",
-        "4",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    p.wait_exit_blocking(Duration::from_secs(90));
-    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
-    let v = read_json(&json);
+    let (v, p) = bench_compare(
+        &["-d", "500ms", "--warmup", "100ms", "-c", "4"],
+        Duration::from_secs(90),
+    );
     let targets = v["targets"].as_array().unwrap();
     let names: Vec<&str> = targets
         .iter()
@@ -348,24 +349,19 @@ fn bench_compare_reports_every_target() {
 /// `--only` restricts the targets to the ones named.
 #[test]
 fn bench_compare_only_runs_the_named_targets() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("compare.json");
-    let mut p = Proc::spawn(&[
-        "bench-compare",
-        "-d",
-        "300ms",
-        "--warmup",
-        "100ms",
-        "-c",
-        "2",
-        "--only",
-        "otlp-mesh,otlp-mesh+telemetry",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    p.wait_exit_blocking(Duration::from_secs(60));
-    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
-    let v = read_json(&json);
+    let (v, _) = bench_compare(
+        &[
+            "-d",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "-c",
+            "2",
+            "--only",
+            "otlp-mesh,otlp-mesh+telemetry",
+        ],
+        Duration::from_secs(60),
+    );
     let names: Vec<&str> = v["targets"]
         .as_array()
         .unwrap()
@@ -379,28 +375,23 @@ fn bench_compare_only_runs_the_named_targets() {
 /// over the rounds with the latency added over `direct`'s in the same round.
 #[test]
 fn bench_compare_rounds_report_every_round_and_the_medians() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("compare.json");
-    let mut p = Proc::spawn(&[
-        "bench-compare",
-        "-d",
-        "300ms",
-        "--warmup",
-        "100ms",
-        "-c",
-        "2",
-        "--rate",
-        "400",
-        "--rounds",
-        "2",
-        "--only",
-        "direct,otlp-mesh",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    p.wait_exit_blocking(Duration::from_secs(60));
-    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
-    let v = read_json(&json);
+    let (v, p) = bench_compare(
+        &[
+            "-d",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "-c",
+            "2",
+            "--rate",
+            "400",
+            "--rounds",
+            "2",
+            "--only",
+            "direct,otlp-mesh",
+        ],
+        Duration::from_secs(60),
+    );
     let rounds = v["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 2);
     let p99 = |round: &serde_json::Value, name: &str| {
@@ -610,26 +601,21 @@ async fn grpc_mode_counts_wrong_methods_and_error_statuses_as_errors() {
 #[test]
 fn bench_compare_over_grpc_and_h2c_measures_every_target_without_errors() {
     for protocol in ["grpc", "h2c"] {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("compare.json");
-        let mut p = Proc::spawn(&[
-            "bench-compare",
-            "--protocol",
-            protocol,
-            "-d",
-            "400ms",
-            "--warmup",
-            "100ms",
-            "-c",
-            "2",
-            "--streams",
-            "2",
-            "--json",
-            json.to_str().unwrap(),
-        ]);
-        p.wait_exit_blocking(Duration::from_secs(120));
-        assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
-        let v = read_json(&json);
+        let (v, _) = bench_compare(
+            &[
+                "--protocol",
+                protocol,
+                "-d",
+                "400ms",
+                "--warmup",
+                "100ms",
+                "-c",
+                "2",
+                "--streams",
+                "2",
+            ],
+            Duration::from_secs(120),
+        );
         let targets = v["targets"].as_array().unwrap();
         assert_eq!(targets.len(), 6, "{v}");
         for t in targets {

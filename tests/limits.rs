@@ -322,14 +322,19 @@ async fn malformed_request_gets_400_and_the_connection_closes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_header_block_is_cut_off() {
+/// An echo upstream behind otlp-mesh with a 1 s header-read timeout; the listener's address.
+async fn mesh_with_header_timeout_1s() -> (Upstream, Mesh, std::net::SocketAddr) {
     let up = Upstream::echo("up").await;
     let (admin, edge) = (free_addr(), free_addr());
     let limits = "    limits: { header_read_timeout: 1s }\n";
     let yaml = one_route(admin, edge, limits, "", &static_cluster("up", &[up.addr]));
-    let _mesh = Mesh::start(admin, &yaml).await;
+    let mesh = Mesh::start(admin, &yaml).await;
+    (up, mesh, edge)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_block_is_cut_off() {
+    let (up, _mesh, edge) = mesh_with_header_timeout_1s().await;
     let mut stream = TcpStream::connect(edge).await.unwrap();
     stream
         .write_all(b"GET /slowloris HTTP/1.1\r\nhost: x\r\nx-partial: 1\r\n")
@@ -354,12 +359,7 @@ async fn slow_header_block_is_cut_off() {
 /// The header-read timeout also closes an idle keep-alive connection waiting for its next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let up = Upstream::echo("up").await;
-    let (admin, edge) = (free_addr(), free_addr());
-    let limits = "    limits: { header_read_timeout: 1s }\n";
-    let yaml = one_route(admin, edge, limits, "", &static_cluster("up", &[up.addr]));
-    let _mesh = Mesh::start(admin, &yaml).await;
-
+    let (_up, _mesh, edge) = mesh_with_header_timeout_1s().await;
     let mut stream = TcpStream::connect(edge).await.unwrap();
     stream
         .write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -380,12 +380,7 @@ async fn idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 /// than the timeout, with shorter pauses, stays open; once idle it is closed a timeout later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_timeout_restarts_with_each_request_on_a_keep_alive_connection() {
-    let up = Upstream::echo("up").await;
-    let (admin, edge) = (free_addr(), free_addr());
-    let limits = "    limits: { header_read_timeout: 1s }\n";
-    let yaml = one_route(admin, edge, limits, "", &static_cluster("up", &[up.addr]));
-    let _mesh = Mesh::start(admin, &yaml).await;
-
+    let (up, _mesh, edge) = mesh_with_header_timeout_1s().await;
     let mut stream = TcpStream::connect(edge).await.unwrap();
     let start = std::time::Instant::now();
     for i in 0..5 {
