@@ -1,0 +1,23 @@
+//! The HTTP/1.1 wire format (RFC 9112) for an upstream client, without I/O: request heads and
+//! chunked request bodies written into caller-owned buffers, response heads parsed off the
+//! connection's read buffer, and response bodies framed as they arrive.
+//!
+//! Why not hyper's client: it drives each connection from a task of its own, reached through a
+//! dispatch channel, and builds a body channel per response; for a proxy that forwards small
+//! requests that is about a third of its instructions per request and a scheduling hop in each
+//! direction (`docs/benchmarks.md`). With the wire format on its own, the request's task can
+//! write and read the upstream socket itself. Parsing is httparse's, as in hyper.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod request;
+mod response;
+mod response_body;
+
+pub use error::Error;
+pub use request::{
+    BodySize, RequestFraming, encode_chunk_head, encode_last_chunk, encode_request_head,
+};
+pub use response::{HeadLimits, MAX_HEADERS, ResponseFraming, ResponseHead, parse_response_head};
+pub use response_body::{BodyDecoder, Decoded};
