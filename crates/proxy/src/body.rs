@@ -1,6 +1,6 @@
 //! Body types: the limited request body sent upstream and the response body sent downstream.
 
-use crate::pool::h1::Lease;
+use crate::pool::h1::{LeanBody, Lease};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -91,6 +91,12 @@ pin_project! {
             // with an unfinished body, which closes the connection).
             lease: Option<Lease>,
         },
+        /// An HTTP/1.1 body read off its connection by this body's poller.
+        Lean {
+            #[pin]
+            inner: LeanBody,
+            guard: Option<InFlight>,
+        },
         Full {
             #[pin]
             inner: Full<Bytes>,
@@ -98,10 +104,31 @@ pin_project! {
     }
 }
 
+/// An upstream response body as a pool hands it over.
+#[derive(Debug)]
+pub enum Received {
+    /// From hyper's client (HTTP/2, and HTTP/1.1 requests with a body), with the HTTP/1.1
+    /// connection's lease.
+    Hyper(Incoming, Option<Lease>),
+    /// From a lean HTTP/1.1 exchange.
+    Lean(LeanBody),
+}
+
 impl ProxyBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         ProxyBody::Full {
             inner: Full::new(data.into()),
+        }
+    }
+
+    /// The body of an upstream response; `guard` keeps the request counted until it ends.
+    pub fn received(body: Received, guard: InFlight) -> Self {
+        match body {
+            Received::Hyper(inner, lease) => Self::upstream(inner, guard, lease),
+            Received::Lean(inner) => ProxyBody::Lean {
+                guard: (!inner.is_end_stream()).then_some(guard),
+                inner,
+            },
         }
     }
 
@@ -122,7 +149,7 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -154,6 +181,13 @@ impl Body for ProxyBody {
                     }
                     _ => {}
                 }
+                out.map_err(Into::into)
+            }
+            ProxyBodyProj::Lean { inner, guard } => {
+                let out = inner.poll_frame(cx);
+                if let Poll::Ready(None | Some(Err(_))) = &out {
+                    guard.take();
+                }
                 out
             }
             ProxyBodyProj::Full { inner } => match inner.poll_frame(cx) {
@@ -168,6 +202,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Lean { inner, .. } => inner.is_end_stream(),
             ProxyBody::Full { inner } => inner.is_end_stream(),
         }
     }
@@ -175,6 +210,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Lean { inner, .. } => inner.size_hint(),
             ProxyBody::Full { inner } => inner.size_hint(),
         }
     }

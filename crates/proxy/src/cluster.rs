@@ -1,10 +1,10 @@
 //! Clusters: an endpoint set, a balancer, an optional circuit breaker and an upstream
 //! connection pool, exposed as a tower service.
 
-use crate::body::{ProxyBody, RequestBodyError, UpstreamBody};
+use crate::body::{ProxyBody, Received, RequestBodyError, UpstreamBody};
 use crate::error::ProxyError;
 use crate::pool::PoolError;
-use crate::pool::h1::{H1Pool, H1Settings, Lease};
+use crate::pool::h1::{H1Pool, H1Settings, LeanBody, Lease};
 use crate::pool::h2::H2Pool;
 use arc_swap::ArcSwap;
 use http::{Request, Response, Uri};
@@ -366,8 +366,14 @@ impl Cluster {
             Pool::Http1(pool) => {
                 origin_form(&mut req, &endpoint.authority);
                 // The pool runs on the cluster's clock: the pick's time serves its idle check.
-                Upstream::Http1 {
-                    inner: Box::pin(pool.send(endpoint.addr, req, now)),
+                if http_body::Body::is_end_stream(req.body()) {
+                    Upstream::Lean {
+                        inner: Box::pin(pool.send_lean(endpoint.addr, req, now)),
+                    }
+                } else {
+                    Upstream::Http1 {
+                        inner: Box::pin(pool.send(endpoint.addr, req, now)),
+                    }
                 }
             }
             Pool::H2(pool) => {
@@ -442,24 +448,38 @@ fn upstream_error(message: String, kind: FailureKind) -> ProxyError {
 type H1Future = Pin<
     Box<dyn Future<Output = Result<(Response<hyper::body::Incoming>, Lease), PoolError>> + Send>,
 >;
+type LeanFuture = Pin<Box<dyn Future<Output = Result<Response<LeanBody>, PoolError>> + Send>>;
 type H2Future =
     Pin<Box<dyn Future<Output = Result<Response<hyper::body::Incoming>, PoolError>> + Send>>;
 
-/// An upstream exchange up to its response head (and, for HTTP/1.1, the connection's lease).
+/// An upstream exchange up to its response head (and, for HTTP/1.1 through hyper, the
+/// connection's lease).
 enum Upstream {
-    Http1 { inner: H1Future },
-    H2 { inner: H2Future },
+    Http1 {
+        inner: H1Future,
+    },
+    /// HTTP/1.1 without a request body, driven by this future and then by the response body.
+    Lean {
+        inner: LeanFuture,
+    },
+    H2 {
+        inner: H2Future,
+    },
 }
 
 impl Future for Upstream {
-    type Output = Result<(Response<hyper::body::Incoming>, Option<Lease>), PoolError>;
+    type Output = Result<Response<Received>, PoolError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Upstream::Http1 { inner } => inner
                 .as_mut()
                 .poll(cx)
-                .map_ok(|(resp, lease)| (resp, Some(lease))),
-            Upstream::H2 { inner } => inner.as_mut().poll(cx).map_ok(|resp| (resp, None)),
+                .map_ok(|(resp, lease)| resp.map(|b| Received::Hyper(b, Some(lease)))),
+            Upstream::Lean { inner } => inner.as_mut().poll(cx).map_ok(|r| r.map(Received::Lean)),
+            Upstream::H2 { inner } => inner
+                .as_mut()
+                .poll(cx)
+                .map_ok(|resp| resp.map(|b| Received::Hyper(b, None))),
         }
     }
 }
@@ -552,7 +572,7 @@ impl Future for ClusterFuture {
                     )));
                 };
                 Poll::Ready(match result {
-                    Ok((resp, lease)) => {
+                    Ok(resp) => {
                         // Latency is recorded at the response head: a long body is not a slow endpoint.
                         let outcome = if resp.status().is_server_error() {
                             Outcome::Failure
@@ -564,7 +584,7 @@ impl Future for ClusterFuture {
                             guard.endpoint().addr,
                             Observation::Status(resp.status().as_u16()),
                         );
-                        Ok(resp.map(|b| ProxyBody::upstream(b, guard, lease)))
+                        Ok(resp.map(|b| ProxyBody::received(b, guard)))
                     }
                     Err(e) => {
                         cluster.complete(&mut guard, Outcome::Failure);
@@ -602,6 +622,7 @@ fn classify(e: PoolError, guard: &InFlight, cluster: &Cluster) -> ProxyError {
     let err: &(dyn std::error::Error + 'static) = match &e {
         PoolError::Connect(reason) => return connect_failed(reason.clone()),
         PoolError::Request(e) => e,
+        PoolError::Exchange(e) => e.as_ref(),
     };
     let mut kind = FailureKind::Other;
     let mut source = Some(err);

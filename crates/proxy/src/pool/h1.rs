@@ -9,6 +9,10 @@
 //! picked (no hashing of scheme and authority, no absolute URIs converted back to origin form)
 //! and spawns no task per request: the connection goes back when the body ends.
 
+mod lean;
+
+pub use lean::LeanBody;
+
 use super::{PoolError, Slots};
 use crate::body::UpstreamBody;
 use http::{Request, Response};
@@ -16,6 +20,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use lean::{Conn, LeanSlot};
 use otlp_mesh_balance::{Clock, Timestamp};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -45,6 +50,8 @@ struct Slot<B> {
     // A short critical section per checkout and per return, never held across an await; one
     // lock per endpoint, not per pool.
     idle: Mutex<Vec<Idle<B>>>,
+    /// Connections for exchanges without a request body, driven by their requests.
+    lean: Arc<LeanSlot>,
     settings: Arc<H1Settings>,
 }
 
@@ -89,7 +96,7 @@ impl<B> Slot<B> {
     }
 
     fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        self.idle.lock().map(|i| i.len()).unwrap_or(0) + self.lean.idle_count()
     }
 }
 
@@ -169,6 +176,7 @@ where
         self.slots.get(addr, || Slot {
             addr,
             idle: Mutex::new(Vec::new()),
+            lean: Arc::new(LeanSlot::new(self.settings.clone())),
             settings: self.settings.clone(),
         })
     }
@@ -224,6 +232,50 @@ where
     }
 }
 
+impl<B> H1Pool<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Sends a request without a body (origin-form URI, `Host` set) to `addr`, driven by the
+    /// caller's task (see [`LeanBody`]): on an idle connection or a new one. An idempotent
+    /// request that a reused connection closed without answering is sent again on the next one
+    /// (the server closed it as idle while the request was on its way).
+    pub fn send_lean(
+        &self,
+        addr: SocketAddr,
+        req: Request<B>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Response<LeanBody>, PoolError>> + Send + use<B> {
+        let slot = self.slot(addr);
+        let (parts, _empty) = req.into_parts();
+        let lean = slot.lean.clone();
+        let (connect_timeout, retry) = (
+            self.settings.connect_timeout,
+            lean::is_idempotent(&parts.method),
+        );
+        async move {
+            // Bounded: each round takes an idle connection (the list only shrinks here) or
+            // ends with a new one.
+            loop {
+                let (mut conn, reused) = match lean.checkout(now) {
+                    Some(conn) => (conn, true),
+                    None => (
+                        Conn::new(super::connect(addr, connect_timeout).await?),
+                        false,
+                    ),
+                };
+                match conn.exchange(&parts).await {
+                    Ok(head) => return Ok(lean::response(head, conn, lean)),
+                    Err(e) if reused && retry && e.unanswered() => continue,
+                    Err(e) => return Err(PoolError::Exchange(Box::new(e))),
+                }
+            }
+        }
+    }
+}
+
 /// Closes idle connections past the idle timeout, checking every half timeout (1 s at most, so
 /// a long timeout still sees closed connections go).
 async fn sweep<B>(pool: Weak<H1Pool<B>>, idle_timeout: Duration) {
@@ -239,9 +291,12 @@ async fn sweep<B>(pool: Weak<H1Pool<B>>, idle_timeout: Duration) {
         let now = pool.settings.clock.now();
         for slot in pool.slots.all() {
             slot.sweep(now);
+            slot.lean.sweep(now);
         }
     }
 }
 
+#[cfg(test)]
+mod lean_tests;
 #[cfg(test)]
 mod tests;

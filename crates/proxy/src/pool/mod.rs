@@ -86,6 +86,9 @@ pub enum PoolError {
     /// The connection failed while the request was sent or the response head read.
     #[error(transparent)]
     Request(#[from] hyper::Error),
+    /// The same, on a connection driven by the request itself (`h1::H1Pool::send_lean`).
+    #[error(transparent)]
+    Exchange(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Opens a TCP connection to `addr` within `timeout`, with Nagle off (requests are small and

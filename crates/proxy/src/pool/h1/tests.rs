@@ -9,13 +9,13 @@ use tokio::net::TcpListener;
 
 /// A real HTTP/1.1 server counting the connections it accepted and still has open.
 /// `/close` answers with `Connection: close`, `/empty` with 204, `/big` with 1 MiB.
-struct Upstream {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
+pub(super) struct Upstream {
+    pub(super) addr: SocketAddr,
+    pub(super) accepted: Arc<AtomicUsize>,
+    pub(super) open: Arc<AtomicUsize>,
 }
 
-async fn upstream() -> Upstream {
+pub(super) async fn upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -61,7 +61,7 @@ async fn upstream() -> Upstream {
     }
 }
 
-fn settings(clock: Clock) -> H1Settings {
+pub(super) fn settings(clock: Clock) -> H1Settings {
     H1Settings {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
@@ -89,7 +89,7 @@ async fn exchange(pool: &H1Pool<Full<Bytes>>, addr: SocketAddr, path: &str) -> B
     body
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..200 {
         if check() {
             return;

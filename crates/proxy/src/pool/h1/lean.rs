@@ -1,0 +1,394 @@
+//! HTTP/1.1 exchanges without a body to send, driven by the request's own task.
+//!
+//! hyper's client connection runs in a task of its own: the request reaches it through a
+//! dispatch channel and the response comes back through a oneshot, each a wait behind every
+//! task already queued. For a request with no body (most GETs) nothing needs that: the head is
+//! written and the response read by whoever awaits the exchange, and the response body is read
+//! from the socket by whoever polls it (the downstream connection's task), which hands the
+//! connection back to the pool when the body ends. Requests with a body still go through
+//! hyper, which can read an early response while it writes a large body.
+
+use super::H1Settings;
+use crate::body::BoxError;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Response};
+use http_body::{Body, Frame, SizeHint};
+use otlp_mesh_balance::Timestamp;
+use otlp_mesh_http1::{
+    BodyDecoder, BodySize, Decoded, HeadLimits, ResponseFraming, ResponseHead, encode_request_head,
+    parse_response_head,
+};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A response head larger than this is refused (hyper's client default, 8 KiB + 100 × 4 KiB).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Reads go into at least this much free buffer space; a buffer with less left is replaced
+/// by one of [`READ_BUFFER`] bytes (the old one lives on in the bodies that share it).
+const MIN_READ: usize = 1024;
+const READ_BUFFER: usize = 16 * 1024;
+
+/// One upstream connection, used by one exchange at a time.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: TcpStream,
+    /// What was read and not yet taken: a response head, body bytes.
+    buf: BytesMut,
+    /// The request head being written (kept for its allocation).
+    out: BytesMut,
+}
+
+/// Why a lean exchange failed before its response head.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    #[error("invalid request: {0}")]
+    Request(otlp_mesh_http1::Error),
+    #[error("invalid response: {0}")]
+    Response(otlp_mesh_http1::Error),
+    /// The connection ended (or failed) before a whole response head arrived.
+    #[error("{source}")]
+    Io {
+        source: io::Error,
+        /// Bytes of a response had arrived.
+        answered: bool,
+    },
+}
+
+impl ExchangeError {
+    /// Nothing came back: on a connection that had carried exchanges before, the server most
+    /// likely closed it as idle while the request was on its way.
+    pub(crate) fn unanswered(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Io {
+                answered: false,
+                ..
+            }
+        )
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Whether the server closed the idle connection (or sent something no request asked
+    /// for), seen from the socket's readiness: no system call while nothing has arrived.
+    pub(crate) fn is_broken(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        match self
+            .stream
+            .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readable: end of file, an error, unasked-for bytes, or readiness left over from
+            // the last response (`try_read` then clears it).
+            Poll::Ready(Ok(())) => !matches!(
+                self.stream.try_read_buf(&mut self.buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Writes the head of a request without a body and reads the response head.
+    pub(crate) async fn exchange(
+        &mut self,
+        parts: &http::request::Parts,
+    ) -> Result<ResponseHead, ExchangeError> {
+        self.out.clear();
+        encode_request_head(parts, BodySize::Empty, &mut self.out)
+            .map_err(ExchangeError::Request)?;
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(|source| ExchangeError::Io {
+                source,
+                answered: false,
+            })?;
+        let limits = HeadLimits {
+            max_bytes: MAX_HEAD,
+        };
+        loop {
+            if let Some(head) = parse_response_head(&mut self.buf, &parts.method, &limits)
+                .map_err(ExchangeError::Response)?
+            {
+                return Ok(head);
+            }
+            let answered = !self.buf.is_empty();
+            reserve(&mut self.buf);
+            match tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf).await {
+                Ok(0) => {
+                    return Err(ExchangeError::Io {
+                        source: io::ErrorKind::UnexpectedEof.into(),
+                        answered,
+                    });
+                }
+                Ok(_) => {}
+                Err(source) => return Err(ExchangeError::Io { source, answered }),
+            }
+        }
+    }
+
+    /// Reads more of a body into the buffer: `Ready(Ok(false))` at end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            reserve(&mut self.buf);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => return Poll::Ready(Ok(true)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.stream.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_BUFFER);
+    }
+}
+
+/// One endpoint's idle lean connections, newest last.
+#[derive(Debug)]
+pub(crate) struct LeanSlot {
+    // A short critical section per checkout and per return, never held across an await.
+    idle: Mutex<Vec<(Conn, Timestamp)>>,
+    settings: Arc<H1Settings>,
+}
+
+impl LeanSlot {
+    pub(crate) fn new(settings: Arc<H1Settings>) -> Self {
+        LeanSlot {
+            idle: Mutex::new(Vec::new()),
+            settings,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Timestamp)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest idle connection still open and fresh; closed and expired ones are dropped.
+    pub(crate) fn checkout(&self, now: Timestamp) -> Option<Conn> {
+        let mut idle = self.lock();
+        while let Some((mut conn, since)) = idle.pop() {
+            if now.saturating_duration_since(since) < self.settings.idle_timeout
+                && !conn.is_broken()
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose exchange has ended, unless the endpoint has enough idle ones.
+    pub(crate) fn put(&self, conn: Conn) {
+        let since = self.settings.clock.now();
+        let mut idle = self.lock();
+        if idle.len() < self.settings.max_idle {
+            idle.push((conn, since));
+        }
+    }
+
+    /// Drops idle connections that are closed or past the idle timeout.
+    pub(crate) fn sweep(&self, now: Timestamp) {
+        let timeout = self.settings.idle_timeout;
+        self.lock().retain_mut(|(conn, since)| {
+            now.saturating_duration_since(*since) < timeout && !conn.is_broken()
+        });
+    }
+
+    pub(crate) fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Whether a request may be sent again after a connection closed without answering it.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A response body read off its connection by whoever polls it. The connection goes back to
+/// its pool when the body has ended (if the server keeps it open), and is closed when the body
+/// is dropped unfinished.
+pub struct LeanBody {
+    state: BodyState,
+}
+
+enum BodyState {
+    /// The whole body (possibly none) came with the head; the connection is back already.
+    Ready(Option<Bytes>),
+    Streaming(Box<Streaming>),
+    /// The trailers of a chunked body, after its last data.
+    Trailers(Option<HeaderMap>),
+}
+
+/// A body still being read from its connection.
+struct Streaming {
+    conn: Conn,
+    decoder: BodyDecoder,
+    keep_alive: bool,
+    slot: Arc<LeanSlot>,
+}
+
+impl std::fmt::Debug for LeanBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            BodyState::Ready(b) => format!("ready({:?} bytes)", b.as_ref().map(Bytes::len)),
+            BodyState::Streaming(s) => format!("streaming({:?})", s.decoder.remaining()),
+            BodyState::Trailers(_) => "trailers".into(),
+        };
+        f.debug_struct("LeanBody").field("state", &state).finish()
+    }
+}
+
+/// The response to `head` read on `conn`, whose body is taken at once when it is already in
+/// the buffer (the connection then goes back to `slot` before the response is handed on).
+pub(crate) fn response(
+    head: ResponseHead,
+    mut conn: Conn,
+    slot: Arc<LeanSlot>,
+) -> Response<LeanBody> {
+    let mut decoder = BodyDecoder::new(head.framing);
+    let buffered = match head.framing {
+        ResponseFraming::Empty => Some(None),
+        ResponseFraming::Length(n) if conn.buf.len() as u64 >= n => {
+            match decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(b)) if decoder.is_done() => Some(Some(b)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let state = match buffered {
+        Some(body) => {
+            if head.keep_alive && conn.buf.is_empty() {
+                slot.put(conn);
+            }
+            BodyState::Ready(body)
+        }
+        None => BodyState::Streaming(Box::new(Streaming {
+            conn,
+            decoder,
+            keep_alive: head.keep_alive,
+            slot,
+        })),
+    };
+    let mut resp = Response::new(LeanBody { state });
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+impl LeanBody {
+    /// Ends the streaming state: the connection goes back to its pool if it may carry another
+    /// exchange and nothing unasked-for follows the body.
+    fn finish(&mut self, then: BodyState) {
+        if let BodyState::Streaming(s) = std::mem::replace(&mut self.state, then) {
+            let Streaming {
+                conn,
+                decoder,
+                keep_alive,
+                slot,
+            } = *s;
+            if keep_alive && decoder.is_done() && conn.buf.is_empty() {
+                slot.put(conn);
+            }
+        }
+    }
+}
+
+impl Body for LeanBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let s = match &mut this.state {
+                BodyState::Ready(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                BodyState::Trailers(t) => {
+                    return Poll::Ready(t.take().map(|t| Ok(Frame::trailers(t))));
+                }
+                BodyState::Streaming(s) => s,
+            };
+            match s.decoder.decode(&mut s.conn.buf) {
+                Ok(Decoded::Data(b)) => {
+                    if s.decoder.is_done() {
+                        this.finish(BodyState::Ready(None));
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Ok(Decoded::Trailers(t)) => {
+                    this.finish(BodyState::Trailers(None));
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish(BodyState::Ready(None));
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => match ready!(s.conn.poll_fill(cx)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let end = s.decoder.eof();
+                        // A body that ends with the connection leaves nothing to reuse.
+                        this.state = BodyState::Ready(None);
+                        return Poll::Ready(match end {
+                            Ok(_) => None,
+                            Err(e) => Some(Err(e.into())),
+                        });
+                    }
+                    Err(e) => {
+                        this.state = BodyState::Ready(None);
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Err(e) => {
+                    this.state = BodyState::Ready(None);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            BodyState::Ready(b) => b.is_none(),
+            BodyState::Trailers(t) => t.is_none(),
+            BodyState::Streaming(s) => s.decoder.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            BodyState::Ready(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            BodyState::Trailers(_) => SizeHint::with_exact(0),
+            BodyState::Streaming(s) => match s.decoder.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
+    }
+}
