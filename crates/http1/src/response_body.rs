@@ -81,14 +81,13 @@ impl BodyDecoder {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    let left = n - take as u64;
+                    let (data, left) = take_up_to(buf, n);
                     self.state = if left == 0 {
                         State::Done
                     } else {
                         State::Length(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::UntilClose => {
                     if buf.is_empty() {
@@ -109,14 +108,13 @@ impl BodyDecoder {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    let left = n - take as u64;
+                    let (data, left) = take_up_to(buf, n);
                     self.state = if left == 0 {
                         State::ChunkDataEnd
                     } else {
                         State::ChunkData(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::ChunkDataEnd => {
                     if buf.len() < 2 {
@@ -157,6 +155,12 @@ impl BodyDecoder {
             _ => Err(Error::Truncated),
         }
     }
+}
+
+/// Up to `n` bytes off the front of `buf`, and how many are still to come after them.
+fn take_up_to(buf: &mut BytesMut, n: u64) -> (Bytes, u64) {
+    let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+    (buf.split_to(take).freeze(), n - take as u64)
 }
 
 /// Parses and removes a chunk-size line (`size[;extensions]CRLF`); `None` while incomplete.
