@@ -106,6 +106,11 @@ pub(crate) fn find(program: &str) -> Option<PathBuf> {
 }
 
 pub(crate) fn pinned(core: usize, program: &Path, args: &[String]) -> Result<Proc, String> {
+    pinned_to(core, program, args, Stdio::null())
+}
+
+/// [`pinned`], with the program's standard error to `stderr`.
+fn pinned_to(core: usize, program: &Path, args: &[String], stderr: Stdio) -> Result<Proc, String> {
     Command::new("taskset")
         .arg("-c")
         .arg(core.to_string())
@@ -113,10 +118,47 @@ pub(crate) fn pinned(core: usize, program: &Path, args: &[String]) -> Result<Pro
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map(Proc)
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
+}
+
+/// The last line a target wrote to its standard error (kept in `log`), for a failure message.
+fn last_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// How a target that could not start reads (see [`wait_listening`]).
+const EXITED_BEFORE_LISTENING: &str = "before listening";
+/// Starts of a target that exits before listening, on fresh ports each time.
+const START_ATTEMPTS: usize = 3;
+
+/// Runs `start` (which picks its ports) again, up to [`START_ATTEMPTS`] times in all, while
+/// the target exits before listening: a port found free can be taken before the target binds
+/// it (by another process's outgoing connection, say).
+fn with_fresh_ports<T>(
+    name: &str,
+    mut start: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Err(e) if attempt < START_ATTEMPTS && e.contains(EXITED_BEFORE_LISTENING) => {
+                eprintln!("{name}: {e}; starting it again on other ports");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Waits (at most 10 s) until `addr` accepts connections or the process exits.
@@ -127,7 +169,7 @@ pub(crate) fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), St
             return Ok(());
         }
         if let Ok(Some(status)) = proc.0.try_wait() {
-            return Err(format!("exited with {status} before listening"));
+            return Err(format!("exited with {status} {EXITED_BEFORE_LISTENING}"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -416,15 +458,22 @@ fn round(
             });
             continue;
         };
-        let listen = free_addr()?;
-        let result =
+        let log = dir.join(format!("{name}.stderr"));
+        let started = with_fresh_ports(name, || {
+            let listen = free_addr()?;
             start(&bin, dir, listen, upstream, args.protocol).and_then(|(program, argv)| {
-                let mut proc = pinned(args.proxy_core, &program, &argv)?;
-                wait_listening(&mut proc, listen)?;
-                let pid = proc.0.id();
-                // `taskset` execs the program, so the child's pid is the proxy's.
-                measure(me, args, listen, Some(pid), body)
-            });
+                let stderr = std::fs::File::create(&log)
+                    .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+                let mut proc = pinned_to(args.proxy_core, &program, &argv, stderr.into())?;
+                wait_listening(&mut proc, listen)
+                    .map_err(|e| format!("{e}: {}", last_line(&log)))?;
+                Ok((proc, listen))
+            })
+        });
+        let result = started.and_then(|(proc, listen)| {
+            // `taskset` execs the program, so the child's pid is the proxy's.
+            measure(me, args, listen, Some(proc.0.id()), body)
+        });
         outcomes.push(outcome(name, result));
     }
     Ok(outcomes)
@@ -819,6 +868,36 @@ mod tests {
         assert_eq!(m[2].added_p99_us, Some(200.0));
         assert_eq!(m[2].cpu_us_per_request, Some(8.5));
         assert_eq!(m[2].rss_peak_mib, Some(16.0));
+    }
+
+    #[test]
+    fn a_target_that_exits_before_listening_is_started_again_at_most_three_times() {
+        let exited = || {
+            Err::<(), _>(format!(
+                "exited with exit status: 1 {EXITED_BEFORE_LISTENING}"
+            ))
+        };
+        let mut calls = 0;
+        let r = with_fresh_ports("t", || {
+            calls += 1;
+            if calls < 3 { exited() } else { Ok(()) }
+        });
+        assert_eq!((r, calls), (Ok(()), 3));
+        let mut calls = 0;
+        let r = with_fresh_ports("t", || {
+            calls += 1;
+            exited()
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, START_ATTEMPTS);
+        // Other failures are not retried.
+        let mut calls = 0;
+        let r = with_fresh_ports("t", || {
+            calls += 1;
+            Err::<(), _>("cannot start nginx: not found".to_string())
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
     }
 
     #[test]
