@@ -143,17 +143,15 @@ impl Conn {
 
     /// Reads more of a body into the buffer: `Ready(Ok(false))` at end of file.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        loop {
-            reserve(&mut self.buf);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => return Poll::Ready(Ok(true)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.stream.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        reserve(&mut self.buf);
+        // Through `poll_read`, which clears the socket's readiness after a short read: the
+        // next checkout's look at the socket then needs no system call.
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.buf
+        ))?;
+        Poll::Ready(Ok(n > 0))
     }
 }
 
