@@ -126,13 +126,13 @@ impl ProxyBody {
         match body {
             Received::Hyper(inner, lease) => Self::upstream(inner, guard, lease),
             Received::Lean(inner) => ProxyBody::Lean {
-                guard: (!inner.is_end_stream()).then_some(guard),
                 inner,
+                guard: Some(guard),
             },
         }
     }
 
-    pub fn upstream(inner: Incoming, guard: InFlight, mut lease: Option<Lease>) -> Self {
+    fn upstream(inner: Incoming, guard: InFlight, mut lease: Option<Lease>) -> Self {
         if inner.is_end_stream() {
             // No body to wait for (204, 304, HEAD, `content-length: 0`).
             if let Some(l) = lease.take() {

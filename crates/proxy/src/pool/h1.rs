@@ -9,6 +9,7 @@
 //! picked (no hashing of scheme and authority, no absolute URIs converted back to origin form)
 //! and spawns no task per request: the connection goes back when the body ends.
 
+mod idle;
 mod lean;
 
 pub use lean::LeanBody;
@@ -20,10 +21,11 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use lean::{Conn, LeanSlot};
+use idle::{IdleList, Reusable};
+use lean::Conn;
 use otlp_mesh_balance::{Clock, Timestamp};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Settings of an [`H1Pool`].
@@ -47,56 +49,28 @@ pub struct H1Pool<B = UpstreamBody> {
 /// One endpoint's idle connections.
 struct Slot<B> {
     addr: SocketAddr,
-    // A short critical section per checkout and per return, never held across an await; one
-    // lock per endpoint, not per pool.
-    idle: Mutex<Vec<Idle<B>>>,
+    /// hyper's connections, for exchanges with a request body.
+    hyper: IdleList<SendRequest<B>>,
     /// Connections for exchanges without a request body, driven by their requests.
-    lean: Arc<LeanSlot>,
+    lean: Arc<IdleList<Conn>>,
     settings: Arc<H1Settings>,
 }
 
-struct Idle<B> {
-    sender: SendRequest<B>,
-    since: Timestamp,
+impl<B> Reusable for SendRequest<B> {
+    fn is_open(&mut self) -> bool {
+        !self.is_closed()
+    }
 }
 
 impl<B> Slot<B> {
-    /// The newest idle connection that is still open and fresh; expired ones are dropped.
-    fn checkout(&self, now: Timestamp) -> Option<SendRequest<B>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !self.expired(&conn, now) {
-                return Some(conn.sender);
-            }
-        }
-        None
-    }
-
-    fn expired(&self, conn: &Idle<B>, now: Timestamp) -> bool {
-        conn.sender.is_closed()
-            || now.saturating_duration_since(conn.since) >= self.settings.idle_timeout
-    }
-
-    /// Keeps a connection whose exchange has ended, unless the endpoint already has enough.
-    fn put(&self, sender: SendRequest<B>) {
-        if sender.is_closed() {
-            return;
-        }
-        let since = self.settings.clock.now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.settings.max_idle {
-            idle.push(Idle { sender, since });
-        }
-    }
-
     /// Drops idle connections that are closed or past the idle timeout.
     fn sweep(&self, now: Timestamp) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|conn| !self.expired(conn, now));
+        self.hyper.sweep(now);
+        self.lean.sweep(now);
     }
 
     fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0) + self.lean.idle_count()
+        self.hyper.len() + self.lean.len()
     }
 }
 
@@ -126,8 +100,10 @@ impl<B> std::fmt::Debug for H1Pool<B> {
 
 impl<B> Lease<B> {
     /// Returns the connection for reuse: call only once the response body has ended.
-    pub fn release(self) {
-        self.slot.put(self.sender);
+    pub fn release(mut self) {
+        if self.sender.is_open() {
+            self.slot.hyper.put(self.sender);
+        }
     }
 }
 
@@ -175,8 +151,8 @@ where
     fn slot(&self, addr: SocketAddr) -> Arc<Slot<B>> {
         self.slots.get(addr, || Slot {
             addr,
-            idle: Mutex::new(Vec::new()),
-            lean: Arc::new(LeanSlot::new(self.settings.clone())),
+            hyper: IdleList::new(self.settings.clone()),
+            lean: Arc::new(IdleList::new(self.settings.clone())),
             settings: self.settings.clone(),
         })
     }
@@ -209,7 +185,7 @@ where
         let slot = self.slot(addr);
         async move {
             // Bounded by the idle list, which only shrinks here.
-            while let Some(mut sender) = slot.checkout(now) {
+            while let Some(mut sender) = slot.hyper.checkout(now) {
                 // The previous exchange may still be finishing (its body has been read, hyper
                 // has not yet gone idle): wait for it, or skip the connection if it closes
                 // instead.
@@ -291,7 +267,6 @@ async fn sweep<B>(pool: Weak<H1Pool<B>>, idle_timeout: Duration) {
         let now = pool.settings.clock.now();
         for slot in pool.slots.all() {
             slot.sweep(now);
-            slot.lean.sweep(now);
         }
     }
 }

@@ -8,19 +8,18 @@
 //! connection back to the pool when the body ends. Requests with a body still go through
 //! hyper, which can read an early response while it writes a large body.
 
-use super::H1Settings;
+use super::idle::{IdleList, Reusable};
 use crate::body::BoxError;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
-use otlp_mesh_balance::Timestamp;
 use otlp_mesh_http1::{
     BodyDecoder, BodySize, Decoded, HeadLimits, ResponseFraming, ResponseHead, encode_request_head,
     parse_response_head,
 };
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -83,7 +82,7 @@ impl Conn {
 
     /// Whether the server closed the idle connection (or sent something no request asked
     /// for), seen from the socket's readiness: no system call while nothing has arrived.
-    pub(crate) fn is_broken(&mut self) -> bool {
+    fn is_broken(&mut self) -> bool {
         if !self.buf.is_empty() {
             return true;
         }
@@ -155,64 +154,15 @@ impl Conn {
     }
 }
 
+impl Reusable for Conn {
+    fn is_open(&mut self) -> bool {
+        !self.is_broken()
+    }
+}
+
 fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < MIN_READ {
         buf.reserve(READ_BUFFER);
-    }
-}
-
-/// One endpoint's idle lean connections, newest last.
-#[derive(Debug)]
-pub(crate) struct LeanSlot {
-    // A short critical section per checkout and per return, never held across an await.
-    idle: Mutex<Vec<(Conn, Timestamp)>>,
-    settings: Arc<H1Settings>,
-}
-
-impl LeanSlot {
-    pub(crate) fn new(settings: Arc<H1Settings>) -> Self {
-        LeanSlot {
-            idle: Mutex::new(Vec::new()),
-            settings,
-        }
-    }
-
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Timestamp)>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The newest idle connection still open and fresh; closed and expired ones are dropped.
-    pub(crate) fn checkout(&self, now: Timestamp) -> Option<Conn> {
-        let mut idle = self.lock();
-        while let Some((mut conn, since)) = idle.pop() {
-            if now.saturating_duration_since(since) < self.settings.idle_timeout
-                && !conn.is_broken()
-            {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection whose exchange has ended, unless the endpoint has enough idle ones.
-    pub(crate) fn put(&self, conn: Conn) {
-        let since = self.settings.clock.now();
-        let mut idle = self.lock();
-        if idle.len() < self.settings.max_idle {
-            idle.push((conn, since));
-        }
-    }
-
-    /// Drops idle connections that are closed or past the idle timeout.
-    pub(crate) fn sweep(&self, now: Timestamp) {
-        let timeout = self.settings.idle_timeout;
-        self.lock().retain_mut(|(conn, since)| {
-            now.saturating_duration_since(*since) < timeout && !conn.is_broken()
-        });
-    }
-
-    pub(crate) fn idle_count(&self) -> usize {
-        self.lock().len()
     }
 }
 
@@ -244,7 +194,7 @@ struct Streaming {
     conn: Conn,
     decoder: BodyDecoder,
     keep_alive: bool,
-    slot: Arc<LeanSlot>,
+    slot: Arc<IdleList<Conn>>,
 }
 
 impl std::fmt::Debug for LeanBody {
@@ -263,7 +213,7 @@ impl std::fmt::Debug for LeanBody {
 pub(crate) fn response(
     head: ResponseHead,
     mut conn: Conn,
-    slot: Arc<LeanSlot>,
+    slot: Arc<IdleList<Conn>>,
 ) -> Response<LeanBody> {
     let mut decoder = BodyDecoder::new(head.framing);
     let buffered = match head.framing {

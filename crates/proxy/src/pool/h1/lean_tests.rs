@@ -1,6 +1,7 @@
 //! Exchanges without a request body (`H1Pool::send_lean`) against real sockets: a hyper server,
 //! and raw servers that write exact bytes.
 
+use super::idle::Reusable;
 use super::tests::{eventually, settings, upstream};
 use super::*;
 use bytes::Bytes;
@@ -119,7 +120,7 @@ async fn a_connection_the_server_closed_while_idle_is_not_used() {
         eventually("the server's close to be seen", || {
             let slot = pool.slot(addr);
             let mut idle = slot.lean.lock();
-            idle.len() == 1 && idle.iter_mut().all(|(conn, _)| conn.is_broken())
+            idle.len() == 1 && idle.iter_mut().all(|(conn, _)| !conn.is_open())
         })
         .await;
     }
