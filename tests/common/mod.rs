@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -863,4 +865,120 @@ pub fn python_send(protocol: &str, endpoint: &str, service: &str) -> serde_json:
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configs with one route, raw upstreams and raw HTTP/1.1 reads
+// ---------------------------------------------------------------------------------------------
+
+/// A config with listener `edge` at `edge` sending everything to cluster `up`.
+pub fn one_route(
+    admin: SocketAddr,
+    edge: SocketAddr,
+    listener_extra: &str,
+    route_extra: &str,
+    clusters: &str,
+) -> String {
+    format!(
+        "{}listeners:
+  - name: edge
+    bind: {edge}
+{listener_extra}    routes:
+      - cluster: up
+{route_extra}clusters:
+{clusters}",
+        prelude(admin)
+    )
+}
+
+/// A cluster `name` with static endpoints (YAML under `clusters:`).
+pub fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| a.to_string()).collect();
+    format!(
+        "  - name: {name}\n    discovery:\n      static: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+/// A raw TCP "upstream" running `f` on every accepted connection; stops when dropped.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    pub async fn start<F, Fut>(f: F) -> RawUpstream
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(f(stream));
+            }
+        });
+        RawUpstream { addr, task }
+    }
+}
+
+/// Reads until the end of a request head (or EOF / 64 KiB).
+pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 << 10 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
+/// Reads one whole response with a `content-length` body (empty when the peer closes first).
+pub async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return String::new(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads whatever arrives until the peer closes; `closed` is false when it did not close
+/// within `within`.
+pub async fn read_until_close(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&buf).into_owned(), closed)
 }

@@ -1,6 +1,8 @@
-//! The HTTP/1.1 wire format (RFC 9112) for an upstream client, without I/O: request heads and
+//! The HTTP/1.1 wire format (RFC 9112), without I/O. For an upstream client: request heads and
 //! chunked request bodies written into caller-owned buffers, response heads parsed off the
-//! connection's read buffer, and response bodies framed as they arrive.
+//! connection's read buffer, and response bodies framed as they arrive. For a downstream
+//! server: heads of requests without a body parsed, and response heads framed as hyper's
+//! server frames them (anything less simple is left to hyper).
 //!
 //! Why not hyper's client: it drives each connection from a task of its own, reached through a
 //! dispatch channel, and builds a body channel per response; for a proxy that forwards small
@@ -14,6 +16,7 @@ mod error;
 mod request;
 mod response;
 mod response_body;
+mod server;
 
 pub use error::Error;
 pub use request::{
@@ -21,3 +24,7 @@ pub use request::{
 };
 pub use response::{HeadLimits, MAX_HEADERS, ResponseFraming, ResponseHead, parse_response_head};
 pub use response_body::{BodyDecoder, Decoded};
+pub use server::{
+    ParsedRequest, RequestContext, RequestHead, ResponseWrite, encode_response_head,
+    parse_request_head,
+};

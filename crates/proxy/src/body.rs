@@ -24,18 +24,22 @@ pub enum RequestBodyError {
     Downstream(#[from] hyper::Error),
 }
 
+/// A request body as a listener hands it on: hyper's, or none for a request the lean
+/// HTTP/1.1 server took (it takes only requests without a body).
+pub type DownstreamBody = Option<Incoming>;
+
 pin_project! {
     /// A streaming request body that fails once more than `limit` bytes have passed.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: DownstreamBody,
         limit: Option<u64>,
         seen: u64,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(inner: DownstreamBody, limit: Option<u64>) -> Self {
         RequestBody {
             inner,
             limit,
@@ -53,7 +57,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(limit), Some(data)) = (*this.limit, frame.data_ref()) {
                     *this.seen += data.len() as u64;
@@ -70,11 +77,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -15,8 +15,38 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-/// The connection's one timer entry, created on the first wait (and inside the runtime).
-type Entry = Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>;
+/// A connection's one timer entry for its header-read deadlines, created on the first wait
+/// (inside the runtime). Used directly by the lean HTTP/1.1 server, and behind [`HeadTimer`]
+/// by hyper's.
+#[derive(Default)]
+pub(crate) struct HeadDeadline(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl HeadDeadline {
+    /// Ready once `deadline` has passed; wakes the task then.
+    pub(crate) fn poll_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        // Runs at most twice: after a reset the entry's deadline is this wait's.
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // The entry fired for an earlier wait's deadline: move it to this one.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+type Entry = Arc<Mutex<HeadDeadline>>;
 
 /// A hyper [`Timer`] for one connection's header-read timeouts (give each connection its own).
 #[derive(Clone, Default)]
@@ -53,20 +83,10 @@ impl Future for HeadSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.deadline;
-        let mut entry = self.entry.lock().unwrap_or_else(PoisonError::into_inner);
-        let sleep = entry.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() > deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        // Runs at most twice: after a reset the entry's deadline is this wait's.
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            if sleep.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            // The entry fired for an earlier wait's deadline: move it to this one.
-            sleep.as_mut().reset(deadline);
-        }
+        self.entry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .poll_until(deadline, cx)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The per-request path: route, transform headers, call the cluster stack, transform the response.
 
-use crate::body::{ProxyBody, RequestBody, UpstreamBody};
+use crate::body::{DownstreamBody, ProxyBody, RequestBody, UpstreamBody};
 use crate::cluster::{ClientIp, Cluster, ClusterService};
 use crate::error::ProxyError;
 use crate::headers::{self, FORWARDED, VIA, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -8,7 +8,6 @@ use crate::router::{Route, RouteTable};
 use crate::trace::TraceAttempt;
 use http::header::{CONTENT_LENGTH, HOST, SERVER};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use otlp_mesh_chaos::{Fault, FaultBody, FaultRegistry, FaultReset, FaultScope, FaultTarget};
 use otlp_mesh_config::{ListenerConfig, Protocol};
 use otlp_mesh_resilience::Conditions;
@@ -251,7 +250,7 @@ impl ListenerState {
 pub async fn handle(
     state: Arc<ListenerState>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
 ) -> Result<Response<ResponseBody>, FaultReset> {
     // The one clock read at the start of a request: metrics, span and access log share it.
     let start = Instant::now();
@@ -326,7 +325,7 @@ fn record_metrics(metrics: &RouteMetrics, status: u16, start: Instant, picked: &
 async fn route_and_forward(
     state: &ListenerState,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
     trace: Option<Arc<RequestTrace>>,
     start: Instant,
     picked: &mut Picked,
