@@ -113,7 +113,8 @@ pub(super) async fn serve(
         let version = request.version();
         // Each request reads the state current when it starts; a reload never changes it
         // mid-flight.
-        let served = handle(state.load_full(), peer, request.map(|()| None));
+        // Pinned where it is made: the request's future is large, and each move is a copy.
+        let served = pin!(handle(state.load_full(), peer, request.map(|()| None)));
         let Some(response) = conn.await_response(served).await else {
             return;
         };
@@ -191,8 +192,7 @@ impl Conn {
     /// Waits for the response while watching the client: `None` if it closed the connection
     /// (the request is then dropped, as hyper drops it). Bytes of a pipelined request that
     /// arrive meanwhile are kept for later, and the watch stops there.
-    async fn await_response<F: Future>(&mut self, served: F) -> Option<F::Output> {
-        let mut served = pin!(served);
+    async fn await_response<F: Future>(&mut self, mut served: Pin<&mut F>) -> Option<F::Output> {
         let mut watching = true;
         poll_fn(|cx| {
             if let Poll::Ready(out) = served.as_mut().poll(cx) {
