@@ -51,12 +51,32 @@ pin_project! {
             #[pin]
             fut: F,
         },
+        // Boxed: a wait is rare, and holds a service and a request; inline, it would make
+        // every request's future (and every future around it) that much larger to move.
         Waiting {
-            #[pin]
-            sleep: Option<Sleep>,
-            next: Option<Next<S, Req, B>>,
+            wait: Pin<Box<Wait<S, Req, B>>>,
         },
         Done,
+    }
+}
+
+pin_project! {
+    /// A planned delay, then what comes after it.
+    struct Wait<S, Req, B> {
+        #[pin]
+        sleep: Option<Sleep>,
+        next: Option<Next<S, Req, B>>,
+    }
+}
+
+impl<F, S, Req, B> State<F, S, Req, B> {
+    fn waiting(sleep: Option<Sleep>, next: Next<S, Req, B>) -> Self {
+        State::Waiting {
+            wait: Box::pin(Wait {
+                sleep,
+                next: Some(next),
+            }),
+        }
     }
 }
 
@@ -77,10 +97,7 @@ impl<F, S, Req, B> ResponseFuture<F, S, Req, B> {
 
     pub(crate) fn wait(delay: Duration, next: Next<S, Req, B>, rest: Rest) -> Self {
         ResponseFuture {
-            state: State::Waiting {
-                sleep: (!delay.is_zero()).then(|| tokio::time::sleep(delay)),
-                next: Some(next),
-            },
+            state: State::waiting((!delay.is_zero()).then(|| tokio::time::sleep(delay)), next),
             rest: Some(Box::new(rest)),
         }
     }
@@ -162,10 +179,10 @@ where
                     let delay = this.rest.as_ref().and_then(|r| r.response_delay);
                     match delay {
                         Some(d) if !d.is_zero() => {
-                            self.as_mut().project().state.set(State::Waiting {
-                                sleep: Some(tokio::time::sleep(d)),
-                                next: Some(Next::Respond(resp)),
-                            });
+                            self.as_mut().project().state.set(State::waiting(
+                                Some(tokio::time::sleep(d)),
+                                Next::Respond(resp),
+                            ));
                         }
                         _ => {
                             let rest = this.rest.take();
@@ -174,11 +191,12 @@ where
                         }
                     }
                 }
-                StateProj::Waiting { sleep, next } => {
-                    if let Some(sleep) = sleep.as_pin_mut() {
+                StateProj::Waiting { wait } => {
+                    let wait = wait.as_mut().project();
+                    if let Some(sleep) = wait.sleep.as_pin_mut() {
                         ready!(sleep.poll(cx));
                     }
-                    let Some(next) = next.take() else {
+                    let Some(next) = wait.next.take() else {
                         panic!("fault ResponseFuture polled after completion");
                     };
                     match next {

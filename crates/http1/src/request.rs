@@ -40,19 +40,17 @@ pub fn encode_request_head(
 ) -> Result<RequestFraming, Error> {
     let headers = &parts.headers;
     let http10 = parts.version == Version::HTTP_10;
-    let given_length = match headers.contains_key(CONTENT_LENGTH) {
+    let empty = matches!(body, BodySize::Empty);
+    // A request with no body keeps only `content-length: 0` lines, judged as they are written
+    // (no lookups for the common GET).
+    let given_length = match !empty && headers.contains_key(CONTENT_LENGTH) {
         true => Some(content_length(headers).ok_or(Error::InvalidContentLength("request"))?),
         false => None,
     };
-    let given_te = !http10 && headers.contains_key(TRANSFER_ENCODING);
+    let given_te = !empty && !http10 && headers.contains_key(TRANSFER_ENCODING);
     // (framing, write the headers' own content-length, write their transfer-encoding, added header)
     let (framing, keep_length, keep_te, added): (_, _, _, &[u8]) = match body {
-        BodySize::Empty => (
-            RequestFraming::Length(0),
-            given_length == Some(0),
-            false,
-            b"",
-        ),
+        BodySize::Empty => (RequestFraming::Length(0), false, false, b""),
         _ if given_te => {
             let chunked = ends_in_chunked(headers);
             let added: &[u8] = if chunked {
@@ -90,7 +88,9 @@ pub fn encode_request_head(
         b" HTTP/1.1\r\n"
     });
     for (name, value) in headers {
-        if (name == CONTENT_LENGTH && !keep_length) || (name == TRANSFER_ENCODING && !keep_te) {
+        if (name == CONTENT_LENGTH && !(keep_length || (empty && is_zero(value))))
+            || (name == TRANSFER_ENCODING && !keep_te)
+        {
             continue;
         }
         out.put_slice(name.as_str().as_bytes());
@@ -112,34 +112,59 @@ pub fn encode_request_head(
     Ok(framing)
 }
 
+/// Whether a `content-length` value says 0 (each of its comma-separated parts).
+fn is_zero(value: &http::HeaderValue) -> bool {
+    value.as_bytes().split(|&b| b == b',').all(|part| {
+        let part = part.trim_ascii();
+        !part.is_empty() && part.iter().all(|&b| b == b'0')
+    })
+}
+
 /// The one length all `content-length` lines (and their comma-separated values) agree on.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = part.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
+        let n = length_value(value.as_bytes())?;
+        if length.is_some_and(|l| l != n) {
+            return None;
         }
+        length = Some(n);
+    }
+    length
+}
+
+/// The length a `content-length` value gives, if its comma-separated parts are all the same
+/// decimal number.
+pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
     }
     length
 }
 
 /// Whether the last `transfer-encoding` coding is `chunked`.
-pub(crate) fn ends_in_chunked(headers: &HeaderMap) -> bool {
+fn ends_in_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(TRANSFER_ENCODING)
         .iter()
         .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        .is_some_and(|v| last_coding_is_chunked(v.as_bytes()))
+}
+
+/// Whether a `transfer-encoding` value's last coding is `chunked`.
+pub(crate) fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 fn is_bodiless_method(method: &Method) -> bool {
@@ -292,6 +317,11 @@ mod tests {
         );
         assert_eq!(text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(framing, RequestFraming::Length(0));
+        let (text, _) = head(
+            req("GET", "/", &[("content-length", "5"), ("x", "1")]),
+            BodySize::Empty,
+        );
+        assert_eq!(text, "GET / HTTP/1.1\r\nx: 1\r\n\r\n");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Response heads.
 
 use crate::Error;
-use crate::request::{content_length, ends_in_chunked};
+use crate::request::{last_coding_is_chunked, length_value};
 use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -114,41 +114,45 @@ pub fn parse_response_head(
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        // What framing and keep-alive depend on, read off the fields as they are added rather
+        // than looked up afterwards.
+        let mut fields = FramingFields::default();
         for &(ns, ne, vs, ve) in &spans[..count] {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| Error::MalformedHead("invalid header name".into()))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| Error::MalformedHead(format!("invalid value of {name}")))?;
+            fields.see(&name, value.as_bytes());
             headers.append(name, value);
         }
 
         let mut keep_alive = match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
+            Version::HTTP_10 => fields.keep_alive,
+            _ => !fields.close,
         };
         let framing = if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             ResponseFraming::Empty
-        } else if headers.contains_key(TRANSFER_ENCODING) {
+        } else if fields.transfer_encoding {
             if version == Version::HTTP_10 {
                 return Err(Error::MalformedHead(
                     "transfer-encoding in an HTTP/1.0 response".into(),
                 ));
             }
             // Both fields: the length is ignored, and the connection not trusted again.
-            if headers.contains_key(CONTENT_LENGTH) {
+            if fields.length.is_some() {
                 keep_alive = false;
             }
-            if ends_in_chunked(&headers) {
+            if fields.chunked {
                 ResponseFraming::Chunked
             } else {
                 ResponseFraming::UntilClose
             }
-        } else if headers.contains_key(CONTENT_LENGTH) {
-            match content_length(&headers) {
+        } else if let Some(length) = fields.length {
+            match length {
                 Some(0) => ResponseFraming::Empty,
                 Some(n) => ResponseFraming::Length(n),
                 None => return Err(Error::InvalidContentLength("response")),
@@ -169,14 +173,37 @@ pub fn parse_response_head(
     }
 }
 
-/// Whether a `connection` field lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// The fields of a response head that decide its framing and keep-alive.
+#[derive(Default)]
+struct FramingFields {
+    /// `content-length` was given: `Some(n)` if all its values agree on `n`.
+    length: Option<Option<u64>>,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == CONTENT_LENGTH {
+            let agreed = match (self.length, length_value(value)) {
+                (None, n) => n,
+                (Some(Some(a)), Some(b)) if a == b => Some(a),
+                _ => None,
+            };
+            self.length = Some(agreed);
+        } else if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            self.chunked = last_coding_is_chunked(value);
+        } else if *name == CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use crate::request::{content_length, itoa_u64};
 use crate::{BodySize, MAX_HEADERS, ResponseFraming};
 use bytes::{BufMut, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -65,8 +65,15 @@ pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest
     let target_span = (at(target.as_bytes()), target.len() as u32);
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = req.headers.len();
+    // Read off the raw fields as they go by, rather than looked up in the map afterwards.
+    let (mut close, mut trailers) = (false, false);
     for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
         let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            close |= lists_token(field.value, b"close");
+        } else if name.eq_ignore_ascii_case(b"te") {
+            trailers |= lists_token(field.value, b"trailers");
+        }
         let body_or_more = name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -108,8 +115,7 @@ pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest
     } else {
         Version::HTTP_11
     };
-    let keep_alive = version == Version::HTTP_11 && !has_token(&headers, &CONNECTION, "close");
-    let trailers = has_token(&headers, &TE, "trailers");
+    let keep_alive = version == Version::HTTP_11 && !close;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -132,14 +138,11 @@ fn rejoin(buf: &mut BytesMut, head: bytes::Bytes) -> ParsedRequest {
     ParsedRequest::Other
 }
 
-/// Whether a comma-separated field lists `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether a comma-separated field value lists `token` (case-insensitive).
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How the response goes out: its body framing and whether the connection stays open.
@@ -162,14 +165,15 @@ pub struct RequestContext<'a> {
 /// Writes a response head into `out` with hyper's server framing: a body's exact size
 /// becomes `content-length` (the headers' own if the size is unknown), any other body is
 /// chunked (HTTP/1.1) or ends with the connection (HTTP/1.0); responses to HEAD and 204/304
-/// carry no body; an HTTP/1.1 connection that will close says so. `headers` must already hold
-/// a `date`; `content-length` and `transfer-encoding` in them give way to the framing chosen
-/// (except a HEAD response's `content-length`, which describes the GET's body).
+/// carry no body; an HTTP/1.1 connection that will close says so; a response without a `date`
+/// gets `date()`. `content-length` and `transfer-encoding` in `headers` give way to the framing
+/// chosen (except a HEAD response's `content-length`, which describes the GET's body).
 pub fn encode_response_head(
     status: StatusCode,
     headers: &HeaderMap,
     request: RequestContext<'_>,
     body: BodySize,
+    date: impl FnOnce() -> HeaderValue,
     out: &mut BytesMut,
 ) -> ResponseWrite {
     let head_request = *request.method == Method::HEAD;
@@ -205,17 +209,23 @@ pub fn encode_response_head(
         out.put_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.put_slice(b"\r\n");
     }
-    let mut says_close = false;
+    let (mut says_close, mut dated) = (false, false);
     for (name, value) in headers {
         if *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !head_request) {
             continue;
         }
-        if *name == CONNECTION && has_close(value) {
+        if *name == CONNECTION && lists_token(value.as_bytes(), b"close") {
             says_close = true;
         }
+        dated |= *name == DATE;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if !dated {
+        out.put_slice(b"date: ");
+        out.put_slice(date().as_bytes());
         out.put_slice(b"\r\n");
     }
     match framing {
@@ -240,12 +250,6 @@ pub fn encode_response_head(
         framing,
         keep_alive,
     }
-}
-
-fn has_close(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
 }
 
 #[cfg(test)]
@@ -382,6 +386,7 @@ mod tests {
                 keep_alive,
             },
             body,
+            || HeaderValue::from_static("Sun, 06 Dec 2026 07:00:00 GMT"),
             &mut out,
         );
         (String::from_utf8(out.to_vec()).unwrap(), w)
@@ -531,6 +536,17 @@ mod tests {
                     "HTTP/1.1 200 OK\r\ndate: Sun, 06 Dec 2026 07:00:00 GMT\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
                     Length(1),
                     false,
+                )
+            },
+            {
+                // No date of its own: one is added.
+                let (t, w) = encode(502, &[], get.clone(), v11, true, BodySize::Empty);
+                (
+                    t,
+                    w,
+                    "HTTP/1.1 502 Bad Gateway\r\ndate: Sun, 06 Dec 2026 07:00:00 GMT\r\ncontent-length: 0\r\n\r\n",
+                    Empty,
+                    true,
                 )
             },
         ];

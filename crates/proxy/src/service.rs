@@ -27,11 +27,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower::util::{Either, MapRequest};
+use tower::util::{Either, MapFuture, MapRequest};
 
 /// The body of every response the proxy sends: upstream or proxy-made, possibly fault-wrapped
 /// (once per fault layer: request scope outside the timeout, attempt scope inside).
 pub type ResponseBody = FaultBody<FaultBody<ProxyBody>>;
+
+/// A retried request's future, boxed (see `route_and_forward`).
+type AttemptsFuture = std::pin::Pin<
+    Box<dyn Future<Output = Result<Response<FaultBody<ProxyBody>>, ProxyError>> + Send>,
+>;
 
 /// Where a split entry sends requests, with the metric series and fault targets for that route and cluster.
 #[derive(Debug)]
@@ -404,10 +409,16 @@ async fn route_and_forward(
     );
     type ToUpstream<B> = fn(Request<B>) -> Request<UpstreamBody>;
     let attempts = match &target.retry {
-        Some(r) => Either::Left(r.layer_service(MapRequest::new(
-            attempt,
-            UpstreamBody::replay as ToUpstream<_>,
-        ))),
+        // The retry future (a request copy, a backoff timer, the next attempt) is boxed: inline
+        // it would double the size of every request's future, retried or not, and each move of
+        // it is a copy.
+        Some(r) => Either::Left(MapFuture::new(
+            r.layer_service(MapRequest::new(
+                attempt,
+                UpstreamBody::replay as ToUpstream<_>,
+            )),
+            |f| -> AttemptsFuture { Box::pin(f) },
+        )),
         None => Either::Right(MapRequest::new(
             attempt,
             UpstreamBody::plain as ToUpstream<_>,

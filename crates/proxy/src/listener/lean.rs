@@ -13,7 +13,6 @@ use super::replay::Replay;
 use crate::service::{ListenerState, ResponseBody, handle};
 use arc_swap::ArcSwap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::DATE;
 use http::{HeaderValue, Response};
 use http_body::{Body, Frame};
 use otlp_mesh_http1::{
@@ -218,10 +217,7 @@ impl Conn {
         request: RequestContext<'_>,
         trailers_allowed: bool,
     ) -> io::Result<bool> {
-        let (mut parts, body) = response.into_parts();
-        if !parts.headers.contains_key(DATE) {
-            parts.headers.insert(DATE, http_date());
-        }
+        let (parts, body) = response.into_parts();
         let size = if body.is_end_stream() {
             BodySize::Empty
         } else {
@@ -231,8 +227,14 @@ impl Conn {
             }
         };
         self.out.clear();
-        let write =
-            encode_response_head(parts.status, &parts.headers, request, size, &mut self.out);
+        let write = encode_response_head(
+            parts.status,
+            &parts.headers,
+            request,
+            size,
+            http_date,
+            &mut self.out,
+        );
         drop(parts);
         let mut body = pin!(body);
         let mut left = match write.framing {

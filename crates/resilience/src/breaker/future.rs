@@ -21,7 +21,9 @@ pin_project! {
     #[project = StateProj]
     enum State<S, Req, F> {
         Rejected { reject: Option<Reject> },
-        Waiting { svc: S, req: Option<Req> },
+        // Boxed: rare (the inner service was not ready), and a request inline would make every
+        // request's future that much larger to move.
+        Waiting { waiting: Box<(S, Option<Req>)> },
         Active { #[pin] fut: F },
     }
 }
@@ -46,8 +48,7 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
     pub(crate) fn waiting(svc: S, req: Req, admission: Admission) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                svc,
-                req: Some(req),
+                waiting: Box::new((svc, Some(req))),
             },
             admission: Some(admission),
         }
@@ -73,7 +74,8 @@ where
                         None => Poll::Pending, // polled after completion
                     };
                 }
-                StateProj::Waiting { svc, req } => {
+                StateProj::Waiting { waiting } => {
+                    let (svc, req) = &mut **waiting;
                     if let Err(e) = ready!(svc.poll_ready(cx)) {
                         if let Some(a) = this.admission.as_mut() {
                             a.finish(Outcome::Ignored);
