@@ -74,8 +74,13 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<ArcSwap<ListenerState>>,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
 ) {
+    // One wait for the drain per connection, registered once rather than at every idle wait.
+    // (Fused: the connection closes once it is ready, but a second poll must not panic.)
+    let mut drained = pin!(futures_util::FutureExt::fuse(super::drained_owned(
+        draining.clone()
+    )));
     let (max_head, head_timeout) = {
         let current = state.load();
         let limits = &current.config.limits;
@@ -92,7 +97,7 @@ pub(super) async fn serve(
     };
     loop {
         let head = match conn
-            .next_request(max_head, head_timeout, &mut draining)
+            .next_request(max_head, head_timeout, drained.as_mut())
             .await
         {
             Next::Simple(head) => head,
@@ -146,10 +151,9 @@ impl Conn {
         &mut self,
         max_head: usize,
         timeout: Duration,
-        draining: &mut watch::Receiver<bool>,
+        mut drained: Pin<&mut impl Future<Output = ()>>,
     ) -> Next {
         let mut deadline = None;
-        let mut drained = pin!(super::drained(draining));
         loop {
             match parse_request_head(&mut self.buf, max_head) {
                 ParsedRequest::Simple(head) => return Next::Simple(head),

@@ -163,3 +163,8 @@ async fn serve_with_hyper(
 async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
 }
+
+/// [`drained`], owning its receiver.
+async fn drained_owned(mut draining: watch::Receiver<bool>) {
+    drained(&mut draining).await;
+}
