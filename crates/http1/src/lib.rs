@@ -17,6 +17,7 @@ mod request;
 mod response;
 mod response_body;
 mod server;
+mod spans;
 
 pub use error::Error;
 pub use request::{

@@ -2,6 +2,7 @@
 
 use crate::Error;
 use crate::request::{last_coding_is_chunked, length_value};
+use crate::spans::Spans;
 use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -99,8 +100,9 @@ pub fn parse_response_head(
         // Where each field sits in the head, so that values can share its bytes once it is
         // split off the buffer.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let count = res.headers.len();
+        let mut room = Spans::new();
+        let spans = room.room(count);
         for (span, field) in spans.iter_mut().zip(res.headers.iter()) {
             // Offsets within the head, which is at most `max_bytes` (checked above) long.
             let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -117,7 +119,7 @@ pub fn parse_response_head(
         // What framing and keep-alive depend on, read off the fields as they are added rather
         // than looked up afterwards.
         let mut fields = FramingFields::default();
-        for &(ns, ne, vs, ve) in &spans[..count] {
+        for &(ns, ne, vs, ve) in &*spans {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| Error::MalformedHead("invalid header name".into()))?;

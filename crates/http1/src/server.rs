@@ -7,6 +7,7 @@
 //! its 400s, 431s and 100-continues stay its own.
 
 use crate::request::{content_length, itoa_u64};
+use crate::spans::Spans;
 use crate::{BodySize, MAX_HEADERS, ResponseFraming};
 use bytes::{BufMut, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -63,8 +64,9 @@ pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest
     // Offsets within the head (at most `max_bytes`, checked to fit in u32 above).
     let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
     let target_span = (at(target.as_bytes()), target.len() as u32);
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = req.headers.len();
+    let mut room = Spans::new();
+    let spans = room.room(count);
     // Read off the raw fields as they go by, rather than looked up in the map afterwards.
     let (mut close, mut trailers) = (false, false);
     for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
@@ -95,7 +97,7 @@ pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest
     let head = buf.split_to(len).freeze();
     let slice = |start: u32, len: u32| head.slice(start as usize..(start + len) as usize);
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, nl, vs, vl) in &spans[..count] {
+    for &(ns, nl, vs, vl) in &*spans {
         let name = HeaderName::from_bytes(&head[ns as usize..(ns + nl) as usize]);
         let value = HeaderValue::from_maybe_shared(slice(vs, vl));
         match (name, value) {
@@ -282,6 +284,14 @@ mod tests {
         assert!(head.keep_alive);
         assert!(!head.trailers);
         assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn a_head_with_many_fields_keeps_them_all() {
+        let fields: String = (0..40).map(|i| format!("x-{i}: v{i}\r\n")).collect();
+        let (head, _) = simple(&format!("GET / HTTP/1.1\r\n{fields}\r\n"));
+        assert_eq!(head.request.headers().len(), 40);
+        assert_eq!(head.request.headers()["x-39"], "v39");
     }
 
     #[test]
