@@ -96,7 +96,9 @@ pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest
 
     let head = buf.split_to(len).freeze();
     let slice = |start: u32, len: u32| head.slice(start as usize..(start + len) as usize);
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the proxy adds (`traceparent`, `x-forwarded-for`…) without the map
+    // growing (~750 instructions) on the first insert.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for &(ns, nl, vs, vl) in &*spans {
         let name = HeaderName::from_bytes(&head[ns as usize..(ns + nl) as usize]);
         let value = HeaderValue::from_maybe_shared(slice(vs, vl));
