@@ -220,7 +220,8 @@ fn dechunk(mut rest: &str) -> (String, String) {
 }
 
 /// A client that closes its connection while the upstream is still working has its request
-/// dropped: the upstream connection is closed rather than left to answer nobody.
+/// dropped: the upstream connection is closed rather than left to answer nobody, and the
+/// request is recorded as 499 `client_closed` (metrics and access log), not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_going_away_mid_request_drops_the_upstream_exchange() {
     let upstream_saw_close = Arc::new(AtomicUsize::new(0));
@@ -244,8 +245,8 @@ async fn a_client_going_away_mid_request_drops_the_upstream_exchange() {
         "",
         "        timeout: 0\n",
         &static_cluster("up", &[up.addr]),
-    );
-    let _mesh = Mesh::start(admin, &yaml).await;
+    ) + "telemetry:\n  access_log: { stdout: true }\n";
+    let mesh = Mesh::start(admin, &yaml).await;
     let mut stream = TcpStream::connect(edge).await.unwrap();
     stream
         .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -257,6 +258,29 @@ async fn a_client_going_away_mid_request_drops_the_upstream_exchange() {
     eventually("the upstream connection closes", WAIT, || {
         let seen = upstream_saw_close.clone();
         async move { seen.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+
+    let metrics = mesh.metrics().await;
+    let closed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("otlp_mesh_requests_total{") && l.contains("listener=\"edge\""))
+        .collect();
+    assert!(
+        closed
+            .iter()
+            .any(|l| l.contains("status_class=\"4xx\"") && l.ends_with(" 1")),
+        "no 4xx request counted: {closed:?}"
+    );
+    eventually("the access log has the request", WAIT, || {
+        let out = mesh.proc.stdout();
+        async move {
+            out.lines().any(|l| {
+                l.contains("\"/slow\"")
+                    && l.contains("\"status\":499")
+                    && l.contains("client_closed")
+            })
+        }
     })
     .await;
 }

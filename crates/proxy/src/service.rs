@@ -267,22 +267,32 @@ pub async fn handle(
         // Not sampled and no access log: only the trace headers travel on.
         return route_and_forward(&state, peer, req, trace, start, &mut Picked::default()).await;
     };
-    let start_unix_nanos = t.start_unix_nanos;
-    let method = req.method().clone();
-    let target = {
-        let host = match req.headers().get(HOST).map(|h| h.to_str()) {
-            Some(Ok(h)) => Some(h),
-            _ => req.uri().authority().map(|a| a.as_str()),
-        };
-        RequestTarget::new(req.uri().path(), host)
+    let fields = RecordFields {
+        trace: trace.clone(),
+        start_unix_nanos: t.start_unix_nanos,
+        method: req.method().clone(),
+        target: {
+            let host = match req.headers().get(HOST).map(|h| h.to_str()) {
+                Some(Ok(h)) => Some(h),
+                _ => req.uri().authority().map(|a| a.as_str()),
+            };
+            RequestTarget::new(req.uri().path(), host)
+        },
+        version: req.version(),
+        peer,
     };
-    let version = req.version();
-    let mut picked = Picked::default();
-    let result = route_and_forward(&state, peer, req, trace.clone(), start, &mut picked).await;
+    let mut recording = Recording {
+        state: &state,
+        recorder,
+        start,
+        fields: Some(fields),
+        picked: Picked::default(),
+    };
+    let result = route_and_forward(&state, peer, req, trace, start, &mut recording.picked).await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),
-            picked.error.map(str::to_string),
+            recording.picked.error.map(str::to_string),
             resp.extensions()
                 .get::<otlp_mesh_chaos::AppliedFaults>()
                 .map(|f| f.kinds()),
@@ -293,21 +303,82 @@ pub async fn handle(
             Some("reset".to_string()),
         ),
     };
-    recorder.record(RequestRecord {
-        trace,
-        start_unix_nanos,
-        // Measured when the metrics were recorded (one clock read for both).
-        duration: picked.elapsed.unwrap_or_else(|| start.elapsed()),
-        method,
-        target,
-        version,
-        peer: peer.ip().to_canonical(),
-        names: picked.names.unwrap_or_else(|| state.unrouted_names.clone()),
-        status,
-        error,
-        faults,
-    });
+    recording.record(status, error, faults);
     result
+}
+
+/// What a sampled request's span and access log record are made of, besides its outcome.
+struct RecordFields {
+    trace: Option<Arc<RequestTrace>>,
+    start_unix_nanos: u64,
+    method: http::Method,
+    target: RequestTarget,
+    version: Version,
+    peer: SocketAddr,
+}
+
+/// A sampled request until it is recorded. Dropped unrecorded (the request was dropped
+/// unanswered: its client went away), it records the request as 499 `client_closed`, as nginx
+/// logs such requests, rather than losing it.
+struct Recording<'a> {
+    state: &'a ListenerState,
+    recorder: &'a Recorder,
+    start: Instant,
+    /// Taken when the request is recorded.
+    fields: Option<RecordFields>,
+    picked: Picked,
+}
+
+impl Recording<'_> {
+    fn record(&mut self, status: u16, error: Option<String>, faults: Option<String>) {
+        let Some(f) = self.fields.take() else {
+            return;
+        };
+        let picked = std::mem::take(&mut self.picked);
+        self.recorder.record(RequestRecord {
+            trace: f.trace,
+            start_unix_nanos: f.start_unix_nanos,
+            // Measured when the metrics were recorded (one clock read for both).
+            duration: picked.elapsed.unwrap_or_else(|| self.start.elapsed()),
+            method: f.method,
+            target: f.target,
+            version: f.version,
+            peer: f.peer.ip().to_canonical(),
+            names: picked
+                .names
+                .unwrap_or_else(|| self.state.unrouted_names.clone()),
+            status,
+            error,
+            faults,
+        });
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if self.fields.is_some() {
+            self.record(CLIENT_CLOSED, Some("client_closed".into()), None);
+        }
+    }
+}
+
+/// The status recorded for a request whose client went away before its answer (nginx's 499).
+const CLIENT_CLOSED: u16 = 499;
+
+/// Records a request in its route's metric series as 499 if it is dropped while waiting for
+/// its upstream (its client went away); disarmed once the upstream has answered.
+struct Unanswered<'a> {
+    metrics: &'a RouteMetrics,
+    start: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.record(CLIENT_CLOSED, self.start.elapsed());
+        }
+    }
 }
 
 /// The route and cluster a request went to, for its span and access log, and how long it took.
@@ -433,7 +504,14 @@ async fn route_and_forward(
         Some(limit) => Either::Left(limit.layer.layer_service(faulted)),
         None => Either::Right(faulted),
     };
-    match stack.oneshot(upstream).await {
+    let mut unanswered = Unanswered {
+        metrics: &target.metrics,
+        start,
+        armed: true,
+    };
+    let result = stack.oneshot(upstream).await;
+    unanswered.armed = false;
+    match result {
         Ok(mut resp) => {
             // Answer in the client's protocol version, not the upstream's (e.g. HTTP/1.0).
             *resp.version_mut() = downstream_version;
