@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod fields;
 mod request;
 mod response;
 mod response_body;

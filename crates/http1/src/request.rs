@@ -1,6 +1,7 @@
 //! Request heads and chunked request bodies.
 
 use crate::Error;
+use crate::fields::{content_length, ends_in_chunked, length_value};
 use bytes::{BufMut, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Version};
@@ -88,7 +89,8 @@ pub fn encode_request_head(
         b" HTTP/1.1\r\n"
     });
     for (name, value) in headers {
-        if (name == CONTENT_LENGTH && !(keep_length || (empty && is_zero(value))))
+        if (name == CONTENT_LENGTH
+            && !(keep_length || (empty && length_value(value.as_bytes()) == Some(0))))
             || (name == TRANSFER_ENCODING && !keep_te)
         {
             continue;
@@ -110,61 +112,6 @@ pub fn encode_request_head(
     }
     out.put_slice(b"\r\n");
     Ok(framing)
-}
-
-/// Whether a `content-length` value says 0 (each of its comma-separated parts).
-fn is_zero(value: &http::HeaderValue) -> bool {
-    value.as_bytes().split(|&b| b == b',').all(|part| {
-        let part = part.trim_ascii();
-        !part.is_empty() && part.iter().all(|&b| b == b'0')
-    })
-}
-
-/// The one length all `content-length` lines (and their comma-separated values) agree on.
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = length_value(value.as_bytes())?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
-}
-
-/// The length a `content-length` value gives, if its comma-separated parts are all the same
-/// decimal number.
-pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
-    let mut length = None;
-    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
-}
-
-/// Whether the last `transfer-encoding` coding is `chunked`.
-fn ends_in_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .is_some_and(|v| last_coding_is_chunked(v.as_bytes()))
-}
-
-/// Whether a `transfer-encoding` value's last coding is `chunked`.
-pub(crate) fn last_coding_is_chunked(value: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 fn is_bodiless_method(method: &Method) -> bool {

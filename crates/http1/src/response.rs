@@ -1,7 +1,7 @@
 //! Response heads.
 
 use crate::Error;
-use crate::request::{last_coding_is_chunked, length_value};
+use crate::fields::{last_coding_is_chunked, length_value, lists_token};
 use crate::spans::Spans;
 use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -200,10 +200,8 @@ impl FramingFields {
             self.transfer_encoding = true;
             self.chunked = last_coding_is_chunked(value);
         } else if *name == CONNECTION {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.close |= lists_token(value, b"close");
+            self.keep_alive |= lists_token(value, b"keep-alive");
         }
     }
 }

@@ -6,7 +6,8 @@
 //! HTTP/1 server (hyper), which then answers it exactly as it would have from the first byte:
 //! its 400s, 431s and 100-continues stay its own.
 
-use crate::request::{content_length, itoa_u64};
+use crate::fields::{content_length, lists_token};
+use crate::request::itoa_u64;
 use crate::spans::Spans;
 use crate::{BodySize, MAX_HEADERS, ResponseFraming};
 use bytes::{BufMut, BytesMut};
@@ -140,13 +141,6 @@ fn rejoin(buf: &mut BytesMut, head: bytes::Bytes) -> ParsedRequest {
     whole.put_slice(buf);
     *buf = whole;
     ParsedRequest::Other
-}
-
-/// Whether a comma-separated field value lists `token` (case-insensitive).
-fn lists_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How the response goes out: its body framing and whether the connection stays open.

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+mod read_buf;
 pub mod router;
 pub mod service;
 pub mod trace;

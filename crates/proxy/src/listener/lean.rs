@@ -32,8 +32,7 @@ use tokio::sync::watch;
 
 use crate::head_timer::HeadDeadline;
 
-/// Reads go into at least this much free buffer space.
-const MIN_READ: usize = 1024;
+/// How much a read buffer grows when it runs short.
 const READ_BUFFER: usize = 8 * 1024;
 /// Response bytes gathered before they are written even though the body has more ready.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -78,7 +77,7 @@ pub(super) async fn serve(
 ) {
     // One wait for the drain per connection, registered once rather than at every idle wait.
     // (Fused: the connection closes once it is ready, but a second poll must not panic.)
-    let mut drained = pin!(futures_util::FutureExt::fuse(super::drained_owned(
+    let mut drained = pin!(futures_util::FutureExt::fuse(super::drained(
         draining.clone()
     )));
     let (max_head, head_timeout) = {
@@ -160,7 +159,6 @@ impl Conn {
                 ParsedRequest::Other => return Next::Other,
                 ParsedRequest::Partial => {}
             }
-            reserve(&mut self.buf);
             let read = poll_fn(|cx| {
                 if let Poll::Ready(r) = self.poll_read(cx) {
                     return Poll::Ready(Some(r));
@@ -187,9 +185,7 @@ impl Conn {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Through `poll_read`, which clears the socket's readiness after a short read, so the
-        // next wait needs no system call to learn that nothing more has arrived.
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+        crate::read_buf::poll_fill(&mut self.stream, &mut self.buf, READ_BUFFER, cx)
     }
 
     /// Waits for the response while watching the client: `None` if it closed the connection
@@ -202,7 +198,6 @@ impl Conn {
                 return Poll::Ready(Some(out));
             }
             if watching {
-                reserve(&mut self.buf);
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => watching = false,
@@ -335,12 +330,6 @@ fn poll_ready<B: Body>(body: Pin<&mut B>, cx: &mut Context<'_>) -> Option<NextFr
     match body.poll_frame(cx) {
         Poll::Ready(frame) => Some(frame),
         Poll::Pending => None,
-    }
-}
-
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_BUFFER);
     }
 }
 

@@ -123,7 +123,7 @@ async fn serve_with_hyper(
     io: Replay,
     peer: SocketAddr,
     state: Arc<ArcSwap<ListenerState>>,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     {
@@ -149,7 +149,7 @@ async fn serve_with_hyper(
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
         // Also when the listener is gone (the sender dropped): finish as when draining.
-        () = drained(&mut draining) => {
+        () = drained(draining) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -160,11 +160,6 @@ async fn serve_with_hyper(
 }
 
 /// Ready once the listener drains, or is gone.
-async fn drained(draining: &mut watch::Receiver<bool>) {
+async fn drained(mut draining: watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
-}
-
-/// [`drained`], owning its receiver.
-async fn drained_owned(mut draining: watch::Receiver<bool>) {
-    drained(&mut draining).await;
 }

@@ -26,9 +26,7 @@ use tokio::net::TcpStream;
 
 /// A response head larger than this is refused (hyper's client default, 8 KiB + 100 × 4 KiB).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// Reads go into at least this much free buffer space; a buffer with less left is replaced
-/// by one of [`READ_BUFFER`] bytes (the old one lives on in the bodies that share it).
-const MIN_READ: usize = 1024;
+/// How much a read buffer grows when it runs short.
 const READ_BUFFER: usize = 16 * 1024;
 
 /// One upstream connection, used by one exchange at a time.
@@ -126,8 +124,7 @@ impl Conn {
                 return Ok(head);
             }
             let answered = !self.buf.is_empty();
-            reserve(&mut self.buf);
-            match tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf).await {
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) => {
                     return Err(ExchangeError::Io {
                         source: io::ErrorKind::UnexpectedEof.into(),
@@ -140,29 +137,15 @@ impl Conn {
         }
     }
 
-    /// Reads more of a body into the buffer: `Ready(Ok(false))` at end of file.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        reserve(&mut self.buf);
-        // Through `poll_read`, which clears the socket's readiness after a short read: the
-        // next checkout's look at the socket then needs no system call.
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.stream),
-            cx,
-            &mut self.buf
-        ))?;
-        Poll::Ready(Ok(n > 0))
+    /// Reads more into the buffer: `Ready(Ok(0))` at end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        crate::read_buf::poll_fill(&mut self.stream, &mut self.buf, READ_BUFFER, cx)
     }
 }
 
 impl Reusable for Conn {
     fn is_open(&mut self) -> bool {
         !self.is_broken()
-    }
-}
-
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_BUFFER);
     }
 }
 
@@ -298,8 +281,8 @@ impl Body for LeanBody {
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::NeedMore) => match ready!(s.conn.poll_fill(cx)) {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => {
                         let end = s.decoder.eof();
                         // A body that ends with the connection leaves nothing to reuse.
                         this.state = BodyState::Ready(None);
