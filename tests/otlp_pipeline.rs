@@ -538,6 +538,124 @@ telemetry:
 }
 
 #[tokio::test]
+async fn without_client_spans_every_attempt_is_a_child_of_the_server_span() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let log = seen.clone();
+    let upstream = Upstream::start(move |req| {
+        let log = log.clone();
+        async move {
+            let n = {
+                let mut l = log.lock().unwrap();
+                l.push(req.headers().clone());
+                l.len()
+            };
+            let mut r = Response::new(full("x"));
+            *r.status_mut() = if n == 1 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            r
+        }
+    })
+    .await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let mesh = Mesh::start(
+        admin,
+        &format!(
+            "{}listeners:
+  - name: edge
+    bind: {listen}
+    routes:
+      - name: steady
+        match: {{ path_prefix: /steady }}
+        cluster: up
+      - name: flaky
+        match: {{ path_prefix: / }}
+        cluster: up
+        retry: {{ attempts: 2, on: [5xx], backoff: {{ base: 1ms, max: 2ms }} }}
+clusters:
+  - name: up
+    discovery: {{ static: [ {} ] }}
+telemetry:
+  service_name: edge
+  tracing: {{ client_spans: false }}
+  access_log: {{ otlp: true }}
+",
+            prelude(admin),
+            upstream.addr
+        ),
+    )
+    .await;
+    let r = get(&h1_client(), &format!("http://{listen}/pay")).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let headers = seen.lock().unwrap().clone();
+    assert_eq!(headers.len(), 2);
+    let parent_of = |h: &http::HeaderMap| -> (String, String) {
+        let tp = h.get("traceparent").unwrap().to_str().unwrap();
+        let parts: Vec<&str> = tp.split('-').collect();
+        (parts[1].to_string(), parts[2].to_string())
+    };
+    let (trace1, span1) = parent_of(&headers[0]);
+    assert_eq!(
+        parent_of(&headers[1]),
+        (trace1.clone(), span1.clone()),
+        "both attempts have the same parent"
+    );
+
+    let path = format!("/api/traces/{trace1}");
+    eventually("the trace in the store", Duration::from_secs(10), || {
+        let (m, path) = (&mesh, path.clone());
+        async move {
+            m.try_admin_get(&path)
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK)
+        }
+    })
+    .await;
+    // Client spans would have been encoded and sent with the server span.
+    let t = api(&mesh, &path).await;
+    let spans = t["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 1, "the server span only: {t}");
+    let server = &spans[0];
+    assert_eq!(server["kind"], "SERVER");
+    assert_eq!(server["spanId"], span1.as_str(), "the upstream's parent");
+    assert_eq!(server["attributes"]["otlp_mesh.retries"], 1);
+    assert!(
+        server["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "retry")
+    );
+
+    // Without retries the one attempt is counted in the access log all the same.
+    let r = get(&h1_client(), &format!("http://{listen}/steady")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (trace3, span3) = parent_of(&seen.lock().unwrap()[2]);
+    let path = format!("/api/logs?trace_id={trace3}");
+    eventually(
+        "the access log in the store",
+        Duration::from_secs(10),
+        || {
+            let (m, path) = (&mesh, path.clone());
+            async move {
+                m.try_admin_get(&path)
+                    .await
+                    .is_ok_and(|r| r.json()["logs"].as_array().is_some_and(|l| !l.is_empty()))
+            }
+        },
+    )
+    .await;
+    let logs = api(&mesh, &path).await;
+    let log = &logs["logs"][0];
+    assert_eq!(log["spanId"], span3.as_str(), "the upstream's parent");
+    assert_eq!(log["attributes"]["otlp_mesh.attempts"], 1, "{log}");
+}
+
+#[tokio::test]
 async fn a_server_span_names_the_proxys_own_error_not_an_upstreams() {
     // An upstream that fails with its own `x-mesh-error` (as another mesh hop would), and a
     // cluster whose only endpoint refuses connections.

@@ -81,6 +81,11 @@ pub struct TracingConfig {
     /// Default `[w3c]`.
     #[serde(default = "default_propagation")]
     pub propagation: Vec<Propagation>,
+    /// A client span per upstream attempt, the parent of the upstream's own spans. `false`:
+    /// the server span is their parent (Envoy's default, half the spans); retries stay events
+    /// of the server span. Default `true`.
+    #[serde(default = "yes")]
+    pub client_spans: bool,
 }
 
 impl Default for TracingConfig {
@@ -89,6 +94,7 @@ impl Default for TracingConfig {
             enabled: true,
             sampling_ratio: one(),
             propagation: default_propagation(),
+            client_spans: true,
         }
     }
 }

@@ -55,10 +55,23 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let started = self.trace.as_ref().and_then(|trace| {
+        // Without a retry layer this is the request's only call: the trace moves into the
+        // attempt (one reference count change less per request).
+        let trace = if self.retried {
+            self.trace.clone()
+        } else {
+            self.trace.take()
+        };
+        let started = trace.and_then(|trace| {
             if !trace.records() {
                 // Unrecorded: the headers still carry the (unsampled) context upstream.
                 trace.begin_attempt(req.headers_mut());
+                return None;
+            }
+            if !self.retried && !trace.client_spans() {
+                // The only attempt, and no span of its own: counted, not timed.
+                trace.begin_attempt(req.headers_mut());
+                trace.count_attempt();
                 return None;
             }
             let number = if self.retried {
@@ -72,7 +85,7 @@ where
             };
             let span_id = trace.begin_attempt(req.headers_mut());
             Some(Started {
-                trace: trace.clone(),
+                trace,
                 span_id,
                 number,
                 start: Instant::now(),

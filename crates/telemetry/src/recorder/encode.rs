@@ -202,14 +202,15 @@ fn request_attributes(
     buf: &mut Vec<u8>,
     tag: u32,
     r: &RequestRecord,
+    (path, host): (&str, Option<&str>),
     route: &[u8],
     text: &mut String,
 ) {
     attr_str(buf, tag, "http.request.method", r.method.as_str());
-    attr_str(buf, tag, "url.path", r.target.path());
+    attr_str(buf, tag, "url.path", path);
     buf.extend_from_slice(route);
     attr_int(buf, tag, "http.response.status_code", i64::from(r.status));
-    if let Some(h) = r.target.host() {
+    if let Some(h) = host {
         attr_str(buf, tag, "server.address", h);
     }
     write_ip(text, r.peer);
@@ -286,9 +287,10 @@ impl Writer {
         self.count += 1;
     }
 
-    /// Writes the server span and one client span per attempt.
+    /// Writes the server span and, when the trace has client spans, one per attempt.
     pub(super) fn spans(&mut self, r: &RequestRecord, attempts: &[AttemptRecord]) {
         let Some(t) = &r.trace else { return };
+        let target = r.target.parts();
         let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
         let item = self.begin_item();
         let s = &mut self.items;
@@ -314,6 +316,7 @@ impl Writer {
             s,
             SPAN_ATTRIBUTES,
             r,
+            target,
             &r.names.span_attributes,
             &mut self.text,
         );
@@ -338,7 +341,9 @@ impl Writer {
             error_status(s, &error_type(r).unwrap_or_default());
         }
         self.end_item(item);
-
+        if !t.client_spans() {
+            return;
+        }
         for a in attempts {
             let item = self.begin_item();
             let s = &mut self.items;
@@ -350,7 +355,7 @@ impl Writer {
             fixed64(s, 7, a.start_unix_nanos);
             fixed64(s, 8, a.end_unix_nanos);
             attr_str(s, 9, "http.request.method", r.method.as_str());
-            attr_str(s, 9, "url.path", r.target.path());
+            attr_str(s, 9, "url.path", target.0);
             if a.status > 0 {
                 attr_int(s, 9, "http.response.status_code", i64::from(a.status));
             }
@@ -381,13 +386,14 @@ impl Writer {
     }
 
     /// Writes one access log record.
-    pub(super) fn access_log(&mut self, r: &RequestRecord, attempts: &[AttemptRecord]) {
+    pub(super) fn access_log(&mut self, r: &RequestRecord, attempts: usize) {
         let end = r.start_unix_nanos + u64::try_from(r.duration.as_nanos()).unwrap_or(0);
         let (severity, text) = match r.status {
             500.. => (13, "WARN"),
             _ => (9, "INFO"),
         };
         let ms = r.duration.as_secs_f64() * 1e3;
+        let target = r.target.parts();
         let item = self.begin_item();
         let s = &mut self.items;
         fixed64(s, 1, end);
@@ -397,9 +403,7 @@ impl Writer {
         let _ = write!(
             self.text,
             "{} {} {} {ms:.3}ms",
-            r.method,
-            r.target.path(),
-            r.status
+            r.method, target.0, r.status
         );
         // body (5): AnyValue.string_value
         key(s, 5, LEN);
@@ -409,11 +413,12 @@ impl Writer {
             s,
             LOG_ATTRIBUTES,
             r,
+            target,
             &r.names.log_attributes,
             &mut self.text,
         );
         attr_f64(s, 6, "otlp_mesh.duration_ms", ms);
-        attr_int(s, 6, "otlp_mesh.attempts", attempts.len() as i64);
+        attr_int(s, 6, "otlp_mesh.attempts", attempts as i64);
         if let Some(t) = &r.trace {
             key(s, 8, FIXED32);
             s.extend_from_slice(&u32::from(t.sampled).to_le_bytes());

@@ -184,15 +184,24 @@ pub struct RequestTrace {
     formats: Formats,
     /// False when only access logs are on: trace headers pass through untouched.
     inject: bool,
+    /// Whether each attempt gets a client span (else upstreams see the server span as parent).
+    client_spans: bool,
+    /// Set by [`RequestTrace::count_attempt`].
+    counted_attempt: std::sync::atomic::AtomicBool,
     /// Whether this request is recorded at all (sampled, or access logs on).
     record: bool,
     attempts: Mutex<Attempts>,
 }
 
 impl RequestTrace {
-    /// Starts a client span: writes its context into `headers`; returns its span id.
+    /// Starts a client span: writes its context into `headers`; returns its span id (the
+    /// server span's when client spans are off).
     pub fn begin_attempt(&self, headers: &mut HeaderMap) -> [u8; 8] {
-        let span_id = new_span_id();
+        let span_id = if self.client_spans {
+            new_span_id()
+        } else {
+            self.span_id
+        };
         if !self.inject {
             return span_id;
         }
@@ -213,6 +222,23 @@ impl RequestTrace {
     /// is captured (only its trace headers are passed on).
     pub fn records(&self) -> bool {
         self.record
+    }
+
+    /// Whether each upstream attempt gets its own client span.
+    pub fn client_spans(&self) -> bool {
+        self.client_spans
+    }
+
+    /// Counts the request's one attempt without recording it: with neither client spans nor
+    /// retries, its count is all its record would give (and recording it costs two clock reads
+    /// and a lock).
+    pub fn count_attempt(&self) {
+        self.counted_attempt.store(true, Ordering::Relaxed);
+    }
+
+    /// How many attempts the request made, given the `recorded` ones.
+    fn attempt_count(&self, recorded: usize) -> usize {
+        recorded.max(usize::from(self.counted_attempt.load(Ordering::Relaxed)))
     }
 
     /// `at` (a monotonic instant of this request) as Unix nanoseconds, without reading the
@@ -349,12 +375,18 @@ impl RequestTarget {
     }
 
     pub fn path(&self) -> &str {
-        self.text().get(..self.path_len).unwrap_or("")
+        self.parts().0
     }
 
     pub fn host(&self) -> Option<&str> {
-        self.has_host
-            .then(|| self.text().get(self.path_len..).unwrap_or(""))
+        self.parts().1
+    }
+
+    /// Path and host with one UTF-8 check (the encoder needs both, the path twice).
+    pub fn parts(&self) -> (&str, Option<&str>) {
+        let text = self.text();
+        let (path, host) = text.split_at_checked(self.path_len).unwrap_or((text, ""));
+        (path, self.has_host.then_some(host))
     }
 }
 
@@ -376,6 +408,7 @@ pub struct Recorder {
     /// Full batches to the flusher; dropping the recorder closes it and ends the flusher.
     full: mpsc::Sender<Flushed>,
     tracing: bool,
+    client_spans: bool,
     access_log: bool,
     threshold: u64,
     formats: Formats,
@@ -414,6 +447,7 @@ impl Recorder {
             encoding,
             full,
             tracing: cfg.tracing.enabled,
+            client_spans: cfg.tracing.client_spans,
             access_log: cfg.access_log.otlp || cfg.access_log.stdout,
             threshold: keep_threshold(cfg.tracing.sampling_ratio.value),
             formats: Formats::new(&cfg.tracing.propagation),
@@ -451,6 +485,8 @@ impl Recorder {
             start_unix_nanos: self.clock.unix_nanos(start),
             formats: self.formats,
             inject: self.tracing,
+            client_spans: self.client_spans,
+            counted_attempt: std::sync::atomic::AtomicBool::new(false),
             record: sampled || self.access_log,
             attempts: Mutex::new(Attempts::None),
         }))
@@ -653,11 +689,15 @@ impl Encoding {
             if self.spans && r.trace.as_ref().is_some_and(|t| t.sampled) {
                 spans.spans(r, attempts);
             }
+            let count = r
+                .trace
+                .as_ref()
+                .map_or(attempts.len(), |t| t.attempt_count(attempts.len()));
             if self.otlp_logs {
-                logs.access_log(r, attempts);
+                logs.access_log(r, count);
             }
             if self.stdout_logs {
-                json_line(r, attempts, stdout);
+                json_line(r, count, stdout);
             }
         };
         match &r.trace {
@@ -754,7 +794,7 @@ fn error_type(r: &RequestRecord) -> Option<String> {
     }
 }
 
-fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
+fn json_line(r: &RequestRecord, attempts: usize, out: &mut Vec<u8>) {
     let v = serde_json::json!({
         "time_unix_nano": r.start_unix_nanos,
         "trace_id": r.trace.as_ref().map(|t| propagation::hex(&t.trace_id)),
@@ -769,7 +809,7 @@ fn json_line(r: &RequestRecord, attempts: &[AttemptRecord], out: &mut Vec<u8>) {
         "cluster": r.names.cluster.as_deref(),
         "peer": r.peer.to_string(),
         "host": r.target.host(),
-        "attempts": attempts.len(),
+        "attempts": attempts,
         "error": error_type(r),
         "fault": r.faults,
     });
@@ -1086,6 +1126,93 @@ mod tests {
             );
         }
         assert_eq!(rec.stats().spans.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_client_spans_upstreams_are_children_of_the_server_span() {
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
+            None,
+            vec![sink.clone()],
+        ));
+        let cfg = config(
+            "telemetry:\n  tracing: { client_spans: false }\n  access_log: { otlp: true }\n",
+        );
+        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let t = rec.begin(&HeaderMap::new(), Instant::now()).unwrap();
+        assert!(!t.client_spans());
+        for (n, status) in [(1, 503), (2, 200)] {
+            let mut upstream = HeaderMap::new();
+            assert_eq!(t.begin_attempt(&mut upstream), t.span_id);
+            let tp = upstream.get("traceparent").unwrap().to_str().unwrap();
+            assert_eq!(
+                tp,
+                format!(
+                    "00-{}-{}-01",
+                    propagation::hex(&t.trace_id),
+                    propagation::hex(&t.span_id)
+                ),
+                "attempt {n}: the server span is the upstream's parent"
+            );
+            t.end_attempt(AttemptRecord {
+                span_id: t.span_id,
+                start_unix_nanos: 1_000,
+                end_unix_nanos: 2_000,
+                number: n,
+                status,
+                error: None,
+            });
+        }
+        rec.record(record(Some(t.clone()), 200));
+        // A request without retries: its one attempt is counted, not recorded.
+        let single = rec.begin(&HeaderMap::new(), Instant::now()).unwrap();
+        single.begin_attempt(&mut HeaderMap::new());
+        single.count_attempt();
+        rec.record(record(Some(single), 200));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let batches = sink.0.lock().unwrap().clone();
+        let traces = batches.iter().find(|b| b.signal == Signal::Traces).unwrap();
+        assert_eq!(traces.items, 2, "the server spans only");
+        let req = ExportTraceServiceRequest::decode(&traces.payload[..]).unwrap();
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        let server = &spans[0];
+        assert_eq!(server.span_id, t.span_id.to_vec());
+        assert_eq!(server.kind, span::SpanKind::Server as i32);
+        assert_eq!(
+            server.events.iter().filter(|e| e.name == "retry").count(),
+            1,
+            "the retry is still an event"
+        );
+        let retries = server
+            .attributes
+            .iter()
+            .find(|a| a.key == "otlp_mesh.retries")
+            .and_then(|a| a.value.clone())
+            .and_then(|v| v.value);
+        assert_eq!(retries, Some(any_value::Value::IntValue(1)));
+        let logs = batches.iter().find(|b| b.signal == Signal::Logs).unwrap();
+        let req = ExportLogsServiceRequest::decode(&logs.payload[..]).unwrap();
+        let attempts: Vec<_> = req.resource_logs[0].scope_logs[0]
+            .log_records
+            .iter()
+            .map(|log| {
+                log.attributes
+                    .iter()
+                    .find(|a| a.key == "otlp_mesh.attempts")
+                    .and_then(|a| a.value.clone())
+                    .and_then(|v| v.value)
+            })
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                Some(any_value::Value::IntValue(2)),
+                Some(any_value::Value::IntValue(1))
+            ]
+        );
+        assert_eq!(rec.stats().spans.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(start_paused = true)]
