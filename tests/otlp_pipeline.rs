@@ -34,6 +34,18 @@ async fn api(mesh: &Mesh, path: &str) -> Value {
     r.json()
 }
 
+/// The admin API's answer at `path` once it is 200 (within 10 s): a trace reaches the store
+/// after the recorder's flush.
+async fn api_once_found(mesh: &Mesh, path: &str) -> Value {
+    eventually(path, Duration::from_secs(10), || async move {
+        mesh.try_admin_get(path)
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    api(mesh, path).await
+}
+
 fn span_by_name<'a>(trace: &'a Value, name: &str) -> &'a Value {
     trace["spans"]
         .as_array()
@@ -424,10 +436,20 @@ async fn memory_limit_answers_with_retryable_statuses() {
     assert_eq!(delay, Some(Some(Duration::from_secs(1))), "{r:?}");
 }
 
-#[tokio::test]
-async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+/// Headers of the requests an upstream got, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>;
+
+/// The trace id and parent span id of a request's `traceparent`.
+fn traceparent_ids(h: &http::HeaderMap) -> (String, String) {
+    let tp = h.get("traceparent").unwrap().to_str().unwrap();
+    let parts: Vec<&str> = tp.split('-').collect();
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+/// An upstream that answers its first request 503 and every later one 200, keeping the
+/// headers of each.
+async fn first_call_fails() -> (Upstream, Seen) {
+    let seen = Seen::default();
     let log = seen.clone();
     let upstream = Upstream::start(move |req| {
         let log = log.clone();
@@ -447,6 +469,12 @@ async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
         }
     })
     .await;
+    (upstream, seen)
+}
+
+#[tokio::test]
+async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
+    let (upstream, seen) = first_call_fails().await;
     let admin = free_addr();
     let listen = free_addr();
     let mesh = Mesh::start(
@@ -478,15 +506,10 @@ telemetry:
     let headers = seen.lock().unwrap().clone();
     assert_eq!(headers.len(), 2);
     let parent_of = |h: &http::HeaderMap| -> (String, String) {
-        let tp = h.get("traceparent").unwrap().to_str().unwrap();
-        let parts: Vec<&str> = tp.split('-').collect();
+        let (trace, span) = traceparent_ids(h);
         let b3 = h.get("b3").unwrap().to_str().unwrap();
-        assert_eq!(
-            b3,
-            format!("{}-{}-1", parts[1], parts[2]),
-            "b3 and traceparent agree"
-        );
-        (parts[1].to_string(), parts[2].to_string())
+        assert_eq!(b3, format!("{trace}-{span}-1"), "b3 and traceparent agree");
+        (trace, span)
     };
     let (trace1, span1) = parent_of(&headers[0]);
     let (trace2, span2) = parent_of(&headers[1]);
@@ -539,27 +562,7 @@ telemetry:
 
 #[tokio::test]
 async fn without_client_spans_every_attempt_is_a_child_of_the_server_span() {
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
-    let log = seen.clone();
-    let upstream = Upstream::start(move |req| {
-        let log = log.clone();
-        async move {
-            let n = {
-                let mut l = log.lock().unwrap();
-                l.push(req.headers().clone());
-                l.len()
-            };
-            let mut r = Response::new(full("x"));
-            *r.status_mut() = if n == 1 {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::OK
-            };
-            r
-        }
-    })
-    .await;
+    let (upstream, seen) = first_call_fails().await;
     let (admin, listen) = (free_addr(), free_addr());
     let mesh = Mesh::start(
         admin,
@@ -593,30 +596,15 @@ telemetry:
 
     let headers = seen.lock().unwrap().clone();
     assert_eq!(headers.len(), 2);
-    let parent_of = |h: &http::HeaderMap| -> (String, String) {
-        let tp = h.get("traceparent").unwrap().to_str().unwrap();
-        let parts: Vec<&str> = tp.split('-').collect();
-        (parts[1].to_string(), parts[2].to_string())
-    };
-    let (trace1, span1) = parent_of(&headers[0]);
+    let (trace1, span1) = traceparent_ids(&headers[0]);
     assert_eq!(
-        parent_of(&headers[1]),
+        traceparent_ids(&headers[1]),
         (trace1.clone(), span1.clone()),
         "both attempts have the same parent"
     );
 
-    let path = format!("/api/traces/{trace1}");
-    eventually("the trace in the store", Duration::from_secs(10), || {
-        let (m, path) = (&mesh, path.clone());
-        async move {
-            m.try_admin_get(&path)
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-        }
-    })
-    .await;
     // Client spans would have been encoded and sent with the server span.
-    let t = api(&mesh, &path).await;
+    let t = api_once_found(&mesh, &format!("/api/traces/{trace1}")).await;
     let spans = t["spans"].as_array().unwrap();
     assert_eq!(spans.len(), 1, "the server span only: {t}");
     let server = &spans[0];
@@ -634,7 +622,7 @@ telemetry:
     // Without retries the one attempt is counted in the access log all the same.
     let r = get(&h1_client(), &format!("http://{listen}/steady")).await;
     assert_eq!(r.status, StatusCode::OK);
-    let (trace3, span3) = parent_of(&seen.lock().unwrap()[2]);
+    let (trace3, span3) = traceparent_ids(&seen.lock().unwrap()[2]);
     let path = format!("/api/logs?trace_id={trace3}");
     eventually(
         "the access log in the store",
@@ -716,17 +704,7 @@ telemetry:
         );
         let r = send(&client, req).await;
         assert_eq!(r.status.as_u16(), status, "{path}");
-        let api_path = format!("/api/traces/{trace_id}");
-        eventually("the trace in the store", Duration::from_secs(10), || {
-            let (m, p) = (&mesh, api_path.clone());
-            async move {
-                m.try_admin_get(&p)
-                    .await
-                    .is_ok_and(|r| r.status == StatusCode::OK)
-            }
-        })
-        .await;
-        let t = api(&mesh, &api_path).await;
+        let t = api_once_found(&mesh, &format!("/api/traces/{trace_id}")).await;
         let server = t["spans"]
             .as_array()
             .unwrap()

@@ -964,6 +964,18 @@ mod tests {
         c.telemetry.unwrap().value
     }
 
+    /// An attempt of the test records' request (it ran from 1 000 to 2 000 ns).
+    fn attempt(span_id: [u8; 8], number: u32, status: u16) -> AttemptRecord {
+        AttemptRecord {
+            span_id,
+            start_unix_nanos: 1_000,
+            end_unix_nanos: 2_000,
+            number,
+            status,
+            error: None,
+        }
+    }
+
     fn record(trace: Option<Arc<RequestTrace>>, status: u16) -> RequestRecord {
         RequestRecord {
             trace,
@@ -982,14 +994,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn continues_the_callers_trace_with_server_and_client_spans() {
-        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
-        let pipeline = Arc::new(Pipeline::new(
-            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
-            None,
-            vec![sink.clone()],
-        ));
-        let cfg = config("telemetry:\n  service_name: edge\n  access_log: { otlp: true }\n");
-        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let (rec, sink) =
+            collecting("telemetry:\n  service_name: edge\n  access_log: { otlp: true }\n");
         let mut h = HeaderMap::new();
         h.insert(
             "traceparent",
@@ -1015,14 +1021,11 @@ mod tests {
             )
         );
         for (n, status) in [(1, 503), (2, 200)] {
-            t.end_attempt(AttemptRecord {
-                span_id: if n == 1 { first } else { new_span_id() },
-                start_unix_nanos: 1_000,
-                end_unix_nanos: 2_000,
-                number: n,
+            t.end_attempt(attempt(
+                if n == 1 { first } else { new_span_id() },
+                n,
                 status,
-                error: None,
-            });
+            ));
         }
         rec.record(record(Some(t.clone()), 200));
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1130,16 +1133,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_client_spans_upstreams_are_children_of_the_server_span() {
-        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
-        let pipeline = Arc::new(Pipeline::new(
-            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
-            None,
-            vec![sink.clone()],
-        ));
-        let cfg = config(
+        let (rec, sink) = collecting(
             "telemetry:\n  tracing: { client_spans: false }\n  access_log: { otlp: true }\n",
         );
-        let rec = Recorder::start(&cfg, pipeline, Registry::new());
         let t = rec.begin(&HeaderMap::new(), Instant::now()).unwrap();
         assert!(!t.client_spans());
         for (n, status) in [(1, 503), (2, 200)] {
@@ -1155,14 +1151,7 @@ mod tests {
                 ),
                 "attempt {n}: the server span is the upstream's parent"
             );
-            t.end_attempt(AttemptRecord {
-                span_id: t.span_id,
-                start_unix_nanos: 1_000,
-                end_unix_nanos: 2_000,
-                number: n,
-                status,
-                error: None,
-            });
+            t.end_attempt(attempt(t.span_id, n, status));
         }
         rec.record(record(Some(t.clone()), 200));
         // A request without retries: its one attempt is counted, not recorded.
@@ -1217,14 +1206,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unsampled_parent_means_no_span_and_zero_ratio_samples_nothing() {
-        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
-        let pipeline = Arc::new(Pipeline::new(
-            Arc::new(crate::MemoryLimiter::new(1 << 20, 1 << 20)),
-            None,
-            vec![sink.clone()],
-        ));
-        let cfg = config("telemetry:\n  tracing: { sampling_ratio: 0.0 }\n");
-        let rec = Recorder::start(&cfg, pipeline, Registry::new());
+        let (rec, sink) = collecting("telemetry:\n  tracing: { sampling_ratio: 0.0 }\n");
         let root = rec.begin(&HeaderMap::new(), Instant::now()).unwrap();
         assert!(!root.sampled);
         let mut h = HeaderMap::new();
@@ -1281,18 +1263,25 @@ mod tests {
         }
     }
 
-    /// A recorder with access logs (one log record per request) feeding a collecting sink.
-    fn logging_recorder() -> (Arc<Recorder>, Arc<Collect>) {
+    /// A recorder configured by `yaml` feeding a collecting sink.
+    fn collecting(yaml: &str) -> (Arc<Recorder>, Arc<Collect>) {
         let sink = Arc::new(Collect(Mutex::new(Vec::new())));
         let pipeline = Arc::new(Pipeline::new(
             Arc::new(crate::MemoryLimiter::new(1 << 30, 1 << 30)),
             None,
             vec![sink.clone()],
         ));
-        let cfg = config(
+        (
+            Recorder::start(&config(yaml), pipeline, Registry::new()),
+            sink,
+        )
+    }
+
+    /// A recorder with access logs (one log record per request) feeding a collecting sink.
+    fn logging_recorder() -> (Arc<Recorder>, Arc<Collect>) {
+        collecting(
             "telemetry:\n  service_name: edge\n  tracing: { enabled: false }\n  access_log: { otlp: true }\n",
-        );
-        (Recorder::start(&cfg, pipeline, Registry::new()), sink)
+        )
     }
 
     fn logged(sink: &Collect) -> u64 {
@@ -1392,14 +1381,7 @@ mod tests {
 
     #[test]
     fn attempts_stay_inline_until_a_retry_and_are_bounded() {
-        let attempt = |number| AttemptRecord {
-            span_id: [1; 8],
-            start_unix_nanos: 0,
-            end_unix_nanos: 0,
-            number,
-            status: 200,
-            error: None,
-        };
+        let attempt = |number| attempt([1; 8], number, 200);
         let mut a = Attempts::None;
         assert!(a.as_slice().is_empty());
         a.push(attempt(1));
