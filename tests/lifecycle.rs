@@ -486,16 +486,21 @@ async fn sigterm_with_idle_connections_exits_promptly() {
     let a = Upstream::echo("a").await;
     let (admin, edge) = (free_addr(), free_addr());
     let yaml = format!(
-        "admin:\n  bind: {admin}\nruntime:\n  drain_timeout: 30s\nlisteners:\n  - name: edge\n    bind: {edge}\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    discovery: {{ static: [{}] }}\n",
+        "admin:\n  bind: {admin}\nruntime:\n  drain_timeout: 30s\nlisteners:\n  - name: edge\n    bind: {edge}\n    limits: {{ header_read_timeout: 60s }}\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    discovery: {{ static: [{}] }}\n",
         a.addr
     );
     let mut mesh = Mesh::start(admin, &yaml).await;
-    // Idle keep-alive connections (h1 and h2c) must not hold the drain for drain_timeout.
+    // Idle keep-alive connections (h1 and h2c) must not hold the drain for drain_timeout, nor
+    // wait for the header-read timeout (longer than WAIT here) to close.
     let (h1, h2) = (h1_client(), h2c_client());
-    assert_eq!(
-        get(&h1, &format!("http://{edge}/")).await.status,
-        StatusCode::OK
-    );
+    // Two requests on the h1 connection: it then waits for a third with its drain wait
+    // registered by an earlier wait.
+    for _ in 0..2 {
+        assert_eq!(
+            get(&h1, &format!("http://{edge}/")).await.status,
+            StatusCode::OK
+        );
+    }
     assert_eq!(
         get(&h2, &format!("http://{edge}/")).await.status,
         StatusCode::OK

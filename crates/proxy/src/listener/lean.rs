@@ -55,6 +55,9 @@ struct Conn {
     /// Response bytes waiting to be written.
     out: BytesMut,
     head_timer: HeadDeadline,
+    /// Whether the drain wait has been polled once: its waker stays registered, so later
+    /// waits only poll it again once the drain watch has changed.
+    drain_registered: bool,
 }
 
 /// What waiting for a request head ended with.
@@ -93,10 +96,11 @@ pub(super) async fn serve(
         buf: BytesMut::new(),
         out: BytesMut::new(),
         head_timer: HeadDeadline::default(),
+        drain_registered: false,
     };
     loop {
         let head = match conn
-            .next_request(max_head, head_timeout, drained.as_mut())
+            .next_request(max_head, head_timeout, &draining, drained.as_mut())
             .await
         {
             Next::Simple(head) => head,
@@ -150,6 +154,7 @@ impl Conn {
         &mut self,
         max_head: usize,
         timeout: Duration,
+        draining: &watch::Receiver<bool>,
         mut drained: Pin<&mut impl Future<Output = ()>>,
     ) -> Next {
         let mut deadline = None;
@@ -170,9 +175,16 @@ impl Conn {
                     return Poll::Ready(None);
                 }
                 // Between requests a draining listener closes the connection (or when the
-                // listener is gone); in the middle of a head it waits for the rest.
-                if self.buf.is_empty() && drained.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
+                // listener is gone); in the middle of a head it waits for the rest. Polled
+                // again only after the watch changed: a poll costs more than the rest of this
+                // wait, and the first one left the task's waker registered.
+                if self.buf.is_empty()
+                    && (!self.drain_registered || draining.has_changed().unwrap_or(true))
+                {
+                    if drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    self.drain_registered = true;
                 }
                 Poll::Pending
             })
