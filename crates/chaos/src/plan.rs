@@ -263,7 +263,7 @@ impl FaultRegistry {
         if !self.is_enabled() {
             return None;
         }
-        let snap = self.load();
+        let snap = self.load_if_any();
         let mut plan = FaultPlan::default();
 
         if let Some(limits) = &target.header_faults
@@ -283,7 +283,7 @@ impl FaultRegistry {
             }
         }
 
-        for rule in snap.rules.iter() {
+        for rule in snap.iter().flat_map(|s| s.rules.iter()) {
             if rule.spec.scope != target.scope {
                 continue;
             }

@@ -6,7 +6,7 @@ use crate::stats::{self, FaultKind, RuleStats, StatsSnapshot};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::time::Instant;
@@ -130,6 +130,9 @@ pub(crate) struct Snapshot {
 #[derive(Debug)]
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
+    /// How many rules `snapshot` holds, so that requests skip loading it while there are none
+    /// (one atomic load instead of the snapshot's reference dance, twice per request).
+    rule_count: AtomicUsize,
     /// Serialises writers (readers never take it).
     writer: Mutex<()>,
     killed: AtomicBool,
@@ -174,6 +177,7 @@ impl FaultRegistry {
         FaultRegistry {
             inner: Arc::new(Inner {
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
+                rule_count: AtomicUsize::new(0),
                 writer: Mutex::new(()),
                 killed: AtomicBool::new(false),
                 seed,
@@ -197,6 +201,11 @@ impl FaultRegistry {
 
     pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.inner.snapshot.load()
+    }
+
+    /// The rules, unless there are none (then without touching the snapshot).
+    pub(crate) fn load_if_any(&self) -> Option<arc_swap::Guard<Arc<Snapshot>>> {
+        (self.inner.rule_count.load(Ordering::Acquire) > 0).then(|| self.load())
     }
 
     pub(crate) fn header_stats(&self) -> (&Arc<str>, &Arc<RuleStats>) {
@@ -229,7 +238,9 @@ impl FaultRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.inner.snapshot.load_full();
         let rules = f(&current.rules);
+        let count = rules.len();
         self.inner.snapshot.store(Arc::new(Snapshot { rules }));
+        self.inner.rule_count.store(count, Ordering::Release);
     }
 
     /// Replaces the config-sourced rules (all or nothing); API rules stay, and win over a config
