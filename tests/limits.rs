@@ -105,6 +105,43 @@ clusters:
     );
 }
 
+/// Requests on one HTTP/1.1 connection share a timer entry for their route timeouts: each
+/// request still gets its full timeout from its own start, not the entry's earlier deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_counts_from_each_request_on_a_keep_alive_connection() {
+    let up = Upstream::echo("up").await;
+    let (admin, edge) = (free_addr(), free_addr());
+    let yaml = format!(
+        "{}listeners:
+  - name: edge
+    bind: {edge}
+    routes:
+      - cluster: up
+        timeout: 500ms
+clusters:
+{}",
+        prelude(admin),
+        static_cluster("up", &[up.addr])
+    );
+    let _mesh = Mesh::start(admin, &yaml).await;
+    let mut stream = TcpStream::connect(edge).await.unwrap();
+    let mut exchange = async |path: &str, delay_ms: u64| {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-echo-delay-ms: {delay_ms}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        read_response(&mut stream).await
+    };
+    // The second request starts ~300 ms in, after the first's deadline was set for 500 ms.
+    for path in ["/first", "/second"] {
+        let resp = exchange(path, 300).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp:.300}");
+    }
+    let resp = exchange("/slow", 5000).await;
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp:.300}");
+    assert!(resp.contains("upstream_timeout"), "{resp:.300}");
+    let resp = exchange("/after", 300).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:.300}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_over_the_limit_is_413_before_going_upstream() {
     let up = Upstream::echo("up").await;

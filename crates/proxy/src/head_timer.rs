@@ -3,50 +3,18 @@
 //! hyper arms its header-read timeout each time a connection starts waiting for a request head
 //! (idle keep-alive included) and drops it once the head is in. With `hyper_util`'s
 //! `TokioTimer` that is, for every request, a boxed tokio `Sleep` created, registered in the
-//! timer wheel and removed again (about 700 instructions, 2 % of a proxied request under
-//! callgrind). [`HeadTimer`] keeps one tokio `Sleep` per connection instead: a new deadline is
-//! only a number in the small box hyper asks for, and the wheel entry moves only when it fires
-//! before the deadline now waited for, so at most once per timeout period.
+//! timer wheel and removed again. [`HeadTimer`] keeps one [`ReusableDeadline`] per connection
+//! instead: a new deadline is only a number in the small box hyper asks for.
 
 use hyper::rt::{Sleep, Timer};
+use otlp_mesh_resilience::timeout::ReusableDeadline;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// A connection's one timer entry for its header-read deadlines, created on the first wait
-/// (inside the runtime). Used directly by the lean HTTP/1.1 server, and behind [`HeadTimer`]
-/// by hyper's.
-#[derive(Default)]
-pub(crate) struct HeadDeadline(Option<Pin<Box<tokio::time::Sleep>>>);
-
-impl HeadDeadline {
-    /// Ready once `deadline` has passed; wakes the task then.
-    pub(crate) fn poll_until(
-        &mut self,
-        deadline: tokio::time::Instant,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        let sleep = self
-            .0
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() > deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        // Runs at most twice: after a reset the entry's deadline is this wait's.
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            if sleep.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            // The entry fired for an earlier wait's deadline: move it to this one.
-            sleep.as_mut().reset(deadline);
-        }
-    }
-}
-
-type Entry = Arc<Mutex<HeadDeadline>>;
+type Entry = Arc<Mutex<ReusableDeadline>>;
 
 /// A hyper [`Timer`] for one connection's header-read timeouts (give each connection its own).
 #[derive(Clone, Default)]

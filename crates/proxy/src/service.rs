@@ -17,7 +17,7 @@ use otlp_mesh_resilience::ratelimit::{
 use otlp_mesh_resilience::retry::{
     Backoff, BudgetConfig, NonIdempotent, RetryConfig, RetryLayer, RetryStats,
 };
-use otlp_mesh_resilience::timeout::Timeout;
+use otlp_mesh_resilience::timeout::{ReusableDeadline, Timeout};
 use otlp_mesh_telemetry::recorder::{
     Recorder, RequestRecord, RequestTarget, RequestTrace, RouteNames,
 };
@@ -252,20 +252,42 @@ impl ListenerState {
 
 /// Handles one request end to end. Errors become responses, except an injected reset, which
 /// hyper turns into a closed connection (HTTP/1.1) or a reset stream (h2).
+///
+/// `route_timer`, for a connection whose requests come one after another, times the route
+/// timeout with the connection's one timer entry.
 pub async fn handle(
     state: Arc<ListenerState>,
     peer: SocketAddr,
     req: Request<DownstreamBody>,
+    route_timer: Option<&mut ReusableDeadline>,
 ) -> Result<Response<ResponseBody>, FaultReset> {
     // The one clock read at the start of a request: metrics, span and access log share it.
     let start = Instant::now();
     let Some(recorder) = state.recorder.as_ref() else {
-        return route_and_forward(&state, peer, req, None, start, &mut Picked::default()).await;
+        return route_and_forward(
+            &state,
+            peer,
+            req,
+            None,
+            start,
+            &mut Picked::default(),
+            route_timer,
+        )
+        .await;
     };
     let trace = recorder.begin(req.headers(), start.into_std());
     let Some(t) = trace.as_ref().filter(|t| t.records()) else {
         // Not sampled and no access log: only the trace headers travel on.
-        return route_and_forward(&state, peer, req, trace, start, &mut Picked::default()).await;
+        return route_and_forward(
+            &state,
+            peer,
+            req,
+            trace,
+            start,
+            &mut Picked::default(),
+            route_timer,
+        )
+        .await;
     };
     let fields = RecordFields {
         trace: trace.clone(),
@@ -288,7 +310,16 @@ pub async fn handle(
         fields: Some(fields),
         picked: Picked::default(),
     };
-    let result = route_and_forward(&state, peer, req, trace, start, &mut recording.picked).await;
+    let result = route_and_forward(
+        &state,
+        peer,
+        req,
+        trace,
+        start,
+        &mut recording.picked,
+        route_timer,
+    )
+    .await;
     let (status, error, faults) = match &result {
         Ok(resp) => (
             resp.status().as_u16(),
@@ -405,6 +436,7 @@ async fn route_and_forward(
     trace: Option<Arc<RequestTrace>>,
     start: Instant,
     picked: &mut Picked,
+    route_timer: Option<&mut ReusableDeadline>,
 ) -> Result<Response<ResponseBody>, FaultReset> {
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
@@ -495,11 +527,12 @@ async fn route_and_forward(
             UpstreamBody::plain as ToUpstream<_>,
         )),
     };
-    let faulted = Fault::new(
-        Timeout::new(attempts, effective_timeout(route.timeout, client_deadline)),
-        state.faults.clone(),
-        target.request_faults.clone(),
-    );
+    let timeout = Timeout::new(attempts, effective_timeout(route.timeout, client_deadline));
+    let timeout = match route_timer {
+        Some(entry) => timeout.reusing(entry),
+        None => timeout,
+    };
+    let faulted = Fault::new(timeout, state.faults.clone(), target.request_faults.clone());
     let stack = match state.limits.get(route.index).and_then(Option::as_ref) {
         Some(limit) => Either::Left(limit.layer.layer_service(faulted)),
         None => Either::Right(faulted),

@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::head_timer::HeadDeadline;
+use otlp_mesh_resilience::timeout::ReusableDeadline;
 
 /// How much a read buffer grows when it runs short.
 const READ_BUFFER: usize = 8 * 1024;
@@ -54,7 +54,7 @@ struct Conn {
     buf: BytesMut,
     /// Response bytes waiting to be written.
     out: BytesMut,
-    head_timer: HeadDeadline,
+    head_timer: ReusableDeadline,
     /// Whether the drain wait has been polled once: its waker stays registered, so later
     /// waits only poll it again once the drain watch has changed.
     drain_registered: bool,
@@ -95,9 +95,11 @@ pub(super) async fn serve(
         stream,
         buf: BytesMut::new(),
         out: BytesMut::new(),
-        head_timer: HeadDeadline::default(),
+        head_timer: ReusableDeadline::default(),
         drain_registered: false,
     };
+    // The route timeouts' timer entry: the connection's requests come one after another.
+    let mut route_timer = ReusableDeadline::default();
     loop {
         let head = match conn
             .next_request(max_head, head_timeout, &draining, drained.as_mut())
@@ -121,7 +123,12 @@ pub(super) async fn serve(
         // Each request reads the state current when it starts; a reload never changes it
         // mid-flight.
         // Pinned where it is made: the request's future is large, and each move is a copy.
-        let served = pin!(handle(state.load_full(), peer, request.map(|()| None)));
+        let served = pin!(handle(
+            state.load_full(),
+            peer,
+            request.map(|()| None),
+            Some(&mut route_timer),
+        ));
         let Some(response) = conn.await_response(served).await else {
             return;
         };

@@ -142,7 +142,7 @@ async fn serve_with_hyper(
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // Each request reads the state current when it starts; a reload never changes it mid-flight.
         let state = state.load_full();
-        async move { handle(state, peer, req.map(Some)).await }
+        async move { handle(state, peer, req.map(Some), None).await }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);

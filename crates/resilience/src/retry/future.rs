@@ -27,7 +27,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B> {
         // Not retriable: one attempt, no retry state at all.
-        Once { #[pin] fut: timeout::ResponseFuture<F> },
+        Once { #[pin] fut: timeout::ResponseFuture<'static, F> },
         Retrying { #[pin] state: State<F>, ctx: Ctx<S, B> },
     }
 }
@@ -35,7 +35,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Attempt { #[pin] fut: timeout::ResponseFuture<F> },
+        Attempt { #[pin] fut: timeout::ResponseFuture<'static, F> },
         Backoff { #[pin] sleep: Sleep },
         Ready,
     }
@@ -55,7 +55,7 @@ pub(crate) struct Ctx<S, B> {
     pub(crate) permit: Option<RetryPermit>,
 }
 
-fn per_try<F>(fut: F, d: Option<Duration>) -> timeout::ResponseFuture<F> {
+fn per_try<F>(fut: F, d: Option<Duration>) -> timeout::ResponseFuture<'static, F> {
     timeout::ResponseFuture::new(fut, d)
 }
 

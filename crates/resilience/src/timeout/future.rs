@@ -1,4 +1,4 @@
-use super::Elapsed;
+use super::{Elapsed, ReusableDeadline};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,28 +9,52 @@ use tokio::time::{Instant, Sleep};
 pin_project! {
     /// Response future of [`super::Timeout`].
     ///
-    /// The deadline is fixed when the request is made; the timer itself is only created if the
-    /// inner future is not ready on its first poll (an immediate answer never touches the timer wheel).
-    pub struct ResponseFuture<F> {
+    /// The deadline is fixed when the request is made; the timer is only touched if the inner
+    /// future is not ready on its first poll (an immediate answer never reaches the timer wheel).
+    pub struct ResponseFuture<'t, F> {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Option<Sleep>,
+        timer: Timer<'t>,
         deadline: Option<(Instant, Duration)>,
     }
 }
 
-impl<F> ResponseFuture<F> {
+pin_project! {
+    #[project = TimerProj]
+    enum Timer<'t> {
+        /// A timer entry of the request's own, created when first needed.
+        Own { #[pin] sleep: Option<Sleep> },
+        /// The connection's entry, reused from request to request.
+        Reused { entry: &'t mut ReusableDeadline },
+    }
+}
+
+impl<F> ResponseFuture<'static, F> {
     pub(crate) fn new(inner: F, timeout: Option<Duration>) -> Self {
         ResponseFuture {
             inner,
-            sleep: None,
+            timer: Timer::Own { sleep: None },
             deadline: timeout.map(|d| (Instant::now() + d, d)),
         }
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<'t, F> ResponseFuture<'t, F> {
+    pub(crate) fn reusing(
+        inner: F,
+        timeout: Option<Duration>,
+        entry: &'t mut ReusableDeadline,
+    ) -> Self {
+        ResponseFuture {
+            inner,
+            timer: Timer::Reused { entry },
+            deadline: timeout.map(|d| (Instant::now() + d, d)),
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<'_, F>
 where
     F: Future<Output = Result<T, E>>,
     E: From<Elapsed>,
@@ -38,22 +62,28 @@ where
     type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out);
         }
         let Some((deadline, after)) = *this.deadline else {
             return Poll::Pending;
         };
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        match this.sleep.as_pin_mut() {
-            Some(sleep) => match sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Elapsed(after).into())),
-                Poll::Pending => Poll::Pending,
-            },
-            None => Poll::Pending,
+        let elapsed = match this.timer.project() {
+            TimerProj::Own { mut sleep } => {
+                if sleep.is_none() {
+                    sleep.set(Some(tokio::time::sleep_until(deadline)));
+                }
+                match sleep.as_pin_mut() {
+                    Some(sleep) => sleep.poll(cx),
+                    None => Poll::Pending,
+                }
+            }
+            TimerProj::Reused { entry } => entry.poll_until(deadline, cx),
+        };
+        match elapsed {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed(after).into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -14,14 +14,14 @@ impl TimeoutLayer {
     }
 
     /// Wraps `inner` (same as `Layer::layer`, without importing the trait).
-    pub fn layer_service<S>(&self, inner: S) -> Timeout<S> {
+    pub fn layer_service<S>(&self, inner: S) -> Timeout<'static, S> {
         Timeout::new(inner, self.timeout)
     }
 }
 
 impl<S> tower::Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-    fn layer(&self, inner: S) -> Timeout<S> {
+    type Service = Timeout<'static, S>;
+    fn layer(&self, inner: S) -> Timeout<'static, S> {
         Timeout::new(inner, self.timeout)
     }
 }
