@@ -147,7 +147,7 @@ fn finish<B>(resp: Response<B>, rest: Option<Box<Rest>>) -> Response<FaultBody<B
     drop(guards);
     let mut resp = match throttle {
         Some(bps) => resp.map(|b| FaultBody::Throttled {
-            inner: Throttled::with_guards(b, bps, body_guards),
+            inner: Box::pin(Throttled::with_guards(b, bps, body_guards)),
         }),
         None => resp.map(FaultBody::inner),
     };
