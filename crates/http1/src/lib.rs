@@ -24,9 +24,12 @@ pub use error::Error;
 pub use request::{
     BodySize, RequestFraming, encode_chunk_head, encode_last_chunk, encode_request_head,
 };
-pub use response::{HeadLimits, MAX_HEADERS, ResponseFraming, ResponseHead, parse_response_head};
+pub use response::{
+    HeadLimits, MAX_HEADERS, ResponseFraming, ResponseHead, parse_response_head,
+    parse_response_head_reusing,
+};
 pub use response_body::{BodyDecoder, Decoded};
 pub use server::{
     ParsedRequest, RequestContext, RequestHead, ResponseWrite, encode_response_head,
-    parse_request_head,
+    parse_request_head, parse_request_head_reusing,
 };

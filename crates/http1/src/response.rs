@@ -63,6 +63,18 @@ pub fn parse_response_head(
     method: &Method,
     limits: &HeadLimits,
 ) -> Result<Option<ResponseHead>, Error> {
+    parse_response_head_reusing(buf, method, limits, &mut HeaderMap::new())
+}
+
+/// [`parse_response_head`], filling the map taken out of `spare` (cleared; its allocation is
+/// reused) rather than a new one: a client that has just sent a request's head can hand over
+/// that request's map. `spare` is only taken once a complete head is there.
+pub fn parse_response_head_reusing(
+    buf: &mut BytesMut,
+    method: &Method,
+    limits: &HeadLimits,
+    spare: &mut HeaderMap,
+) -> Result<Option<ResponseHead>, Error> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -115,7 +127,11 @@ pub fn parse_response_head(
             );
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = std::mem::take(spare);
+        headers.clear();
+        headers
+            .try_reserve(count)
+            .map_err(|_| Error::TooManyHeaders(MAX_HEADERS))?;
         // What framing and keep-alive depend on, read off the fields as they are added rather
         // than looked up afterwards.
         let mut fields = FramingFields::default();
@@ -209,6 +225,40 @@ impl FramingFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_map_holds_only_the_responses_fields() {
+        let mut spare = HeaderMap::new();
+        spare.insert("x-request-only", "1".parse().unwrap());
+        spare.append("accept", "*/*".parse().unwrap());
+        let limits = HeadLimits::default();
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"[..]);
+        // Incomplete: the spare map is left alone.
+        let partial = parse_response_head_reusing(&mut buf, &Method::GET, &limits, &mut spare);
+        assert!(matches!(partial, Ok(None)));
+        assert_eq!(spare.len(), 2);
+        buf.extend_from_slice(b"accept: text/plain\r\nx-up: a\r\nx-up: b\r\n\r\nok");
+        let head = parse_response_head_reusing(&mut buf, &Method::GET, &limits, &mut spare)
+            .unwrap()
+            .unwrap();
+        let fields: Vec<(String, String)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("content-length", "2"),
+                ("accept", "text/plain"),
+                ("x-up", "a"),
+                ("x-up", "b"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        assert!(spare.is_empty());
+        assert_eq!(&buf[..], b"ok");
+    }
 
     fn parse(text: &str, method: Method) -> (Result<Option<ResponseHead>, Error>, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());

@@ -44,6 +44,17 @@ pub enum ParsedRequest {
 
 /// Parses the request head at the front of `buf`, splitting it off if the request is simple.
 pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest {
+    parse_request_head_reusing(buf, max_bytes, &mut HeaderMap::new())
+}
+
+/// [`parse_request_head`], filling the map taken out of `spare` (cleared; its allocation is
+/// reused) rather than a new one: a server can hand over the map of the response it last
+/// wrote. `spare` is only taken once a complete head is there.
+pub fn parse_request_head_reusing(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+    spare: &mut HeaderMap,
+) -> ParsedRequest {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -99,7 +110,11 @@ pub fn parse_request_head(buf: &mut BytesMut, max_bytes: usize) -> ParsedRequest
     let slice = |start: u32, len: u32| head.slice(start as usize..(start + len) as usize);
     // Room for the fields the proxy adds (`traceparent`, `x-forwarded-for`…) without the map
     // growing (~750 instructions) on the first insert.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    if headers.try_reserve(count + 2).is_err() {
+        return rejoin(buf, head);
+    }
     for &(ns, nl, vs, vl) in &*spans {
         let name = HeaderName::from_bytes(&head[ns as usize..(ns + nl) as usize]);
         let value = HeaderValue::from_maybe_shared(slice(vs, vl));
@@ -253,6 +268,37 @@ pub fn encode_response_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_map_holds_only_the_requests_fields() {
+        let mut spare = HeaderMap::new();
+        spare.insert("x-response-only", HeaderValue::from_static("1"));
+        spare.insert("server", HeaderValue::from_static("up"));
+        let mut buf = BytesMut::from(&b"GET /a HTTP/1.1\r\nhost: x\r\n"[..]);
+        // Incomplete: the spare map is left alone.
+        assert!(matches!(
+            parse_request_head_reusing(&mut buf, 8192, &mut spare),
+            ParsedRequest::Partial
+        ));
+        assert_eq!(spare.len(), 2);
+        buf.extend_from_slice(b"accept: */*\r\n\r\nGET /b");
+        let ParsedRequest::Simple(head) = parse_request_head_reusing(&mut buf, 8192, &mut spare)
+        else {
+            panic!("not parsed as a simple request");
+        };
+        let fields: Vec<(String, String)> = head
+            .request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            fields,
+            [("host", "x"), ("accept", "*/*")].map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        assert!(spare.is_empty());
+        assert_eq!(&buf[..], b"GET /b");
+    }
 
     const MAX: usize = 64 * 1024;
 

@@ -13,11 +13,11 @@ use super::replay::Replay;
 use crate::service::{ListenerState, ResponseBody, handle};
 use arc_swap::ArcSwap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderValue, Response};
+use http::{HeaderMap, HeaderValue, Response};
 use http_body::{Body, Frame};
 use otlp_mesh_http1::{
     BodySize, ParsedRequest, RequestContext, RequestHead, ResponseFraming, encode_chunk_head,
-    encode_last_chunk, encode_response_head, parse_request_head,
+    encode_last_chunk, encode_response_head, parse_request_head_reusing,
 };
 use std::future::{Future, poll_fn};
 use std::io;
@@ -38,6 +38,8 @@ const READ_BUFFER: usize = 8 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Body chunks at least this large are written from their own buffer rather than copied.
 const COPY_LIMIT: usize = 8 * 1024;
+/// The largest header map (in fields) a connection keeps between requests for reuse.
+const SPARE_HEADERS_CAPACITY: usize = 64;
 
 /// The largest request head accepted: the listener's `max_request_headers`, at least 8 KiB
 /// (hyper's `max_buf_size` for the same listener, which answers 431 past it).
@@ -55,6 +57,9 @@ struct Conn {
     /// Response bytes waiting to be written.
     out: BytesMut,
     head_timer: ReusableDeadline,
+    /// The last response's header map, emptied: the next request's fields go into its
+    /// allocation (one map allocated and freed per connection rather than per request).
+    spare_headers: HeaderMap,
     /// Whether the drain wait has been polled once: its waker stays registered, so later
     /// waits only poll it again once the drain watch has changed.
     drain_registered: bool,
@@ -96,6 +101,7 @@ pub(super) async fn serve(
         buf: BytesMut::new(),
         out: BytesMut::new(),
         head_timer: ReusableDeadline::default(),
+        spare_headers: HeaderMap::new(),
         drain_registered: false,
     };
     // The route timeouts' timer entry: the connection's requests come one after another.
@@ -166,7 +172,7 @@ impl Conn {
     ) -> Next {
         let mut deadline = None;
         loop {
-            match parse_request_head(&mut self.buf, max_head) {
+            match parse_request_head_reusing(&mut self.buf, max_head, &mut self.spare_headers) {
                 ParsedRequest::Simple(head) => return Next::Simple(head),
                 ParsedRequest::Other => return Next::Other,
                 ParsedRequest::Partial => {}
@@ -253,7 +259,13 @@ impl Conn {
             http_date,
             &mut self.out,
         );
-        drop(parts);
+        // Emptied now, so that its values do not keep the upstream's read buffer; a map grown
+        // unusually large is let go.
+        let mut spare = parts.headers;
+        if spare.capacity() <= SPARE_HEADERS_CAPACITY {
+            spare.clear();
+            self.spare_headers = spare;
+        }
         let mut body = pin!(body);
         let mut left = match write.framing {
             ResponseFraming::Length(n) => n,

@@ -225,7 +225,7 @@ where
         now: Timestamp,
     ) -> impl Future<Output = Result<Response<LeanBody>, PoolError>> + Send + use<B> {
         let slot = self.slot(addr);
-        let (parts, _empty) = req.into_parts();
+        let (mut parts, _empty) = req.into_parts();
         let lean = slot.lean.clone();
         let (connect_timeout, retry) = (
             self.settings.connect_timeout,
@@ -242,7 +242,7 @@ where
                         false,
                     ),
                 };
-                match conn.exchange(&parts).await {
+                match conn.exchange(&mut parts).await {
                     Ok(head) => return Ok(lean::response(head, conn, lean)),
                     Err(e) if reused && retry && e.unanswered() => continue,
                     Err(e) => return Err(PoolError::Exchange(Box::new(e))),

@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use otlp_mesh_http1::{
     BodyDecoder, BodySize, Decoded, HeadLimits, ResponseFraming, ResponseHead, encode_request_head,
-    parse_response_head,
+    parse_response_head_reusing,
 };
 use std::io;
 use std::pin::Pin;
@@ -99,10 +99,12 @@ impl Conn {
         }
     }
 
-    /// Writes the head of a request without a body and reads the response head.
+    /// Writes the head of a request without a body and reads the response head. The response's
+    /// header map reuses the request's allocation (the request's fields are gone once a
+    /// response has come: it is answered and never sent again).
     pub(crate) async fn exchange(
         &mut self,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
     ) -> Result<ResponseHead, ExchangeError> {
         self.out.clear();
         encode_request_head(parts, BodySize::Empty, &mut self.out)
@@ -118,8 +120,13 @@ impl Conn {
             max_bytes: MAX_HEAD,
         };
         loop {
-            if let Some(head) = parse_response_head(&mut self.buf, &parts.method, &limits)
-                .map_err(ExchangeError::Response)?
+            if let Some(head) = parse_response_head_reusing(
+                &mut self.buf,
+                &parts.method,
+                &limits,
+                &mut parts.headers,
+            )
+            .map_err(ExchangeError::Response)?
             {
                 return Ok(head);
             }
