@@ -111,18 +111,8 @@ clusters:
 async fn route_timeout_counts_from_each_request_on_a_keep_alive_connection() {
     let up = Upstream::echo("up").await;
     let (admin, edge) = (free_addr(), free_addr());
-    let yaml = format!(
-        "{}listeners:
-  - name: edge
-    bind: {edge}
-    routes:
-      - cluster: up
-        timeout: 500ms
-clusters:
-{}",
-        prelude(admin),
-        static_cluster("up", &[up.addr])
-    );
+    let timeout = "        timeout: 500ms\n";
+    let yaml = one_route(admin, edge, "", timeout, &static_cluster("up", &[up.addr]));
     let _mesh = Mesh::start(admin, &yaml).await;
     let mut stream = TcpStream::connect(edge).await.unwrap();
     let mut exchange = async |path: &str, delay_ms: u64| {

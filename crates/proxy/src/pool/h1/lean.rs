@@ -11,7 +11,7 @@
 use super::idle::{IdleList, Reusable};
 use crate::body::BoxError;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Response};
+use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use otlp_mesh_http1::{
     BodyDecoder, BodySize, Decoded, HeadLimits, ResponseFraming, ResponseHead, encode_request_head,
@@ -172,11 +172,10 @@ pub struct LeanBody {
 }
 
 enum BodyState {
-    /// The whole body (possibly none) came with the head; the connection is back already.
+    /// What is left of the body is here (possibly nothing: it came with the head, or it has
+    /// ended, its trailers included); the connection is no longer the body's.
     Ready(Option<Bytes>),
     Streaming(Box<Streaming>),
-    /// The trailers of a chunked body, after its last data.
-    Trailers(Option<HeaderMap>),
 }
 
 /// A body still being read from its connection.
@@ -192,7 +191,6 @@ impl std::fmt::Debug for LeanBody {
         let state = match &self.state {
             BodyState::Ready(b) => format!("ready({:?} bytes)", b.as_ref().map(Bytes::len)),
             BodyState::Streaming(s) => format!("streaming({:?})", s.decoder.remaining()),
-            BodyState::Trailers(_) => "trailers".into(),
         };
         f.debug_struct("LeanBody").field("state", &state).finish()
     }
@@ -267,9 +265,6 @@ impl Body for LeanBody {
         loop {
             let s = match &mut this.state {
                 BodyState::Ready(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-                BodyState::Trailers(t) => {
-                    return Poll::Ready(t.take().map(|t| Ok(Frame::trailers(t))));
-                }
                 BodyState::Streaming(s) => s,
             };
             match s.decoder.decode(&mut s.conn.buf) {
@@ -280,7 +275,7 @@ impl Body for LeanBody {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
                 Ok(Decoded::Trailers(t)) => {
-                    this.finish(BodyState::Trailers(None));
+                    this.finish(BodyState::Ready(None));
                     return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
                 Ok(Decoded::End) => {
@@ -314,7 +309,6 @@ impl Body for LeanBody {
     fn is_end_stream(&self) -> bool {
         match &self.state {
             BodyState::Ready(b) => b.is_none(),
-            BodyState::Trailers(t) => t.is_none(),
             BodyState::Streaming(s) => s.decoder.is_done(),
         }
     }
@@ -322,7 +316,6 @@ impl Body for LeanBody {
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             BodyState::Ready(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            BodyState::Trailers(_) => SizeHint::with_exact(0),
             BodyState::Streaming(s) => match s.decoder.remaining() {
                 Some(n) => SizeHint::with_exact(n),
                 None => SizeHint::default(),
