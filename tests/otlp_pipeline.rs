@@ -34,16 +34,27 @@ async fn api(mesh: &Mesh, path: &str) -> Value {
     r.json()
 }
 
-/// The admin API's answer at `path` once it is 200 (within 10 s): a trace reaches the store
-/// after the recorder's flush.
-async fn api_once_found(mesh: &Mesh, path: &str) -> Value {
+/// The admin API's answer at `path` once it is 200 and `ready` holds for it (within 10 s):
+/// telemetry reaches a store after the recorder's and the exporter's flushes.
+async fn api_when(mesh: &Mesh, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let ready = &ready;
     eventually(path, Duration::from_secs(10), || async move {
         mesh.try_admin_get(path)
             .await
-            .is_ok_and(|r| r.status == StatusCode::OK)
+            .is_ok_and(|r| r.status == StatusCode::OK && ready(&r.json()))
     })
     .await;
     api(mesh, path).await
+}
+
+/// Whether an answer's `key` array holds `n` items.
+fn holds(key: &'static str, n: usize) -> impl Fn(&Value) -> bool {
+    move |v| v[key].as_array().is_some_and(|a| a.len() == n)
+}
+
+/// Whether an answer's `key` array holds anything.
+fn has_any(key: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v[key].as_array().is_some_and(|a| !a.is_empty())
 }
 
 fn span_by_name<'a>(trace: &'a Value, name: &str) -> &'a Value {
@@ -114,22 +125,7 @@ telemetry:
     }
 
     // The SDK's trace, field by field, in the backend.
-    eventually(
-        "the SDK trace in the backend",
-        Duration::from_secs(10),
-        || {
-            let b = &b;
-            let path = format!("/api/traces/{trace_id}");
-            async move {
-                b.try_admin_get(&path).await.is_ok_and(|r| {
-                    r.status == StatusCode::OK
-                        && r.json()["spans"].as_array().is_some_and(|s| s.len() == 2)
-                })
-            }
-        },
-    )
-    .await;
-    let trace = api(&b, &format!("/api/traces/{trace_id}")).await;
+    let trace = api_when(&b, &format!("/api/traces/{trace_id}"), holds("spans", 2)).await;
     for s in sent["spans"].as_array().unwrap() {
         let got = span_by_name(&trace, s["name"].as_str().unwrap());
         assert_eq!(got["spanId"], s["spanId"]);
@@ -163,47 +159,19 @@ telemetry:
     assert_eq!(log["service"], "shop");
 
     // The SDK's metrics.
-    eventually(
-        "SDK metrics in the backend",
-        Duration::from_secs(10),
-        || {
-            let b = &b;
-            async move {
-                b.try_admin_get("/api/metrics?name=orders.placed")
-                    .await
-                    .is_ok_and(|r| {
-                        r.json()["metrics"]
-                            .as_array()
-                            .is_some_and(|m| !m.is_empty())
-                    })
-            }
-        },
-    )
-    .await;
-    let m = api(&b, "/api/metrics?name=orders.placed").await;
+    let m = api_when(&b, "/api/metrics?name=orders.placed", has_any("metrics")).await;
     assert_eq!(m["metrics"][0]["value"], 5);
     assert_eq!(m["metrics"][0]["attributes"]["region"], "eu");
     let h = api(&b, "/api/metrics?name=checkout.duration").await;
     assert_eq!(h["metrics"][0]["histogram"]["count"], 3);
 
     // The proxy's own server and client spans continue the caller's trace.
-    eventually(
-        "proxy spans in the backend",
-        Duration::from_secs(10),
-        || {
-            let b = &b;
-            async move {
-                b.try_admin_get(&format!("/api/traces/{proxied_trace}"))
-                    .await
-                    .is_ok_and(|r| {
-                        r.status == StatusCode::OK
-                            && r.json()["spans"].as_array().is_some_and(|s| s.len() == 6)
-                    })
-            }
-        },
+    let t = api_when(
+        &b,
+        &format!("/api/traces/{proxied_trace}"),
+        holds("spans", 6),
     )
     .await;
-    let t = api(&b, &format!("/api/traces/{proxied_trace}")).await;
     let spans = t["spans"].as_array().unwrap();
     let servers: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "SERVER").collect();
     assert_eq!(servers.len(), 3);
@@ -234,17 +202,10 @@ telemetry:
         assert_eq!(l["attributes"]["http.response.status_code"], 200);
     }
     // RED metrics as OTLP.
-    eventually(
-        "RED metrics in the backend",
-        Duration::from_secs(10),
-        || {
-            let b = &b;
-            async move {
-                b.try_admin_get("/api/metrics?name=http.server.request.duration&service=edge")
-                    .await
-                    .is_ok_and(|r| r.json()["metrics"][0]["histogram"]["count"] == 3)
-            }
-        },
+    api_when(
+        &b,
+        "/api/metrics?name=http.server.request.duration&service=edge",
+        |v| v["metrics"][0]["histogram"]["count"] == 3,
     )
     .await;
     // The first mesh's own store has it too, and its exporter counted what it sent.
@@ -472,11 +433,27 @@ async fn first_call_fails() -> (Upstream, Seen) {
     (upstream, seen)
 }
 
-#[tokio::test]
-async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
+/// A mesh after one GET /pay that its route `flaky` retried once (the upstream answers 503
+/// first): what the tests of retried requests' telemetry look at.
+struct RetriedOnce {
+    mesh: Mesh,
+    listen: SocketAddr,
+    seen: Seen,
+    _upstream: Upstream,
+}
+
+impl RetriedOnce {
+    /// The headers of each request the upstream has seen so far.
+    fn seen(&self) -> Vec<http::HeaderMap> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Starts [`RetriedOnce`]'s mesh, with `routes` (YAML list items) before `flaky` and
+/// `telemetry` (YAML lines) under `telemetry:`, and sends its request.
+async fn one_retried_request(routes: &str, telemetry: &str) -> RetriedOnce {
     let (upstream, seen) = first_call_fails().await;
-    let admin = free_addr();
-    let listen = free_addr();
+    let (admin, listen) = (free_addr(), free_addr());
     let mesh = Mesh::start(
         admin,
         &format!(
@@ -484,7 +461,7 @@ async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
   - name: edge
     bind: {listen}
     routes:
-      - name: flaky
+{routes}      - name: flaky
         match: {{ path_prefix: / }}
         cluster: up
         retry: {{ attempts: 2, on: [5xx], backoff: {{ base: 1ms, max: 2ms }} }}
@@ -493,8 +470,7 @@ clusters:
     discovery: {{ static: [ {} ] }}
 telemetry:
   service_name: edge
-  tracing: {{ propagation: [w3c, b3] }}
-",
+{telemetry}",
             prelude(admin),
             upstream.addr
         ),
@@ -502,9 +478,19 @@ telemetry:
     .await;
     let r = get(&h1_client(), &format!("http://{listen}/pay")).await;
     assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 2, "one request, retried once");
+    RetriedOnce {
+        mesh,
+        listen,
+        seen,
+        _upstream: upstream,
+    }
+}
 
-    let headers = seen.lock().unwrap().clone();
-    assert_eq!(headers.len(), 2);
+#[tokio::test]
+async fn retries_get_a_client_span_each_and_b3_goes_upstream() {
+    let retried = one_retried_request("", "  tracing: { propagation: [w3c, b3] }\n").await;
+    let (mesh, headers) = (&retried.mesh, retried.seen());
     let parent_of = |h: &http::HeaderMap| -> (String, String) {
         let (trace, span) = traceparent_ids(h);
         let b3 = h.get("b3").unwrap().to_str().unwrap();
@@ -516,18 +502,7 @@ telemetry:
     assert_eq!(trace1, trace2, "both attempts in one trace");
     assert_ne!(span1, span2, "each attempt has its own span");
 
-    let path = format!("/api/traces/{trace1}");
-    eventually("the trace in the store", Duration::from_secs(10), || {
-        let (m, path) = (&mesh, path.clone());
-        async move {
-            m.try_admin_get(&path).await.is_ok_and(|r| {
-                r.status == StatusCode::OK
-                    && r.json()["spans"].as_array().is_some_and(|s| s.len() == 3)
-            })
-        }
-    })
-    .await;
-    let t = api(&mesh, &path).await;
+    let t = api_when(mesh, &format!("/api/traces/{trace1}"), holds("spans", 3)).await;
     let server = span_by_name(&t, "GET flaky");
     assert!(
         server["parentSpanId"].is_null(),
@@ -562,40 +537,10 @@ telemetry:
 
 #[tokio::test]
 async fn without_client_spans_every_attempt_is_a_child_of_the_server_span() {
-    let (upstream, seen) = first_call_fails().await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let mesh = Mesh::start(
-        admin,
-        &format!(
-            "{}listeners:
-  - name: edge
-    bind: {listen}
-    routes:
-      - name: steady
-        match: {{ path_prefix: /steady }}
-        cluster: up
-      - name: flaky
-        match: {{ path_prefix: / }}
-        cluster: up
-        retry: {{ attempts: 2, on: [5xx], backoff: {{ base: 1ms, max: 2ms }} }}
-clusters:
-  - name: up
-    discovery: {{ static: [ {} ] }}
-telemetry:
-  service_name: edge
-  tracing: {{ client_spans: false }}
-  access_log: {{ otlp: true }}
-",
-            prelude(admin),
-            upstream.addr
-        ),
-    )
-    .await;
-    let r = get(&h1_client(), &format!("http://{listen}/pay")).await;
-    assert_eq!(r.status, StatusCode::OK);
-
-    let headers = seen.lock().unwrap().clone();
-    assert_eq!(headers.len(), 2);
+    let steady = "      - { name: steady, match: { path_prefix: /steady }, cluster: up }\n";
+    let telemetry = "  tracing: { client_spans: false }\n  access_log: { otlp: true }\n";
+    let retried = one_retried_request(steady, telemetry).await;
+    let (mesh, headers) = (&retried.mesh, retried.seen());
     let (trace1, span1) = traceparent_ids(&headers[0]);
     assert_eq!(
         traceparent_ids(&headers[1]),
@@ -604,7 +549,7 @@ telemetry:
     );
 
     // Client spans would have been encoded and sent with the server span.
-    let t = api_once_found(&mesh, &format!("/api/traces/{trace1}")).await;
+    let t = api_when(mesh, &format!("/api/traces/{trace1}"), |_| true).await;
     let spans = t["spans"].as_array().unwrap();
     assert_eq!(spans.len(), 1, "the server span only: {t}");
     let server = &spans[0];
@@ -620,24 +565,16 @@ telemetry:
     );
 
     // Without retries the one attempt is counted in the access log all the same.
+    let listen = retried.listen;
     let r = get(&h1_client(), &format!("http://{listen}/steady")).await;
     assert_eq!(r.status, StatusCode::OK);
-    let (trace3, span3) = traceparent_ids(&seen.lock().unwrap()[2]);
-    let path = format!("/api/logs?trace_id={trace3}");
-    eventually(
-        "the access log in the store",
-        Duration::from_secs(10),
-        || {
-            let (m, path) = (&mesh, path.clone());
-            async move {
-                m.try_admin_get(&path)
-                    .await
-                    .is_ok_and(|r| r.json()["logs"].as_array().is_some_and(|l| !l.is_empty()))
-            }
-        },
+    let (trace3, span3) = traceparent_ids(&retried.seen()[2]);
+    let logs = api_when(
+        mesh,
+        &format!("/api/logs?trace_id={trace3}"),
+        has_any("logs"),
     )
     .await;
-    let logs = api(&mesh, &path).await;
     let log = &logs["logs"][0];
     assert_eq!(log["spanId"], span3.as_str(), "the upstream's parent");
     assert_eq!(log["attributes"]["otlp_mesh.attempts"], 1, "{log}");
@@ -704,7 +641,7 @@ telemetry:
         );
         let r = send(&client, req).await;
         assert_eq!(r.status.as_u16(), status, "{path}");
-        let t = api_once_found(&mesh, &format!("/api/traces/{trace_id}")).await;
+        let t = api_when(&mesh, &format!("/api/traces/{trace_id}"), |_| true).await;
         let server = t["spans"]
             .as_array()
             .unwrap()

@@ -1,8 +1,21 @@
 //! Values of the fields that frame a message and steer its connection, read from their raw
-//! bytes (shared by the request, response and server sides).
+//! bytes, and the maps parsed fields go into (shared by the request, response and server sides).
 
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+
+/// The map in `spare`, emptied, with room for `fields` more: a parsed head's fields go into an
+/// allocation made before. `None` when that room cannot be had.
+pub(crate) fn reuse_map(spare: &mut HeaderMap, fields: usize) -> Option<HeaderMap> {
+    let mut map = std::mem::take(spare);
+    // Skipped when already empty (a server empties its spare as soon as it is done with it):
+    // clearing also resets every index slot.
+    if !map.is_empty() {
+        map.clear();
+    }
+    map.try_reserve(fields).ok()?;
+    Some(map)
+}
 
 /// The one length all `content-length` lines (and their comma-separated values) agree on.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {

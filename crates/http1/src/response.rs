@@ -1,7 +1,7 @@
 //! Response heads.
 
 use crate::Error;
-use crate::fields::{last_coding_is_chunked, length_value, lists_token};
+use crate::fields::{last_coding_is_chunked, length_value, lists_token, reuse_map};
 use crate::spans::Spans;
 use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -127,11 +127,7 @@ pub fn parse_response_head_reusing(
             );
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = std::mem::take(spare);
-        headers.clear();
-        headers
-            .try_reserve(count)
-            .map_err(|_| Error::TooManyHeaders(MAX_HEADERS))?;
+        let mut headers = reuse_map(spare, count).ok_or(Error::TooManyHeaders(MAX_HEADERS))?;
         // What framing and keep-alive depend on, read off the fields as they are added rather
         // than looked up afterwards.
         let mut fields = FramingFields::default();

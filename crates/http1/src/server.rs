@@ -6,7 +6,7 @@
 //! HTTP/1 server (hyper), which then answers it exactly as it would have from the first byte:
 //! its 400s, 431s and 100-continues stay its own.
 
-use crate::fields::{content_length, lists_token};
+use crate::fields::{content_length, lists_token, reuse_map};
 use crate::request::itoa_u64;
 use crate::spans::Spans;
 use crate::{BodySize, MAX_HEADERS, ResponseFraming};
@@ -110,11 +110,9 @@ pub fn parse_request_head_reusing(
     let slice = |start: u32, len: u32| head.slice(start as usize..(start + len) as usize);
     // Room for the fields the proxy adds (`traceparent`, `x-forwarded-for`…) without the map
     // growing (~750 instructions) on the first insert.
-    let mut headers = std::mem::take(spare);
-    headers.clear();
-    if headers.try_reserve(count + 2).is_err() {
+    let Some(mut headers) = reuse_map(spare, count + 2) else {
         return rejoin(buf, head);
-    }
+    };
     for &(ns, nl, vs, vl) in &*spans {
         let name = HeaderName::from_bytes(&head[ns as usize..(ns + nl) as usize]);
         let value = HeaderValue::from_maybe_shared(slice(vs, vl));
