@@ -264,6 +264,10 @@ impl FaultRegistry {
             return None;
         }
         let snap = self.load_if_any();
+        if snap.is_none() && target.header_faults.is_none() {
+            // Nothing could apply: the common case costs no plan to build and drop.
+            return None;
+        }
         let mut plan = FaultPlan::default();
 
         if let Some(limits) = &target.header_faults
