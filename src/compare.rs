@@ -495,8 +495,17 @@ struct Median {
     added_p99_us: Option<f64>,
     added_p999_us: Option<f64>,
     cpu_us_per_request: Option<f64>,
+    /// Median over the rounds of this target's CPU per request divided by otlp-mesh's in the
+    /// same round: a paired ratio, so a machine that slows down between rounds moves both.
+    cpu_vs_mesh: Option<f64>,
+    /// How far the CPU per request moved between rounds: (max − min) / median, with two or
+    /// more rounds.
+    cpu_spread: Option<f64>,
     rss_peak_mib: Option<f64>,
 }
+
+/// Above this spread of a target's CPU per request between rounds, the run is called noisy.
+const NOISY_SPREAD: f64 = 0.10;
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
@@ -522,19 +531,22 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
     };
     let mut out = Vec::new();
     for name in first.iter().map(|o| o.name) {
-        let measured: Vec<(Report, Option<Report>)> = rounds
+        type Measured = (Report, Option<Report>, Option<Report>);
+        let measured: Vec<Measured> = rounds
             .iter()
-            .filter_map(|r| report(r, name).map(|rep| (rep, report(r, "direct"))))
+            .filter_map(|r| {
+                report(r, name).map(|rep| (rep, report(r, "direct"), report(r, "otlp-mesh")))
+            })
             .collect();
         if measured.is_empty() {
             continue;
         }
-        let of = |f: &dyn Fn(&Report) -> f64| median(measured.iter().map(|(r, _)| f(r)).collect());
+        let of = |f: &dyn Fn(&Report) -> f64| median(measured.iter().map(|(r, ..)| f(r)).collect());
         let added = |f: &dyn Fn(&Report) -> u64| {
             median(
                 measured
                     .iter()
-                    .filter_map(|(r, d)| d.as_ref().map(|d| f(r) as f64 - f(d) as f64))
+                    .filter_map(|(r, d, _)| d.as_ref().map(|d| f(r) as f64 - f(d) as f64))
                     .collect(),
             )
         };
@@ -542,10 +554,12 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             median(
                 measured
                     .iter()
-                    .filter_map(|(r, _)| r.processes.first().map(f))
+                    .filter_map(|(r, ..)| r.processes.first().map(f))
                     .collect(),
             )
         };
+        let cpu = |r: &Report| r.processes.first().map(|p| p.cpu_us_per_request);
+        let cpus: Vec<f64> = measured.iter().filter_map(|(r, ..)| cpu(r)).collect();
         out.push(Median {
             name,
             rounds: measured.len(),
@@ -557,16 +571,60 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             added_p99_us: added(&|r| r.latency.p99_us),
             added_p999_us: added(&|r| r.latency.p999_us),
             cpu_us_per_request: process(&|p| p.cpu_us_per_request),
+            cpu_vs_mesh: median(
+                measured
+                    .iter()
+                    .filter_map(|(r, _, m)| match (cpu(r), m.as_ref().and_then(cpu)) {
+                        (Some(c), Some(m)) if m > 0.0 => Some(c / m),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            cpu_spread: spread(&cpus),
             rss_peak_mib: process(&|p| p.rss_peak_bytes as f64 / 1048576.0),
         });
     }
     out
 }
 
+/// (max − min) / median of two or more values.
+fn spread(values: &[f64]) -> Option<f64> {
+    if values.len() < 2 {
+        return None;
+    }
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    median(values.to_vec())
+        .filter(|m| *m > 0.0)
+        .map(|m| (hi - lo) / m)
+}
+
+/// A warning when some target's CPU per request moved between rounds by more than
+/// [`NOISY_SPREAD`]: the machine's speed changed during the run.
+fn noise_warning(medians: &[Median]) -> Option<String> {
+    let (name, worst) = medians
+        .iter()
+        .filter_map(|m| m.cpu_spread.map(|s| (m.name, s)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (worst > NOISY_SPREAD).then(|| {
+        format!(
+            "warning: {name}'s CPU per request moved by {:.0} % between rounds (more than {:.0} %): \
+             the machine's speed changed during the run; CPU differences between targets smaller \
+             than that are not shown by it (cpu/mesh pairs each round, which cancels slow drift \
+             but not noise within a round)",
+            worst * 100.0,
+            NOISY_SPREAD * 100.0
+        )
+    })
+}
+
 fn print_medians(medians: &[Median], rounds: usize) {
     println!("median of {rounds} rounds");
     println!(
-        "{:<19} {:>7} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>9}",
+        "{:<19} {:>7} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>9} {:>7} {:>9}",
         "target",
         "rounds",
         "req/s",
@@ -576,12 +634,14 @@ fn print_medians(medians: &[Median], rounds: usize) {
         "added p50",
         "added p99",
         "cpu-µs/req",
+        "cpu/mesh",
+        "spread",
         "rss-MiB"
     );
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     for m in medians {
         println!(
-            "{:<19} {:>7} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>10} {:>11} {:>9}",
+            "{:<19} {:>7} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>10} {:>11} {:>9} {:>7} {:>9}",
             m.name,
             m.rounds,
             m.throughput_rps,
@@ -591,12 +651,20 @@ fn print_medians(medians: &[Median], rounds: usize) {
             opt(m.added_p50_us, 0),
             opt(m.added_p99_us, 0),
             opt(m.cpu_us_per_request, 1),
+            m.cpu_vs_mesh.map_or("-".into(), |r| format!("{r:.2}×")),
+            m.cpu_spread
+                .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
             opt(m.rss_peak_mib, 1),
         );
     }
     println!(
-        "(latencies in µs; added = the target's percentile minus direct's in the same round, then the median over rounds)"
+        "(latencies in µs; added = the target's percentile minus direct's in the same round, then the median over rounds; \
+         cpu/mesh = the median of the per-round ratios of CPU per request to otlp-mesh's; \
+         spread = (max - min) / median of CPU per request over the rounds)"
     );
+    if let Some(w) = noise_warning(medians) {
+        println!("{w}");
+    }
 }
 
 /// otlp-mesh with one worker on the config `template` filled for this run.
@@ -868,6 +936,46 @@ mod tests {
         assert_eq!(m[2].added_p99_us, Some(200.0));
         assert_eq!(m[2].cpu_us_per_request, Some(8.5));
         assert_eq!(m[2].rss_peak_mib, Some(16.0));
+        // CPU against otlp-mesh's in the same rounds: 8/10 and 9/11.
+        assert_eq!(m[2].cpu_vs_mesh, Some((0.8 + 9.0 / 11.0) / 2.0));
+        assert_eq!(m[1].cpu_vs_mesh, Some(1.0));
+        assert_eq!(m[0].cpu_vs_mesh, None);
+        // Spread: (12 - 10) / 11 and (9 - 8) / 8.5; none without CPU figures.
+        assert_eq!(m[1].cpu_spread, Some(2.0 / 11.0));
+        assert_eq!(m[2].cpu_spread, Some(1.0 / 8.5));
+        assert_eq!(m[0].cpu_spread, None);
+    }
+
+    #[test]
+    fn cpu_against_otlp_mesh_is_paired_by_round_and_a_drifting_machine_is_called_noisy() {
+        let round = |mesh: f64, nginx: f64| {
+            vec![
+                measured("otlp-mesh", 1000, 100.0, Some(mesh)),
+                measured("nginx", 1000, 100.0, Some(nginx)),
+            ]
+        };
+        // The machine halves its speed in round 2; nginx is 0.9x otlp-mesh's CPU in two of the
+        // three rounds. The medians alone (13 against 12) would rank nginx behind.
+        let drifting = vec![round(10.0, 9.0), round(20.0, 18.0), round(12.0, 13.0)];
+        let m = medians(&drifting);
+        assert_eq!(m[1].cpu_us_per_request, Some(13.0));
+        assert_eq!(m[1].cpu_vs_mesh, Some(0.9));
+        assert_eq!(m[0].cpu_spread, Some(10.0 / 12.0));
+        let warning = noise_warning(&m).expect("a 100 % spread is noisy");
+        assert!(
+            warning.contains("otlp-mesh's CPU per request moved by 83 %"),
+            "{warning}"
+        );
+
+        let steady = vec![round(10.0, 9.0), round(10.5, 9.4), round(10.2, 9.3)];
+        let m = medians(&steady);
+        assert!(
+            m.iter()
+                .all(|m| m.cpu_spread.is_some_and(|s| s <= NOISY_SPREAD))
+        );
+        assert_eq!(noise_warning(&m), None);
+        // One round has no spread to judge.
+        assert_eq!(noise_warning(&medians(&drifting[..1])), None);
     }
 
     #[test]

@@ -422,7 +422,24 @@ fn bench_compare_rounds_report_every_round_and_the_medians() {
         (added[0] + added[1]) / 2.0
     );
     assert!(mesh["cpu_us_per_request"].as_f64().unwrap() > 0.0);
+    assert_eq!(mesh["cpu_vs_mesh"].as_f64(), Some(1.0));
+    let cpu = |round: &serde_json::Value| {
+        round
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "otlp-mesh")
+            .unwrap()["report"]["processes"][0]["cpu_us_per_request"]
+            .as_f64()
+            .unwrap()
+    };
+    let (a, b) = (cpu(&rounds[0]), cpu(&rounds[1]));
+    assert_eq!(
+        mesh["cpu_spread"].as_f64().unwrap(),
+        (a - b).abs() / ((a + b) / 2.0)
+    );
     assert_eq!(medians[0]["added_p99_us"].as_f64(), Some(0.0));
+    assert!(medians[0]["cpu_spread"].is_null(), "direct has no process");
     assert!(p.stdout().contains("median of 2 rounds"), "{}", p.stdout());
 }
 
