@@ -363,7 +363,7 @@ impl Endpoint {
 /// `e^-x` for `x ≥ 0`: the weight an estimate keeps after `x` decay periods.
 ///
 /// Between requests `x` is tiny (1 ms of a 10 s decay is 1e-4), where the series' first five
-/// terms already equal `exp` to within an ulp (the next term is below 1e-17) at a fraction of
+/// terms already equal `exp` to within a few ulp (the next term is below 1e-17) at a fraction of
 /// its cost: this runs on every response and twice per P2C pick.
 fn decay_weight(x: f64) -> f64 {
     const SERIES_BELOW: f64 = 1e-3;
