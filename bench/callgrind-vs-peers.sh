@@ -17,6 +17,9 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/otlp-mesh}
 RATE=${2:-300}
 S=${3:-10}
+for tool in valgrind callgrind_control strace curl python3; do
+  command -v $tool >/dev/null || { echo "needs $tool (apt-get install valgrind strace curl python3)" >&2; exit 1; }
+done
 W=$(mktemp -d)
 UP=127.0.0.1:29281 LISTEN=127.0.0.1:29280 ADMIN=127.0.0.1:29282
 "$BIN" bench-upstream --bind $UP --log-level warn >/dev/null 2>&1 &
