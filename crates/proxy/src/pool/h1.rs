@@ -237,8 +237,11 @@ where
             loop {
                 let (mut conn, reused) = match lean.checkout(now) {
                     Some(conn) => (conn, true),
+                    // Boxed: a new connection is the rare path, and inline its future (a
+                    // connect and a timer) would make this future, which every request copies
+                    // into its box, a third larger.
                     None => (
-                        Conn::new(super::connect(addr, connect_timeout).await?),
+                        Conn::new(Box::pin(super::connect(addr, connect_timeout)).await?),
                         false,
                     ),
                 };
