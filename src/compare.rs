@@ -522,16 +522,16 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
     let Some(first) = rounds.first() else {
         return Vec::new();
     };
-    let report = |round: &[Outcome], name: &str| {
+    fn report<'a>(round: &'a [Outcome], name: &str) -> Option<&'a Report> {
         round
             .iter()
             .find(|o| o.name == name)
             .and_then(|o| o.report.as_ref())
-            .cloned()
-    };
+    }
     let mut out = Vec::new();
     for name in first.iter().map(|o| o.name) {
-        type Measured = (Report, Option<Report>, Option<Report>);
+        // Each round's report of this target, with `direct`'s and otlp-mesh's of that round.
+        type Measured<'a> = (&'a Report, Option<&'a Report>, Option<&'a Report>);
         let measured: Vec<Measured> = rounds
             .iter()
             .filter_map(|r| {
@@ -546,7 +546,7 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             median(
                 measured
                     .iter()
-                    .filter_map(|(r, d, _)| d.as_ref().map(|d| f(r) as f64 - f(d) as f64))
+                    .filter_map(|(r, d, _)| d.map(|d| f(r) as f64 - f(d) as f64))
                     .collect(),
             )
         };
@@ -574,7 +574,7 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             cpu_vs_mesh: median(
                 measured
                     .iter()
-                    .filter_map(|(r, _, m)| match (cpu(r), m.as_ref().and_then(cpu)) {
+                    .filter_map(|(r, _, m)| match (cpu(r), m.and_then(cpu)) {
                         (Some(c), Some(m)) if m > 0.0 => Some(c / m),
                         _ => None,
                     })

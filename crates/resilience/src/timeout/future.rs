@@ -32,11 +32,7 @@ pin_project! {
 
 impl<F> ResponseFuture<'static, F> {
     pub(crate) fn new(inner: F, timeout: Option<Duration>) -> Self {
-        ResponseFuture {
-            inner,
-            timer: Timer::Own { sleep: None },
-            deadline: timeout.map(|d| (Instant::now() + d, d)),
-        }
+        Self::with_timer(inner, timeout, Timer::Own { sleep: None })
     }
 }
 
@@ -46,9 +42,13 @@ impl<'t, F> ResponseFuture<'t, F> {
         timeout: Option<Duration>,
         entry: &'t mut ReusableDeadline,
     ) -> Self {
+        Self::with_timer(inner, timeout, Timer::Reused { entry })
+    }
+
+    fn with_timer(inner: F, timeout: Option<Duration>, timer: Timer<'t>) -> Self {
         ResponseFuture {
             inner,
-            timer: Timer::Reused { entry },
+            timer,
             deadline: timeout.map(|d| (Instant::now() + d, d)),
         }
     }

@@ -32,12 +32,7 @@ impl ReusableDeadline {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.deadline() > deadline {
             sleep.as_mut().reset(deadline);
-        } else if self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-            && !sleep.is_elapsed()
-        {
+        } else if wakes(&self.registered, cx.waker()) && !sleep.is_elapsed() {
             // Armed for this deadline or an earlier one, and set to wake this task: polling
             // the entry again (a budget check and a waker swap, ~120 instructions) would
             // change nothing.
@@ -50,11 +45,7 @@ impl ReusableDeadline {
             if sleep.as_mut().poll(cx).is_pending() {
                 if !registers {
                     self.registered = None;
-                } else if !self
-                    .registered
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
+                } else if !wakes(&self.registered, cx.waker()) {
                     self.registered = Some(cx.waker().clone());
                 }
                 return Poll::Pending;
@@ -66,6 +57,11 @@ impl ReusableDeadline {
             sleep.as_mut().reset(deadline);
         }
     }
+}
+
+/// Whether `registered` is (a waker for the same task as) `waker`.
+fn wakes(registered: &Option<Waker>, waker: &Waker) -> bool {
+    registered.as_ref().is_some_and(|w| w.will_wake(waker))
 }
 
 #[cfg(test)]

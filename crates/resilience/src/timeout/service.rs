@@ -26,12 +26,9 @@ impl<'t, S> Timeout<'t, S> {
     /// Times the next call with `entry` rather than a timer entry of its own: for a caller
     /// whose requests come one after another (an HTTP/1.1 connection), so the entry is not
     /// registered and removed again for each.
-    pub fn reusing(self, entry: &'t mut ReusableDeadline) -> Timeout<'t, S> {
-        Timeout {
-            inner: self.inner,
-            timeout: self.timeout,
-            reuse: Some(entry),
-        }
+    pub fn reusing(mut self, entry: &'t mut ReusableDeadline) -> Timeout<'t, S> {
+        self.reuse = Some(entry);
+        self
     }
 }
 
