@@ -655,3 +655,42 @@ telemetry:
         assert_eq!(server["status"]["code"], "ERROR", "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_one_worker_proxy_with_its_telemetry_and_store_stays_one_thread() {
+    // The store indexes on the proxy's runtime: a second thread would make glibc and the
+    // kernel charge every request's system calls for thread safety.
+    let upstream = Upstream::start(|_req| async { Response::new(full("ok")) }).await;
+    let (admin, listen) = (free_addr(), free_addr());
+    let mesh = Mesh::start_with_args(
+        admin,
+        &format!(
+            "{}listeners:
+  - name: edge
+    bind: {listen}
+    routes: [ {{ match: {{ path_prefix: / }}, cluster: up }} ]
+clusters:
+  - {{ name: up, discovery: {{ static: [ {} ] }} }}
+telemetry:
+  service_name: edge
+  tracing: {{ enabled: true, sampling_ratio: 1.0 }}
+  metrics: {{ enabled: true, interval: 1s }}
+",
+            prelude(admin),
+            upstream.addr
+        ),
+        &["--workers", "1"],
+    )
+    .await;
+    let client = h1_client();
+    for _ in 0..20 {
+        let r = get(&client, &format!("http://{listen}/one")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // The store filled (its ingest ran), and the process still has one thread.
+    api_when(&mesh, "/api/traces?limit=100", holds("traces", 20)).await;
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", mesh.proc.pid()))
+        .unwrap()
+        .count();
+    assert_eq!(tasks, 1, "threads of a one-worker proxy with telemetry");
+}

@@ -33,8 +33,6 @@ pub enum TelemetryError {
     },
     #[error("invalid processor config: {0}")]
     Processors(String),
-    #[error("cannot start the store thread: {0}")]
-    Store(std::io::Error),
     #[error("exporter `{name}`: {reason}")]
     Exporter { name: String, reason: String },
 }
@@ -130,10 +128,10 @@ impl Telemetry {
         let mut consumers: Vec<Arc<dyn Consumer>> = Vec::new();
         let store = if cfg.store.enabled {
             let store = Arc::new(Store::from_config(&cfg.store));
-            let feed = Arc::new(
-                StoreFeed::start(store.clone(), cfg.store.max_items_per_second.value)
-                    .map_err(TelemetryError::Store)?,
-            );
+            let feed = Arc::new(StoreFeed::start(
+                store.clone(),
+                cfg.store.max_items_per_second.value,
+            ));
             consumers.push(feed.clone());
             Some((store, feed))
         } else {
@@ -275,7 +273,7 @@ impl Telemetry {
                 out,
                 "otlp_mesh_store_skipped_batches_total",
                 "counter",
-                "Batches that bypassed the embedded store: its thread fell behind (backlog) or its items-per-second budget was spent (budget), or it could not decode them (undecodable).",
+                "Batches that bypassed the embedded store: its ingest fell behind (backlog) or its items-per-second budget was spent (budget); or that it stopped in because their framing broke (undecodable; the items before the break were stored).",
             );
             crate::write_sample(
                 out,

@@ -55,79 +55,92 @@ pub fn for_each_field<'a>(
     mut f: impl FnMut(u32, Value<'a>, usize) -> Result<(), WireError>,
 ) -> Result<(), WireError> {
     let mut pos = 0;
-    while pos < buf.len() {
-        let at = base + pos;
-        let (key, n) = varint(&buf[pos..]).ok_or(WireError {
-            offset: at,
-            reason: "truncated field key",
-        })?;
-        pos += n;
-        let field = (key >> 3) as u32;
-        if field == 0 || key >> 3 > u64::from(u32::MAX >> 3) {
-            return Err(WireError {
-                offset: at,
-                reason: "field number 0 or out of range",
-            });
-        }
-        let value = match key & 7 {
-            0 => {
-                let (v, n) = varint(&buf[pos..]).ok_or(WireError {
-                    offset: base + pos,
-                    reason: "truncated varint",
-                })?;
-                pos += n;
-                Value::Varint(v)
-            }
-            1 => {
-                let b = buf.get(pos..pos + 8).ok_or(WireError {
-                    offset: base + pos,
-                    reason: "truncated fixed64",
-                })?;
-                pos += 8;
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                Value::Fixed64(u64::from_le_bytes(a))
-            }
-            2 => {
-                let (len, n) = varint(&buf[pos..]).ok_or(WireError {
-                    offset: base + pos,
-                    reason: "truncated length",
-                })?;
-                pos += n;
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|l| pos.checked_add(l))
-                    .filter(|e| *e <= buf.len())
-                    .ok_or(WireError {
-                        offset: base + pos,
-                        reason: "length runs past the end of its message",
-                    })?;
-                let v = Value::Bytes(&buf[pos..end]);
-                let start = pos;
-                pos = end;
-                f(field, v, base + start)?;
-                continue;
-            }
-            5 => {
-                let b = buf.get(pos..pos + 4).ok_or(WireError {
-                    offset: base + pos,
-                    reason: "truncated fixed32",
-                })?;
-                pos += 4;
-                let mut a = [0u8; 4];
-                a.copy_from_slice(b);
-                Value::Fixed32(u32::from_le_bytes(a))
-            }
-            _ => {
-                return Err(WireError {
-                    offset: at,
-                    reason: "unsupported wire type (groups are not used by OTLP)",
-                });
-            }
-        };
+    while let Some((field, value, at)) = next_field(buf, &mut pos, base)? {
         f(field, value, at)?;
     }
     Ok(())
+}
+
+/// Reads the field of `buf` at `*pos` and moves `*pos` past it: its number, its value and its
+/// offset (`base` is `buf`'s own offset in the payload; a length-delimited value's offset is that
+/// of its first byte, any other's that of its key). `None` at the end of `buf`.
+pub fn next_field<'a>(
+    buf: &'a [u8],
+    pos: &mut usize,
+    base: usize,
+) -> Result<Option<(u32, Value<'a>, usize)>, WireError> {
+    let Some(rest) = buf.get(*pos..).filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let at = base + *pos;
+    let (key, n) = varint(rest).ok_or(WireError {
+        offset: at,
+        reason: "truncated field key",
+    })?;
+    let mut p = *pos + n;
+    let field = (key >> 3) as u32;
+    if field == 0 || key >> 3 > u64::from(u32::MAX >> 3) {
+        return Err(WireError {
+            offset: at,
+            reason: "field number 0 or out of range",
+        });
+    }
+    let (value, offset) = match key & 7 {
+        0 => {
+            let (v, n) = varint(&buf[p..]).ok_or(WireError {
+                offset: base + p,
+                reason: "truncated varint",
+            })?;
+            p += n;
+            (Value::Varint(v), at)
+        }
+        1 => {
+            let b = buf.get(p..p + 8).ok_or(WireError {
+                offset: base + p,
+                reason: "truncated fixed64",
+            })?;
+            p += 8;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            (Value::Fixed64(u64::from_le_bytes(a)), at)
+        }
+        2 => {
+            let (len, n) = varint(&buf[p..]).ok_or(WireError {
+                offset: base + p,
+                reason: "truncated length",
+            })?;
+            p += n;
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|l| p.checked_add(l))
+                .filter(|e| *e <= buf.len())
+                .ok_or(WireError {
+                    offset: base + p,
+                    reason: "length runs past the end of its message",
+                })?;
+            let start = p;
+            p = end;
+            (Value::Bytes(&buf[start..end]), base + start)
+        }
+        5 => {
+            let b = buf.get(p..p + 4).ok_or(WireError {
+                offset: base + p,
+                reason: "truncated fixed32",
+            })?;
+            p += 4;
+            let mut a = [0u8; 4];
+            a.copy_from_slice(b);
+            (Value::Fixed32(u32::from_le_bytes(a)), at)
+        }
+        _ => {
+            return Err(WireError {
+                offset: at,
+                reason: "unsupported wire type (groups are not used by OTLP)",
+            });
+        }
+    };
+    *pos = p;
+    Ok(Some((field, value, offset)))
 }
 
 fn varint(buf: &[u8]) -> Option<(u64, usize)> {
@@ -141,7 +154,7 @@ fn varint(buf: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-fn expect_message<'a>(v: Value<'a>, at: usize) -> Result<&'a [u8], WireError> {
+pub(crate) fn expect_message<'a>(v: Value<'a>, at: usize) -> Result<&'a [u8], WireError> {
     match v {
         Value::Bytes(b) => Ok(b),
         _ => Err(WireError {

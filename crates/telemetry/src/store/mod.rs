@@ -17,6 +17,7 @@
 //!   series updated least recently goes first.
 
 mod feed;
+mod ingest;
 mod logs;
 mod metrics;
 mod model;
@@ -24,6 +25,7 @@ mod service_map;
 mod traces;
 
 pub use feed::StoreFeed;
+pub use ingest::Ingestion;
 pub use logs::{DEFAULT_LOG_LIMIT, LogQuery, LogView};
 pub use metrics::{
     ExpBucketsView, ExponentialHistogramView, HistogramView, MetricKind, MetricQuery, MetricView,
@@ -39,11 +41,10 @@ pub use traces::{DEFAULT_TRACE_LIMIT, MAX_LIMIT, TraceDetail, TraceQuery, TraceS
 use crate::otlp::{Batch, Signal};
 use logs::Logs;
 use metrics::Metrics;
-use model::{attributes, attributes_bytes, service_name};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use model::attributes;
+use opentelemetry_proto::tonic::logs::v1 as otlp_logs;
+use opentelemetry_proto::tonic::metrics::v1 as otlp_metrics;
+use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +67,7 @@ pub enum StoreError {
     Decode {
         signal: Signal,
         #[source]
-        source: prost::DecodeError,
+        source: crate::otlp::wire::WireError,
     },
 }
 
@@ -93,7 +94,10 @@ pub struct StoreStats {
     pub evicted_metric_points: u64,
     /// Spans skipped at ingest because their trace or span id is invalid.
     pub invalid_spans: u64,
-    /// Batches refused because they did not decode.
+    /// Spans, metrics and log records skipped because they did not decode (the rest of their
+    /// batch is stored).
+    pub undecodable_items: u64,
+    /// Batches whose framing broke part-way (the items before the break are stored).
     pub rejected_batches: u64,
 }
 
@@ -105,6 +109,7 @@ pub struct Store {
     logs: RwLock<Logs>,
     metrics: RwLock<Metrics>,
     invalid_spans: AtomicU64,
+    undecodable: AtomicU64,
     rejected: AtomicU64,
 }
 
@@ -140,17 +145,6 @@ fn now_unix_nano() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Resource attributes, their service name, and the bytes each of `items` items is charged.
-fn resource(r: &Option<Resource>, items: usize) -> (Arc<model::Attributes>, Arc<str>, usize) {
-    let attrs = r
-        .as_ref()
-        .map(|r| attributes(&r.attributes))
-        .unwrap_or_default();
-    let service = service_name(&attrs);
-    let share = (attributes_bytes(&attrs) + service.len()).div_ceil(items.max(1));
-    (Arc::new(attrs), service, share)
-}
-
 impl Store {
     /// A store holding at most about `max_bytes` (see the module docs for the split).
     pub fn new(max_bytes: u64) -> Store {
@@ -168,6 +162,7 @@ impl Store {
             logs: RwLock::new(Logs::new(budget(Signal::Logs))),
             metrics: RwLock::new(Metrics::new(budget(Signal::Metrics))),
             invalid_spans: AtomicU64::new(0),
+            undecodable: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
     }
@@ -178,57 +173,87 @@ impl Store {
         Store::new(config.max_bytes.value.0)
     }
 
-    /// Decodes and indexes a batch (decoding happens before any lock is taken). An invalid
-    /// payload stores nothing and returns the decode error. Spans with a trace id that is not
-    /// 16 bytes or a span id that is not 8 bytes (or all zeros) are skipped and counted.
+    /// Decodes and indexes a whole batch: [`Store::ingest_slice`] until it is done.
     pub fn ingest(&self, batch: &Batch) -> Result<(), StoreError> {
-        let err = |source| {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            StoreError::Decode {
-                signal: batch.signal,
-                source,
-            }
-        };
-        match batch.signal {
+        let mut ingestion = Ingestion::new(batch);
+        while self.ingest_slice(&mut ingestion, usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Decodes the next items of `ingestion` (spans, metrics or log records), as many as reach
+    /// `max_bytes` encoded (at least one), and indexes them, decoding before the signal's lock
+    /// is taken. `Ok(true)` when there may be more. Items that do not decode, and spans whose trace id is not 16 bytes or span id not 8
+    /// (or all zeros), are skipped and counted. A payload whose framing breaks part-way keeps the
+    /// items before the break and returns the error.
+    pub fn ingest_slice(
+        &self,
+        ingestion: &mut Ingestion,
+        max_bytes: usize,
+    ) -> Result<bool, StoreError> {
+        let mut undecodable = 0u64;
+        let walked = match ingestion.signal() {
             Signal::Traces => {
-                let req = ExportTraceServiceRequest::decode(&batch.payload[..]).map_err(err)?;
-                let (spans, invalid) = decode_spans(req);
+                let mut spans = Vec::new();
+                let mut invalid = 0u64;
+                let walked =
+                    ingestion.take(max_bytes, |item, group| {
+                        match otlp_trace::Span::decode(item) {
+                            Ok(s) => match span_record(s, group) {
+                                Some(record) => spans.push(record),
+                                None => invalid += 1,
+                            },
+                            Err(_) => undecodable += 1,
+                        }
+                    });
                 if invalid > 0 {
                     self.invalid_spans.fetch_add(invalid, Ordering::Relaxed);
                 }
                 if !spans.is_empty() {
                     write(&self.traces).insert(spans);
                 }
+                walked
             }
             Signal::Logs => {
-                let req = ExportLogsServiceRequest::decode(&batch.payload[..]).map_err(err)?;
-                let records = decode_logs(req);
+                let mut records = Vec::new();
+                let walked =
+                    ingestion.take(
+                        max_bytes,
+                        |item, group| match otlp_logs::LogRecord::decode(item) {
+                            Ok(r) => records.push(log_view(r, &group.service)),
+                            Err(_) => undecodable += 1,
+                        },
+                    );
                 if !records.is_empty() {
                     write(&self.logs).insert(records);
                 }
+                walked
             }
             Signal::Metrics => {
-                let req = ExportMetricsServiceRequest::decode(&batch.payload[..]).map_err(err)?;
                 let mut points = Vec::new();
-                for rm in &req.resource_metrics {
-                    let service = service_name(
-                        &rm.resource
-                            .as_ref()
-                            .map(|r| attributes(&r.attributes))
-                            .unwrap_or_default(),
+                let walked =
+                    ingestion.take(
+                        max_bytes,
+                        |item, group| match otlp_metrics::Metric::decode(item) {
+                            Ok(m) => points.extend(metrics::points(&m, &group.service)),
+                            Err(_) => undecodable += 1,
+                        },
                     );
-                    for sm in &rm.scope_metrics {
-                        for m in &sm.metrics {
-                            points.extend(metrics::points(m, &service));
-                        }
-                    }
-                }
                 if !points.is_empty() {
                     write(&self.metrics).insert(points);
                 }
+                walked
             }
+        };
+        if undecodable > 0 {
+            self.undecodable.fetch_add(undecodable, Ordering::Relaxed);
         }
-        Ok(())
+        walked.map_err(|source| {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            StoreError::Decode {
+                signal: ingestion.signal(),
+                source,
+            }
+        })
     }
 
     /// The service map over spans that ended within `window` of now (everything when `None`).
@@ -281,6 +306,7 @@ impl Store {
         let mut s = StoreStats {
             max_bytes: self.max_bytes,
             invalid_spans: self.invalid_spans.load(Ordering::Relaxed),
+            undecodable_items: self.undecodable.load(Ordering::Relaxed),
             rejected_batches: self.rejected.load(Ordering::Relaxed),
             ..StoreStats::default()
         };
@@ -310,85 +336,56 @@ impl Store {
     }
 }
 
-/// Spans with their charged sizes, and how many were skipped for invalid ids.
-fn decode_spans(req: ExportTraceServiceRequest) -> (Vec<(Span, usize)>, u64) {
-    let mut out = Vec::new();
-    let mut invalid = 0;
-    for rs in req.resource_spans {
-        let n = rs.scope_spans.iter().map(|s| s.spans.len()).sum();
-        let (resource, service, share) = resource(&rs.resource, n);
-        for ss in rs.scope_spans {
-            for s in ss.spans {
-                let (Some(trace_id), Some(span_id)) = (
-                    TraceId::from_bytes(&s.trace_id),
-                    SpanId::from_bytes(&s.span_id),
-                ) else {
-                    invalid += 1;
-                    continue;
-                };
-                let status = s.status.unwrap_or_default();
-                let span = Span {
-                    trace_id,
-                    span_id,
-                    parent_span_id: SpanId::from_bytes(&s.parent_span_id),
-                    service: service.clone(),
-                    name: s.name,
-                    kind: SpanKind::from_otlp(s.kind),
-                    start_unix_nano: s.start_time_unix_nano,
-                    end_unix_nano: s.end_time_unix_nano,
-                    status: Status {
-                        code: StatusCode::from_otlp(status.code),
-                        message: status.message,
-                    },
-                    attributes: attributes(&s.attributes),
-                    events: s
-                        .events
-                        .into_iter()
-                        .map(|e| Event {
-                            attributes: attributes(&e.attributes),
-                            name: e.name,
-                            time_unix_nano: e.time_unix_nano,
-                        })
-                        .collect(),
-                    resource: resource.clone(),
-                };
-                let bytes = span.estimated_bytes() + share;
-                out.push((span, bytes));
-            }
-        }
-    }
-    (out, invalid)
+/// A decoded span as stored, with its charged size; `None` when its ids are invalid.
+fn span_record(s: otlp_trace::Span, group: &ingest::Group) -> Option<(Span, usize)> {
+    let trace_id = TraceId::from_bytes(&s.trace_id)?;
+    let span_id = SpanId::from_bytes(&s.span_id)?;
+    let status = s.status.unwrap_or_default();
+    let span = Span {
+        trace_id,
+        span_id,
+        parent_span_id: SpanId::from_bytes(&s.parent_span_id),
+        service: group.service.clone(),
+        name: s.name,
+        kind: SpanKind::from_otlp(s.kind),
+        start_unix_nano: s.start_time_unix_nano,
+        end_unix_nano: s.end_time_unix_nano,
+        status: Status {
+            code: StatusCode::from_otlp(status.code),
+            message: status.message,
+        },
+        attributes: attributes(&s.attributes),
+        events: s
+            .events
+            .into_iter()
+            .map(|e| Event {
+                attributes: attributes(&e.attributes),
+                name: e.name,
+                time_unix_nano: e.time_unix_nano,
+            })
+            .collect(),
+        resource: group.resource.clone(),
+    };
+    let bytes = span.estimated_bytes() + group.share;
+    Some((span, bytes))
 }
 
-fn decode_logs(req: ExportLogsServiceRequest) -> Vec<LogView> {
-    let mut out = Vec::new();
-    for rl in req.resource_logs {
-        let service = service_name(
-            &rl.resource
-                .as_ref()
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default(),
-        );
-        for sl in rl.scope_logs {
-            for r in sl.log_records {
-                out.push(LogView {
-                    time_unix_nano: if r.time_unix_nano != 0 {
-                        r.time_unix_nano
-                    } else {
-                        r.observed_time_unix_nano
-                    },
-                    severity_text: r.severity_text,
-                    severity_number: r.severity_number,
-                    body: r.body.as_ref().map(any_value_to_json).unwrap_or_default(),
-                    trace_id: TraceId::from_bytes(&r.trace_id),
-                    span_id: SpanId::from_bytes(&r.span_id),
-                    service: service.clone(),
-                    attributes: attributes(&r.attributes),
-                });
-            }
-        }
+/// A decoded log record as stored.
+fn log_view(r: otlp_logs::LogRecord, service: &Arc<str>) -> LogView {
+    LogView {
+        time_unix_nano: if r.time_unix_nano != 0 {
+            r.time_unix_nano
+        } else {
+            r.observed_time_unix_nano
+        },
+        severity_text: r.severity_text,
+        severity_number: r.severity_number,
+        body: r.body.as_ref().map(any_value_to_json).unwrap_or_default(),
+        trace_id: TraceId::from_bytes(&r.trace_id),
+        span_id: SpanId::from_bytes(&r.span_id),
+        service: service.clone(),
+        attributes: attributes(&r.attributes),
     }
-    out
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 use super::*;
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
     Sum, metric, number_data_point,
 };
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as pt;
 use serde_json::{Value, json};
 
@@ -772,7 +776,7 @@ fn metrics_keep_the_latest_point_per_series() {
 }
 
 #[test]
-fn invalid_payload_is_refused_and_stores_nothing() {
+fn broken_framing_stops_a_batch_and_keeps_what_came_before() {
     let st = store();
     let garbage = Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2]);
     for signal in Signal::ALL {
@@ -781,20 +785,22 @@ fn invalid_payload_is_refused_and_stores_nothing() {
             .unwrap_err();
         assert!(err.to_string().contains(signal.as_str()), "{err}");
     }
-    // A valid span batch cut short fails to decode as a whole: nothing from it is stored.
-    let good = traces_batch(abc(1, 0, false).to_vec());
-    let cut = Batch::new(
-        Signal::Traces,
-        good.payload.slice(..good.payload.len() - 3),
-        5,
-    );
-    assert!(st.ingest(&cut).is_err());
     let s = st.stats();
     assert_eq!(
         (s.spans, s.traces, s.logs, s.metric_points, s.bytes),
         (0, 0, 0, 0, 0)
     );
-    assert_eq!(s.rejected_batches, 4);
+    // A batch of three resource groups cut short inside the last one: the first two groups'
+    // four spans are stored, the batch is counted as rejected.
+    let cut = traces_batch(abc(7, 0, false).to_vec());
+    let cut = Batch::new(
+        Signal::Traces,
+        cut.payload.slice(..cut.payload.len() - 3),
+        5,
+    );
+    assert!(st.ingest(&cut).is_err());
+    let s = st.stats();
+    assert_eq!((s.spans, s.traces, s.rejected_batches), (4, 1, 4));
     // Spans with malformed ids are skipped, the rest stored.
     let mut bad = span(2, 1, None, "bad", K::Server, 0, 1);
     bad.trace_id = vec![1; 15];
@@ -806,9 +812,148 @@ fn invalid_payload_is_refused_and_stores_nothing() {
     )]))
     .unwrap();
     let s = st.stats();
-    assert_eq!((s.spans, s.invalid_spans), (1, 2));
-    st.ingest(&good).unwrap();
-    assert_eq!(st.stats().spans, 6);
+    assert_eq!((s.spans, s.invalid_spans), (5, 2));
+    st.ingest(&traces_batch(abc(1, 0, false).to_vec())).unwrap();
+    assert_eq!(st.stats().spans, 10);
+}
+
+#[test]
+fn an_item_that_does_not_decode_is_skipped_and_counted() {
+    // Span names are protobuf strings: invalid UTF-8 makes that one span fail to decode.
+    let spans = vec![
+        span(1, 1, None, "first", K::Server, 0, 10),
+        span(1, 2, Some(1), "BROKEN", K::Client, 1, 5),
+        span(1, 3, Some(1), "third", K::Client, 2, 5),
+    ];
+    let batch = traces_batch(vec![("a", spans)]);
+    let mut payload = batch.payload.to_vec();
+    let at = payload
+        .windows(6)
+        .position(|w| w == b"BROKEN")
+        .expect("the name is in the payload");
+    payload[at] = 0xff;
+    let st = store();
+    st.ingest(&Batch::new(Signal::Traces, Bytes::from(payload), 3))
+        .unwrap();
+    let s = st.stats();
+    assert_eq!(
+        (s.spans, s.undecodable_items, s.rejected_batches),
+        (2, 1, 0)
+    );
+    let names: Vec<String> = st
+        .trace(&tid_hex(1))
+        .unwrap()
+        .spans
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["first", "third"]);
+}
+
+/// Everything a store shows.
+fn contents(st: &Store) -> (StoreStats, Vec<TraceSummary>, Vec<LogView>, Vec<MetricView>) {
+    (
+        st.stats(),
+        st.traces(&TraceQuery::default()),
+        st.logs(&LogQuery::default()),
+        st.metrics(&MetricQuery::default()),
+    )
+}
+
+#[test]
+fn slices_of_any_size_store_what_one_pass_stores() {
+    let batches = [
+        traces_batch(abc(1, 0, true).to_vec()),
+        traces_batch(abc(2, 500, false).to_vec()),
+        logs_batch(vec![
+            ("a", (0..5).map(|i| log(Some(1), 9, s("x"), i)).collect()),
+            ("b", vec![log(None, 17, s("y"), 9)]),
+        ]),
+        metrics_batch(vec![
+            (
+                "a",
+                (0..4)
+                    .map(|i| {
+                        gauge(
+                            &format!("g{i}"),
+                            vec![],
+                            number_data_point::Value::AsInt(i),
+                            0,
+                        )
+                    })
+                    .collect(),
+            ),
+            (
+                "b",
+                vec![gauge("g", vec![], number_data_point::Value::AsInt(1), 3)],
+            ),
+        ]),
+    ];
+    let whole = store();
+    for b in &batches {
+        whole.ingest(b).unwrap();
+    }
+    assert_eq!(
+        (
+            whole.stats().spans,
+            whole.stats().logs,
+            whole.stats().metric_points
+        ),
+        (10, 6, 5)
+    );
+    // Slices of one item each (1 byte), and of a few items (the items here are 20-90 bytes).
+    for bytes in [1, 40, 100, 250] {
+        let sliced = store();
+        for b in &batches {
+            let mut ingestion = Ingestion::new(b);
+            let mut slices = 1;
+            while sliced.ingest_slice(&mut ingestion, bytes).unwrap() {
+                slices += 1;
+                assert!(
+                    slices <= 7,
+                    "a batch of at most 6 items in slices of {bytes} bytes"
+                );
+            }
+        }
+        assert_eq!(
+            contents(&sliced),
+            contents(&whole),
+            "slices of {bytes} bytes"
+        );
+    }
+}
+
+#[test]
+fn resources_after_their_spans_and_repeated_resources_read_as_a_full_decode_reads_them() {
+    // ResourceSpans { scope_spans, resource(service.name=a), unknown field 9, resource(host.name,
+    // service.name=late) }: protobuf merges the two resources (repeated attributes append, so
+    // the later service.name wins in the store's map) and ignores the unknown field.
+    let scope = pt::ScopeSpans {
+        spans: vec![span(1, 1, None, "op", K::Server, 0, 10)],
+        ..Default::default()
+    };
+    let late = Resource {
+        attributes: vec![kv("host.name", s("h2")), kv("service.name", s("late"))],
+        ..Default::default()
+    };
+    let mut entry = Vec::new();
+    prost::encoding::message::encode(2, &scope, &mut entry);
+    prost::encoding::message::encode(1, &resource("a").unwrap(), &mut entry);
+    prost::encoding::string::encode(9, &"ignored".to_string(), &mut entry);
+    prost::encoding::message::encode(1, &late, &mut entry);
+    let mut payload = Vec::new();
+    prost::encoding::bytes::encode(1, &entry, &mut payload);
+    let full = ExportTraceServiceRequest::decode(&payload[..]).unwrap();
+    let expected = attributes(&full.resource_spans[0].resource.as_ref().unwrap().attributes);
+
+    let st = store();
+    st.ingest(&Batch::new(Signal::Traces, Bytes::from(payload), 1))
+        .unwrap();
+    let detail = st.trace(&tid_hex(1)).unwrap();
+    assert_eq!(detail.spans.len(), 1);
+    assert_eq!(&*detail.spans[0].service, "late");
+    assert_eq!(*detail.spans[0].resource, expected);
+    assert_eq!(detail.spans[0].resource["host.name"], json!("h2"));
 }
 
 #[test]

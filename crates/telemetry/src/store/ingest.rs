@@ -1,0 +1,175 @@
+//! Indexing a batch a slice of items at a time, so that a large batch never holds the thread
+//! that indexes it for long: the store's feed runs on the proxy's own runtime, between requests.
+//!
+//! [`Ingestion`] walks the export request's framing (`Resource*` ▸ `Scope*` ▸ item, the same
+//! three levels for spans, metrics and log records) without allocating, decodes each group's
+//! resource once, and hands out one encoded item at a time for the store to decode and index.
+
+use super::model::{Attributes, attributes, attributes_bytes, service_name};
+use crate::otlp::wire::{self, WireError, expect_message};
+use crate::otlp::{Batch, Signal};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// A batch part-way through being indexed.
+#[derive(Debug)]
+pub struct Ingestion {
+    signal: Signal,
+    payload: Bytes,
+    /// Position among the export request's `resource_*` entries.
+    pos: usize,
+    group: Option<Group>,
+    /// Set once the batch is exhausted or failed.
+    done: bool,
+}
+
+/// The `Resource*` entry being read, with what its items share.
+#[derive(Debug)]
+pub(crate) struct Group {
+    /// The entry's bytes in the payload.
+    range: Range<usize>,
+    /// Position among the entry's fields.
+    pos: usize,
+    /// The `Scope*` entry being read: its bytes in the payload, and the position among its fields.
+    scope: Option<(Range<usize>, usize)>,
+    pub(crate) resource: Arc<Attributes>,
+    pub(crate) service: Arc<str>,
+    /// Bytes of the shared resource charged to each span of the entry.
+    pub(crate) share: usize,
+}
+
+impl Ingestion {
+    /// Starts indexing `batch` (sharing its payload).
+    pub fn new(batch: &Batch) -> Ingestion {
+        Ingestion {
+            signal: batch.signal,
+            payload: batch.payload.clone(),
+            pos: 0,
+            group: None,
+            done: false,
+        }
+    }
+
+    /// The batch's signal.
+    pub fn signal(&self) -> Signal {
+        self.signal
+    }
+
+    /// Calls `f` with each next item's bytes and its group until the items handed out reach
+    /// `max_bytes` (encoded; at least one item). `Ok(true)` when it stopped there (there may be
+    /// more), `Ok(false)` once the batch is done; after an error (the items before it were
+    /// handed out) the batch is done too.
+    pub(crate) fn take(
+        &mut self,
+        max_bytes: usize,
+        mut f: impl FnMut(&[u8], &Group),
+    ) -> Result<bool, WireError> {
+        let mut taken = 0usize;
+        // Every item consumes payload bytes, so this ends within the payload's length.
+        while !self.done {
+            match self.next_item() {
+                Ok(Some(item)) => {
+                    taken += item.len();
+                    if let Some(g) = &self.group {
+                        f(&self.payload[item], g);
+                    }
+                    if taken >= max_bytes {
+                        return Ok(true);
+                    }
+                }
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next item's bytes in the payload. Every pass of the loop consumes a field or
+    /// leaves a level, so it ends within the payload's length.
+    fn next_item(&mut self) -> Result<Option<Range<usize>>, WireError> {
+        let payload = &self.payload[..];
+        loop {
+            let Some(g) = &mut self.group else {
+                match wire::next_field(payload, &mut self.pos, 0)? {
+                    None => return Ok(None),
+                    Some((1, v, at)) => {
+                        let b = expect_message(v, at)?;
+                        self.group = Some(Group::read(self.signal, b, at)?);
+                    }
+                    Some(_) => {}
+                }
+                continue;
+            };
+            if let Some((scope, pos)) = &mut g.scope {
+                match wire::next_field(&payload[scope.clone()], pos, scope.start)? {
+                    Some((2, v, at)) => {
+                        let b = expect_message(v, at)?;
+                        return Ok(Some(at..at + b.len()));
+                    }
+                    Some(_) => {}
+                    None => g.scope = None,
+                }
+                continue;
+            }
+            match wire::next_field(&payload[g.range.clone()], &mut g.pos, g.range.start)? {
+                Some((2, v, at)) => {
+                    let b = expect_message(v, at)?;
+                    g.scope = Some((at..at + b.len(), 0));
+                }
+                Some(_) => {}
+                None => self.group = None,
+            }
+        }
+    }
+}
+
+impl Group {
+    /// Reads a `Resource*` entry's resource (merging repeats, as a full decode does) and, for
+    /// spans, counts its items to spread the resource's size over them.
+    fn read(signal: Signal, entry: &[u8], at: usize) -> Result<Group, WireError> {
+        let mut resource = None::<Resource>;
+        let mut items = 0usize;
+        wire::for_each_field(entry, at, |f, v, at| {
+            match f {
+                1 => {
+                    let b = expect_message(v, at)?;
+                    if resource.get_or_insert_default().merge(b).is_err() {
+                        return Err(WireError {
+                            offset: at,
+                            reason: "resource does not decode",
+                        });
+                    }
+                }
+                2 if signal == Signal::Traces => {
+                    let scope = expect_message(v, at)?;
+                    wire::for_each_field(scope, at, |f, _, _| {
+                        items += usize::from(f == 2);
+                        Ok(())
+                    })?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let attrs = resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = service_name(&attrs);
+        let share = (attributes_bytes(&attrs) + service.len()).div_ceil(items.max(1));
+        Ok(Group {
+            range: at..at + entry.len(),
+            pos: 0,
+            scope: None,
+            resource: Arc::new(attrs),
+            service,
+            share,
+        })
+    }
+}
