@@ -63,8 +63,14 @@ pub struct CompareArgs {
     /// round), and also print each target's median over the rounds. Tails at a fixed rate move
     /// between runs by more than the proxies differ; medians of alternating rounds are the fair
     /// comparison.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: u32,
+    /// Start every target once and keep them all running; each round measures them one after
+    /// another, starting with the next target each round. Rounds can then be short and many
+    /// (e.g. `--rounds 400 -d 300ms --warmup 100ms`), and the 95 % intervals of the paired
+    /// medians say what a noisy machine can tell apart.
+    #[arg(long)]
+    interleave: bool,
     /// Write every target's report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -315,42 +321,67 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outco
         Protocol::Http1 | Protocol::H2c => None,
     };
     let body = body.as_deref();
+    // With --interleave every target runs for the whole run (idle ones wait in epoll).
+    let running: Vec<Result<Target, Unavailable>> = if args.interleave {
+        targets(me, dir, args, upstream).collect()
+    } else {
+        Vec::new()
+    };
     let mut rounds = Vec::new();
     for i in 1..=args.rounds {
-        let outcomes = round(me, dir, args, upstream, body)?;
-        if args.rounds > 1 {
+        let outcomes = if args.interleave {
+            interleaved_round(&running, i as usize, me, args, body)
+        } else {
+            round(me, dir, args, upstream, body)
+        };
+        if args.rounds > 1 && args.rounds <= MAX_PRINTED_ROUNDS {
             println!("round {i} of {}", args.rounds);
             print_table(&outcomes);
+        } else if args.rounds > 1 {
+            eprint!("\rround {i} of {}", args.rounds);
         }
         rounds.push(outcomes);
     }
+    if args.rounds > MAX_PRINTED_ROUNDS {
+        eprintln!();
+    }
+    drop(running);
     drop(up);
     Ok(rounds)
 }
 
-/// Measures every wanted target once, one after another, against the running `upstream`.
-fn round(
-    me: &Path,
-    dir: &Path,
-    args: &CompareArgs,
-    upstream: SocketAddr,
-    body: Option<&Path>,
-) -> Result<Vec<Outcome>, String> {
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
-    let mut outcomes = Vec::new();
-    if wanted("direct") {
-        let direct = measure(me, args, upstream, None, body);
-        outcomes.push(outcome("direct", direct));
-    }
+/// Up to this many rounds each round's table is printed; past it, a progress line.
+const MAX_PRINTED_ROUNDS: u32 = 20;
 
-    type Start = fn(
-        &Path,
-        &Path,
-        SocketAddr,
-        SocketAddr,
-        Protocol,
-    ) -> Result<(PathBuf, Vec<String>), String>;
-    let peers: [(&'static str, Option<PathBuf>, Start); 5] = [
+/// Measures every running target once; round `i` starts with the `i`-th target (rotating), so
+/// that no target always follows the same one. Outcomes are in table order.
+fn interleaved_round(
+    running: &[Result<Target, Unavailable>],
+    i: usize,
+    me: &Path,
+    args: &CompareArgs,
+    body: Option<&Path>,
+) -> Vec<Outcome> {
+    let n = running.len();
+    let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+    for k in 0..n {
+        let j = (i + k) % n;
+        outcomes[j] = Some(match &running[j] {
+            Ok(target) => target.measure(me, args, body),
+            Err(unavailable) => unavailable.outcome(),
+        });
+    }
+    outcomes.into_iter().flatten().collect()
+}
+
+/// Starts a proxy under test: writes its config into the run's directory and returns the
+/// program and arguments (`me`, the directory, its listen address, the upstream, the protocol).
+type Start =
+    fn(&Path, &Path, SocketAddr, SocketAddr, Protocol) -> Result<(PathBuf, Vec<String>), String>;
+
+/// The proxies, in table order: name, program (`None` when not installed) and how to start it.
+fn peers(me: &Path) -> [(&'static str, Option<PathBuf>, Start); 5] {
+    [
         (
             "otlp-mesh",
             Some(me.to_path_buf()),
@@ -444,39 +475,115 @@ fn round(
                 args.iter().map(ToString::to_string).collect(),
             ))
         }),
-    ];
-    for (name, bin, start) in peers {
-        if !wanted(name) {
-            continue;
-        }
-        let Some(bin) = bin else {
-            outcomes.push(Outcome {
-                name,
-                status: "skipped",
-                reason: Some(format!("`{name}` is not installed")),
-                report: None,
-            });
-            continue;
-        };
-        let log = dir.join(format!("{name}.stderr"));
-        let started = with_fresh_ports(name, || {
-            let listen = free_addr()?;
-            start(&bin, dir, listen, upstream, args.protocol).and_then(|(program, argv)| {
-                let stderr = std::fs::File::create(&log)
-                    .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-                let mut proc = pinned_to(args.proxy_core, &program, &argv, stderr.into())?;
-                wait_listening(&mut proc, listen)
-                    .map_err(|e| format!("{e}: {}", last_line(&log)))?;
-                Ok((proc, listen))
-            })
-        });
-        let result = started.and_then(|(proc, listen)| {
-            // `taskset` execs the program, so the child's pid is the proxy's.
-            measure(me, args, listen, Some(proc.0.id()), body)
-        });
-        outcomes.push(outcome(name, result));
+    ]
+}
+
+/// A target ready for load: where to send it and the process to sample (none for `direct`);
+/// the process is stopped when this is dropped.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    proc: Option<Proc>,
+}
+
+impl Target {
+    fn measure(&self, me: &Path, args: &CompareArgs, body: Option<&Path>) -> Outcome {
+        let pid = self.proc.as_ref().map(|p| p.0.id());
+        outcome(self.name, measure(me, args, self.addr, pid, body))
     }
-    Ok(outcomes)
+}
+
+/// A target that cannot be measured: not installed (`skipped`) or not started (`failed`).
+struct Unavailable {
+    name: &'static str,
+    status: &'static str,
+    reason: String,
+}
+
+impl Unavailable {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            name: self.name,
+            status: self.status,
+            reason: Some(self.reason.clone()),
+            report: None,
+        }
+    }
+}
+
+/// The wanted targets in table order, each started when the iterator reaches it (`direct` is
+/// the upstream itself).
+fn targets<'a>(
+    me: &'a Path,
+    dir: &'a Path,
+    args: &'a CompareArgs,
+    upstream: SocketAddr,
+) -> impl Iterator<Item = Result<Target, Unavailable>> + 'a {
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let direct = wanted("direct").then_some(Ok(Target {
+        name: "direct",
+        addr: upstream,
+        proc: None,
+    }));
+    let proxies = peers(me)
+        .into_iter()
+        .filter(move |(name, ..)| wanted(name))
+        .map(move |(name, bin, start)| launch(name, bin, start, dir, args, upstream));
+    direct.into_iter().chain(proxies)
+}
+
+/// Starts one proxy pinned to the proxy core and waits until it listens.
+fn launch(
+    name: &'static str,
+    bin: Option<PathBuf>,
+    start: Start,
+    dir: &Path,
+    args: &CompareArgs,
+    upstream: SocketAddr,
+) -> Result<Target, Unavailable> {
+    let Some(bin) = bin else {
+        return Err(Unavailable {
+            name,
+            status: "skipped",
+            reason: format!("`{name}` is not installed"),
+        });
+    };
+    let log = dir.join(format!("{name}.stderr"));
+    with_fresh_ports(name, || {
+        let listen = free_addr()?;
+        let (program, argv) = start(&bin, dir, listen, upstream, args.protocol)?;
+        let stderr = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut proc = pinned_to(args.proxy_core, &program, &argv, stderr.into())?;
+        wait_listening(&mut proc, listen).map_err(|e| format!("{e}: {}", last_line(&log)))?;
+        Ok(Target {
+            name,
+            addr: listen,
+            proc: Some(proc),
+        })
+    })
+    .map_err(|reason| Unavailable {
+        name,
+        status: "failed",
+        reason,
+    })
+}
+
+/// Measures every wanted target once, one after another, each started for its measurement
+/// and stopped after it.
+fn round(
+    me: &Path,
+    dir: &Path,
+    args: &CompareArgs,
+    upstream: SocketAddr,
+    body: Option<&Path>,
+) -> Vec<Outcome> {
+    targets(me, dir, args, upstream)
+        .map(|t| match t {
+            Ok(target) => target.measure(me, args, body),
+            Err(unavailable) => unavailable.outcome(),
+        })
+        .collect()
 }
 
 /// A target's medians over the rounds that measured it.
@@ -498,6 +605,13 @@ struct Median {
     /// Median over the rounds of this target's CPU per request divided by otlp-mesh's in the
     /// same round: a paired ratio, so a machine that slows down between rounds moves both.
     cpu_vs_mesh: Option<f64>,
+    /// A 95 % confidence interval of that median (from the order statistics of the per-round
+    /// ratios; needs six or more rounds).
+    cpu_vs_mesh_ci: Option<(f64, f64)>,
+    /// Median over the rounds of this target's p99 minus otlp-mesh's in the same round, and its
+    /// 95 % interval.
+    p99_vs_mesh_us: Option<f64>,
+    p99_vs_mesh_ci: Option<(f64, f64)>,
     /// How far the CPU per request moved between rounds: (max − min) / median, with two or
     /// more rounds.
     cpu_spread: Option<f64>,
@@ -560,6 +674,17 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
         };
         let cpu = |r: &Report| r.processes.first().map(|p| p.cpu_us_per_request);
         let cpus: Vec<f64> = measured.iter().filter_map(|(r, ..)| cpu(r)).collect();
+        let cpu_ratios: Vec<f64> = measured
+            .iter()
+            .filter_map(|(r, _, m)| match (cpu(r), m.and_then(cpu)) {
+                (Some(c), Some(m)) if m > 0.0 => Some(c / m),
+                _ => None,
+            })
+            .collect();
+        let p99_differences: Vec<f64> = measured
+            .iter()
+            .filter_map(|(r, _, m)| m.map(|m| r.latency.p99_us as f64 - m.latency.p99_us as f64))
+            .collect();
         out.push(Median {
             name,
             rounds: measured.len(),
@@ -571,20 +696,40 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             added_p99_us: added(&|r| r.latency.p99_us),
             added_p999_us: added(&|r| r.latency.p999_us),
             cpu_us_per_request: process(&|p| p.cpu_us_per_request),
-            cpu_vs_mesh: median(
-                measured
-                    .iter()
-                    .filter_map(|(r, _, m)| match (cpu(r), m.and_then(cpu)) {
-                        (Some(c), Some(m)) if m > 0.0 => Some(c / m),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            cpu_vs_mesh_ci: median_interval(&cpu_ratios),
+            cpu_vs_mesh: median(cpu_ratios),
+            p99_vs_mesh_ci: median_interval(&p99_differences),
+            p99_vs_mesh_us: median(p99_differences),
             cpu_spread: spread(&cpus),
             rss_peak_mib: process(&|p| p.rss_peak_bytes as f64 / 1048576.0),
         });
     }
     out
+}
+
+/// A distribution-free 95 % confidence interval of the median of `values`: the order
+/// statistics x(k) and x(n+1−k), with k the largest such that P(Binomial(n, ½) < k) ≤ 2.5 %.
+/// `None` below six values (no such k).
+fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    // P(Binomial(n, ½) ≤ j), in logarithms so that large n does not underflow.
+    let mut log_pmf = n as f64 * 0.5f64.ln();
+    let mut cdf = 0.0;
+    let mut k = 0;
+    for j in 0..n {
+        cdf += log_pmf.exp();
+        if cdf > 0.025 {
+            break;
+        }
+        k = j + 1;
+        log_pmf += ((n - j) as f64).ln() - ((j + 1) as f64).ln();
+    }
+    if k == 0 {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Some((sorted[k - 1], sorted[n - k]))
 }
 
 /// (max − min) / median of two or more values.
@@ -613,8 +758,9 @@ fn noise_warning(medians: &[Median]) -> Option<String> {
         format!(
             "warning: {name}'s CPU per request moved by {:.0} % between rounds (more than {:.0} %): \
              the machine's speed changed during the run; CPU differences between targets smaller \
-             than that are not shown by it (cpu/mesh pairs each round, which cancels slow drift \
-             but not noise within a round)",
+             than that are not shown by the medians alone (cpu/mesh pairs each round, which \
+             cancels slow drift; with six or more rounds its 95 % interval says which \
+             differences the run still shows)",
             worst * 100.0,
             NOISY_SPREAD * 100.0
         )
@@ -662,9 +808,42 @@ fn print_medians(medians: &[Median], rounds: usize) {
          cpu/mesh = the median of the per-round ratios of CPU per request to otlp-mesh's; \
          spread = (max - min) / median of CPU per request over the rounds)"
     );
+    print_paired(medians);
     if let Some(w) = noise_warning(medians) {
         println!("{w}");
     }
+}
+
+/// The medians paired with otlp-mesh round by round, with their 95 % intervals (six or more
+/// rounds).
+fn print_paired(medians: &[Median]) {
+    let paired: Vec<&Median> = medians
+        .iter()
+        .filter(|m| m.cpu_vs_mesh_ci.is_some() || m.p99_vs_mesh_ci.is_some())
+        .collect();
+    if paired.is_empty() {
+        return;
+    }
+    println!("paired with otlp-mesh round by round: median [95 % interval]");
+    println!(
+        "{:<19} {:>26} {:>28}",
+        "target", "cpu/mesh", "p99 - mesh's (µs)"
+    );
+    for m in paired {
+        let cpu = match (m.cpu_vs_mesh, m.cpu_vs_mesh_ci) {
+            (Some(r), Some((lo, hi))) => format!("{r:.3}× [{lo:.3}, {hi:.3}]"),
+            _ => "-".into(),
+        };
+        let p99 = match (m.p99_vs_mesh_us, m.p99_vs_mesh_ci) {
+            (Some(d), Some((lo, hi))) => format!("{d:+.0} [{lo:+.0}, {hi:+.0}]"),
+            _ => "-".into(),
+        };
+        println!("{:<19} {:>26} {:>28}", m.name, cpu, p99);
+    }
+    println!(
+        "(an interval that excludes 1× (CPU) or 0 (p99) is a difference this run shows, \
+         however noisy the machine)"
+    );
 }
 
 /// otlp-mesh with one worker on the config `template` filled for this run.
@@ -1006,6 +1185,57 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn median_interval_takes_the_order_statistics_of_the_binomial_table() {
+        // Shuffled 1..=n: the interval is [k, n + 1 - k] with the tabled k.
+        let values =
+            |n: usize| -> Vec<f64> { (1..=n).map(|i| ((i * 7919) % n + 1) as f64).collect() };
+        assert_eq!(
+            median_interval(&values(5)),
+            None,
+            "five values give no 95 % interval"
+        );
+        assert_eq!(median_interval(&[]), None);
+        for (n, k) in [(6, 1), (15, 4), (100, 40), (1000, 469)] {
+            assert_eq!(
+                median_interval(&values(n)),
+                Some((k as f64, (n + 1 - k) as f64)),
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn p99_against_otlp_mesh_is_a_paired_difference_with_an_interval_from_six_rounds() {
+        // haproxy's p99 is otlp-mesh's + 100 µs in four rounds of six and - 50 µs in two, while
+        // both move by far more between rounds.
+        let round = |mesh: u64, haproxy: u64| {
+            vec![
+                measured("otlp-mesh", mesh, 100.0, Some(10.0)),
+                measured("haproxy", haproxy, 100.0, Some(11.0)),
+            ]
+        };
+        let rounds: Vec<Vec<Outcome>> = [
+            (900, 1000),
+            (3000, 3100),
+            (500, 450),
+            (2000, 2100),
+            (700, 650),
+            (1500, 1600),
+        ]
+        .into_iter()
+        .map(|(m, h)| round(m, h))
+        .collect();
+        let m = medians(&rounds[..5]);
+        assert_eq!(m[1].p99_vs_mesh_us, Some(100.0));
+        assert_eq!(m[1].p99_vs_mesh_ci, None, "five rounds");
+        let m = medians(&rounds);
+        assert_eq!(m[1].p99_vs_mesh_us, Some(100.0));
+        assert_eq!(m[1].p99_vs_mesh_ci, Some((-50.0, 100.0)));
+        assert_eq!(m[1].cpu_vs_mesh_ci, Some((1.1, 1.1)));
+        assert_eq!(m[0].p99_vs_mesh_ci, Some((0.0, 0.0)));
     }
 
     #[test]

@@ -443,6 +443,58 @@ fn bench_compare_rounds_report_every_round_and_the_medians() {
     assert!(p.stdout().contains("median of 2 rounds"), "{}", p.stdout());
 }
 
+/// `bench-compare --interleave`: every target is started once and measured in every round (the
+/// same process each time), and the medians paired with otlp-mesh come with 95 % intervals.
+#[test]
+fn bench_compare_interleaved_rounds_keep_each_target_running_and_give_intervals() {
+    let (v, p) = bench_compare(
+        &[
+            "-d",
+            "200ms",
+            "--warmup",
+            "50ms",
+            "-c",
+            "2",
+            "--rounds",
+            "6",
+            "--interleave",
+            "--only",
+            "otlp-mesh,otlp-mesh+telemetry",
+        ],
+        Duration::from_secs(60),
+    );
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 6);
+    for name in ["otlp-mesh", "otlp-mesh+telemetry"] {
+        let pids: Vec<u64> = rounds
+            .iter()
+            .map(|r| {
+                let t = r
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["name"] == name)
+                    .unwrap_or_else(|| panic!("{name} missing in {r}"));
+                assert_eq!(t["status"], "measured", "{t}");
+                t["report"]["processes"][0]["pid"].as_u64().unwrap()
+            })
+            .collect();
+        assert!(pids.iter().all(|p| *p == pids[0]), "{name}: {pids:?}");
+    }
+    let telemetry = &v["medians"].as_array().unwrap()[1];
+    assert_eq!(telemetry["name"], "otlp-mesh+telemetry");
+    let ratio = telemetry["cpu_vs_mesh"].as_f64().unwrap();
+    let ci = telemetry["cpu_vs_mesh_ci"].as_array().unwrap();
+    let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+    assert!(lo <= ratio && ratio <= hi, "{telemetry}");
+    assert!(telemetry["p99_vs_mesh_ci"].is_array(), "{telemetry}");
+    assert!(
+        p.stdout().contains("paired with otlp-mesh round by round"),
+        "{}",
+        p.stdout()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // gRPC
 // ---------------------------------------------------------------------------------------------
