@@ -95,13 +95,7 @@ pub fn next_field<'a>(
             (Value::Varint(v), at)
         }
         1 => {
-            let b = buf.get(p..p + 8).ok_or(WireError {
-                offset: base + p,
-                reason: "truncated fixed64",
-            })?;
-            p += 8;
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
+            let a = fixed::<8>(buf, &mut p, base, "truncated fixed64")?;
             (Value::Fixed64(u64::from_le_bytes(a)), at)
         }
         2 => {
@@ -123,13 +117,7 @@ pub fn next_field<'a>(
             (Value::Bytes(&buf[start..end]), base + start)
         }
         5 => {
-            let b = buf.get(p..p + 4).ok_or(WireError {
-                offset: base + p,
-                reason: "truncated fixed32",
-            })?;
-            p += 4;
-            let mut a = [0u8; 4];
-            a.copy_from_slice(b);
+            let a = fixed::<4>(buf, &mut p, base, "truncated fixed32")?;
             (Value::Fixed32(u32::from_le_bytes(a)), at)
         }
         _ => {
@@ -141,6 +129,23 @@ pub fn next_field<'a>(
     };
     *pos = p;
     Ok(Some((field, value, offset)))
+}
+
+/// The `N` bytes of `buf` at `*p` (moving `*p` past them).
+fn fixed<const N: usize>(
+    buf: &[u8],
+    p: &mut usize,
+    base: usize,
+    reason: &'static str,
+) -> Result<[u8; N], WireError> {
+    let b = buf.get(*p..*p + N).ok_or(WireError {
+        offset: base + *p,
+        reason,
+    })?;
+    *p += N;
+    let mut a = [0u8; N];
+    a.copy_from_slice(b);
+    Ok(a)
 }
 
 fn varint(buf: &[u8]) -> Option<(u64, usize)> {
