@@ -5,7 +5,7 @@
 //! three levels for spans, metrics and log records) without allocating, decodes each group's
 //! resource once, and hands out one encoded item at a time for the store to decode and index.
 
-use super::model::{Attributes, attributes, attributes_bytes, service_name};
+use super::model::{Attributes, attributes_bytes, attributes_owned, service_name};
 use crate::otlp::wire::{self, WireError, expect_message};
 use crate::otlp::{Batch, Signal};
 use bytes::Bytes;
@@ -158,8 +158,7 @@ impl Group {
             Ok(())
         })?;
         let attrs = resource
-            .as_ref()
-            .map(|r| attributes(&r.attributes))
+            .map(|r| attributes_owned(r.attributes))
             .unwrap_or_default();
         let service = service_name(&attrs);
         let share = (attributes_bytes(&attrs) + service.len()).div_ceil(items.max(1));

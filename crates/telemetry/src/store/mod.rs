@@ -41,7 +41,7 @@ pub use traces::{DEFAULT_TRACE_LIMIT, MAX_LIMIT, TraceDetail, TraceQuery, TraceS
 use crate::otlp::{Batch, Signal};
 use logs::Logs;
 use metrics::Metrics;
-use model::attributes;
+use model::{any_value_into_json, attributes_owned};
 use opentelemetry_proto::tonic::logs::v1 as otlp_logs;
 use opentelemetry_proto::tonic::metrics::v1 as otlp_metrics;
 use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
@@ -354,12 +354,12 @@ fn span_record(s: otlp_trace::Span, group: &ingest::Group) -> Option<(Span, usiz
             code: StatusCode::from_otlp(status.code),
             message: status.message,
         },
-        attributes: attributes(&s.attributes),
+        attributes: attributes_owned(s.attributes),
         events: s
             .events
             .into_iter()
             .map(|e| Event {
-                attributes: attributes(&e.attributes),
+                attributes: attributes_owned(e.attributes),
                 name: e.name,
                 time_unix_nano: e.time_unix_nano,
             })
@@ -380,11 +380,11 @@ fn log_view(r: otlp_logs::LogRecord, service: &Arc<str>) -> LogView {
         },
         severity_text: r.severity_text,
         severity_number: r.severity_number,
-        body: r.body.as_ref().map(any_value_to_json).unwrap_or_default(),
+        body: r.body.map(any_value_into_json).unwrap_or_default(),
         trace_id: TraceId::from_bytes(&r.trace_id),
         span_id: SpanId::from_bytes(&r.span_id),
         service: service.clone(),
-        attributes: attributes(&r.attributes),
+        attributes: attributes_owned(r.attributes),
     }
 }
 

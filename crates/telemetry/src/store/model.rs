@@ -282,6 +282,18 @@ pub fn any_value_to_json(v: &AnyValue) -> Value {
     }
 }
 
+/// [`any_value_to_json`] taking the value, so that its strings move instead of being copied.
+pub fn any_value_into_json(v: AnyValue) -> Value {
+    match v.value {
+        Some(any_value::Value::StringValue(s)) => Value::String(s),
+        Some(any_value::Value::ArrayValue(a)) => {
+            Value::Array(a.values.into_iter().map(any_value_into_json).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => Value::Object(attributes_owned(kv.values)),
+        other => any_value_to_json(&AnyValue { value: other }),
+    }
+}
+
 /// A double as a JSON number, or a string when it is not finite.
 pub(crate) fn f64_to_json(d: f64) -> Value {
     Number::from_f64(d)
@@ -295,6 +307,16 @@ pub fn attributes(kvs: &[KeyValue]) -> Attributes {
     for kv in kvs {
         let v = kv.value.as_ref().map(any_value_to_json).unwrap_or_default();
         m.insert(kv.key.clone(), v);
+    }
+    m
+}
+
+/// [`attributes`] taking the key-values, so that keys and string values move into the map.
+pub fn attributes_owned(kvs: Vec<KeyValue>) -> Attributes {
+    let mut m = Map::new();
+    for kv in kvs {
+        let v = kv.value.map(any_value_into_json).unwrap_or_default();
+        m.insert(kv.key, v);
     }
     m
 }
@@ -357,7 +379,7 @@ mod tests {
             value: Some(av(v)),
             ..Default::default()
         };
-        let attrs = attributes(&[
+        let kvs = vec![
             kv("s", any_value::Value::StringValue("x".into())),
             kv("b", any_value::Value::BoolValue(true)),
             kv("i", any_value::Value::IntValue(-3)),
@@ -376,16 +398,27 @@ mod tests {
             kv(
                 "kv",
                 any_value::Value::KvlistValue(KeyValueList {
-                    values: vec![kv("inner", any_value::Value::BoolValue(false))],
+                    values: vec![
+                        kv("inner", any_value::Value::BoolValue(false)),
+                        kv("text", any_value::Value::StringValue("moved".into())),
+                    ],
                 }),
             ),
-        ]);
-        assert_eq!(
-            Value::Object(attrs),
-            serde_json::json!({
-                "s": "x", "b": true, "i": -3, "d": 1.5, "nan": "NaN", "bytes": "ab01",
-                "arr": [1, "two"], "kv": {"inner": false}
-            })
-        );
+            kv("strindex", any_value::Value::StringValueStrindex(4)),
+            KeyValue {
+                key: "none".into(),
+                value: None,
+                ..Default::default()
+            },
+            kv("s", any_value::Value::StringValue("last wins".into())),
+        ];
+        let expected = serde_json::json!({
+            "s": "last wins", "b": true, "i": -3, "d": 1.5, "nan": "NaN", "bytes": "ab01",
+            "arr": [1, "two"], "kv": {"inner": false, "text": "moved"}, "strindex": 4,
+            "none": null
+        });
+        assert_eq!(Value::Object(attributes(&kvs)), expected);
+        // The store's ingest takes the values it owns: the same result without copies.
+        assert_eq!(Value::Object(attributes_owned(kvs)), expected);
     }
 }

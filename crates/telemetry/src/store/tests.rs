@@ -1,3 +1,4 @@
+use super::model::attributes;
 use super::*;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
