@@ -366,10 +366,7 @@ fn interleaved_round(
     let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
     for k in 0..n {
         let j = (i + k) % n;
-        outcomes[j] = Some(match &running[j] {
-            Ok(target) => target.measure(me, args, body),
-            Err(unavailable) => unavailable.outcome(),
-        });
+        outcomes[j] = Some(measure_target(&running[j], me, args, body));
     }
     outcomes.into_iter().flatten().collect()
 }
@@ -486,10 +483,20 @@ struct Target {
     proc: Option<Proc>,
 }
 
-impl Target {
-    fn measure(&self, me: &Path, args: &CompareArgs, body: Option<&Path>) -> Outcome {
-        let pid = self.proc.as_ref().map(|p| p.0.id());
-        outcome(self.name, measure(me, args, self.addr, pid, body))
+/// Measures `target` once, or reports why it cannot be measured.
+fn measure_target(
+    target: &Result<Target, Unavailable>,
+    me: &Path,
+    args: &CompareArgs,
+    body: Option<&Path>,
+) -> Outcome {
+    match target {
+        Ok(t) => {
+            // `taskset` execs the program, so the child's pid is the proxy's.
+            let pid = t.proc.as_ref().map(|p| p.0.id());
+            outcome(t.name, measure(me, args, t.addr, pid, body))
+        }
+        Err(unavailable) => unavailable.outcome(),
     }
 }
 
@@ -578,11 +585,9 @@ fn round(
     upstream: SocketAddr,
     body: Option<&Path>,
 ) -> Vec<Outcome> {
+    // Each target is stopped (dropped) once measured, before the next one starts.
     targets(me, dir, args, upstream)
-        .map(|t| match t {
-            Ok(target) => target.measure(me, args, body),
-            Err(unavailable) => unavailable.outcome(),
-        })
+        .map(|t| measure_target(&t, me, args, body))
         .collect()
 }
 

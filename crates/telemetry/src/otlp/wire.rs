@@ -8,6 +8,7 @@
 
 use super::Signal;
 use std::fmt;
+use std::ops::Range;
 
 /// Why a payload is not a valid export request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +160,7 @@ fn varint(buf: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// The bytes of a nested message field.
 pub(crate) fn expect_message<'a>(v: Value<'a>, at: usize) -> Result<&'a [u8], WireError> {
     match v {
         Value::Bytes(b) => Ok(b),
@@ -169,41 +171,95 @@ pub(crate) fn expect_message<'a>(v: Value<'a>, at: usize) -> Result<&'a [u8], Wi
     }
 }
 
+/// One step of a [`Walk`].
+#[derive(Clone, Copy, Debug)]
+pub enum Step<'a> {
+    /// A `Resource*` entry begins: its bytes and their offset.
+    Group(&'a [u8], usize),
+    /// The entry's `resource` (field 1), where it stands among the entry's fields.
+    Resource(&'a [u8], usize),
+    /// An item of the entry: a span, metric or log record.
+    Item(&'a [u8], usize),
+}
+
+/// A resumable walk over an export request's framing: `Resource*` entries (field 1), their
+/// `Scope*` entries (field 2), their items (field 2) — the same three levels for every signal.
+/// Every step consumes a field or leaves a level, so a walk ends within the payload's length.
+#[derive(Clone, Debug, Default)]
+pub struct Walk {
+    /// Position among the export request's fields.
+    pos: usize,
+    /// The `Resource*` entry being read (its bytes in the payload) and the position among its
+    /// fields.
+    group: Option<(Range<usize>, usize)>,
+    /// The `Scope*` entry being read, likewise.
+    scope: Option<(Range<usize>, usize)>,
+}
+
+impl Walk {
+    /// The next step over `payload`, which must be the same payload on every call; `None` at
+    /// its end.
+    pub fn next<'a>(&mut self, payload: &'a [u8]) -> Result<Option<Step<'a>>, WireError> {
+        loop {
+            if let Some((scope, pos)) = &mut self.scope {
+                match next_field(part(payload, scope)?, pos, scope.start)? {
+                    Some((2, v, at)) => return Ok(Some(Step::Item(expect_message(v, at)?, at))),
+                    Some(_) => {}
+                    None => self.scope = None,
+                }
+            } else if let Some((group, pos)) = &mut self.group {
+                match next_field(part(payload, group)?, pos, group.start)? {
+                    Some((1, v, at)) => {
+                        return Ok(Some(Step::Resource(expect_message(v, at)?, at)));
+                    }
+                    Some((2, v, at)) => {
+                        let scope = expect_message(v, at)?;
+                        self.scope = Some((at..at + scope.len(), 0));
+                    }
+                    Some(_) => {}
+                    None => self.group = None,
+                }
+            } else {
+                match next_field(payload, &mut self.pos, 0)? {
+                    Some((1, v, at)) => {
+                        let entry = expect_message(v, at)?;
+                        self.group = Some((at..at + entry.len(), 0));
+                        return Ok(Some(Step::Group(entry, at)));
+                    }
+                    Some(_) => {}
+                    None => return Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of a level the walk entered (absent only when resumed on another payload).
+fn part<'a>(payload: &'a [u8], range: &Range<usize>) -> Result<&'a [u8], WireError> {
+    payload.get(range.clone()).ok_or(WireError {
+        offset: range.start,
+        reason: "walk resumed on another payload",
+    })
+}
+
 /// Checks `payload` as an export request of `signal` and counts its items.
 pub fn scan(signal: Signal, payload: &[u8]) -> Result<Scan, WireError> {
     let mut scan = Scan::default();
-    // Level 1: Export*ServiceRequest.resource_* (1); level 2: Resource*.scope_* (2);
-    // level 3: Scope*.{spans,metrics,log_records} (2).
-    for_each_field(payload, 0, |f, v, at| {
-        if f != 1 {
-            return Ok(());
+    let mut walk = Walk::default();
+    while let Some(step) = walk.next(payload)? {
+        match step {
+            Step::Group(..) => {}
+            Step::Resource(resource, at) => for_each_field(resource, at, |_, _, _| Ok(()))?,
+            Step::Item(item, at) => match signal {
+                Signal::Traces => span(item, at, &mut scan)?,
+                Signal::Metrics => metric(item, at, &mut scan)?,
+                Signal::Logs => {
+                    scan.items += 1;
+                    for_each_field(item, at, |_, _, _| Ok(()))?;
+                }
+            },
         }
-        let resource = expect_message(v, at)?;
-        for_each_field(resource, at, |f, v, at| {
-            if f == 1 {
-                let r = expect_message(v, at)?;
-                return for_each_field(r, at, |_, _, _| Ok(()));
-            }
-            if f != 2 {
-                return Ok(());
-            }
-            let scope = expect_message(v, at)?;
-            for_each_field(scope, at, |f, v, at| {
-                if f != 2 {
-                    return Ok(());
-                }
-                let item = expect_message(v, at)?;
-                match signal {
-                    Signal::Traces => span(item, at, &mut scan),
-                    Signal::Metrics => metric(item, at, &mut scan),
-                    Signal::Logs => {
-                        scan.items += 1;
-                        for_each_field(item, at, |_, _, _| Ok(()))
-                    }
-                }
-            })
-        })
-    })?;
+    }
     Ok(scan)
 }
 

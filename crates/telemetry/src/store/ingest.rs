@@ -1,12 +1,12 @@
 //! Indexing a batch a slice of items at a time, so that a large batch never holds the thread
 //! that indexes it for long: the store's feed runs on the proxy's own runtime, between requests.
 //!
-//! [`Ingestion`] walks the export request's framing (`Resource*` ▸ `Scope*` ▸ item, the same
-//! three levels for spans, metrics and log records) without allocating, decodes each group's
-//! resource once, and hands out one encoded item at a time for the store to decode and index.
+//! [`Ingestion`] follows the export request's framing with the receiver's own [`wire::Walk`],
+//! decodes each `Resource*` entry's resource once, and hands out one encoded item at a time for
+//! the store to decode and index.
 
 use super::model::{Attributes, attributes_bytes, attributes_owned, service_name};
-use crate::otlp::wire::{self, WireError, expect_message};
+use crate::otlp::wire::{self, Step, Walk, WireError, expect_message};
 use crate::otlp::{Batch, Signal};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -19,22 +19,15 @@ use std::sync::Arc;
 pub struct Ingestion {
     signal: Signal,
     payload: Bytes,
-    /// Position among the export request's `resource_*` entries.
-    pos: usize,
+    walk: Walk,
     group: Option<Group>,
     /// Set once the batch is exhausted or failed.
     done: bool,
 }
 
-/// The `Resource*` entry being read, with what its items share.
+/// What the items of the `Resource*` entry being read share.
 #[derive(Debug)]
 pub(crate) struct Group {
-    /// The entry's bytes in the payload.
-    range: Range<usize>,
-    /// Position among the entry's fields.
-    pos: usize,
-    /// The `Scope*` entry being read: its bytes in the payload, and the position among its fields.
-    scope: Option<(Range<usize>, usize)>,
     pub(crate) resource: Arc<Attributes>,
     pub(crate) service: Arc<str>,
     /// Bytes of the shared resource charged to each span of the entry.
@@ -47,7 +40,7 @@ impl Ingestion {
         Ingestion {
             signal: batch.signal,
             payload: batch.payload.clone(),
-            pos: 0,
+            walk: Walk::default(),
             group: None,
             done: false,
         }
@@ -90,40 +83,16 @@ impl Ingestion {
         Ok(false)
     }
 
-    /// The next item's bytes in the payload. Every pass of the loop consumes a field or
-    /// leaves a level, so it ends within the payload's length.
+    /// The next item's bytes in the payload, reading each group's resource as it begins.
     fn next_item(&mut self) -> Result<Option<Range<usize>>, WireError> {
-        let payload = &self.payload[..];
         loop {
-            let Some(g) = &mut self.group else {
-                match wire::next_field(payload, &mut self.pos, 0)? {
-                    None => return Ok(None),
-                    Some((1, v, at)) => {
-                        let b = expect_message(v, at)?;
-                        self.group = Some(Group::read(self.signal, b, at)?);
-                    }
-                    Some(_) => {}
+            match self.walk.next(&self.payload)? {
+                None => return Ok(None),
+                Some(Step::Group(entry, at)) => {
+                    self.group = Some(Group::read(self.signal, entry, at)?);
                 }
-                continue;
-            };
-            if let Some((scope, pos)) = &mut g.scope {
-                match wire::next_field(&payload[scope.clone()], pos, scope.start)? {
-                    Some((2, v, at)) => {
-                        let b = expect_message(v, at)?;
-                        return Ok(Some(at..at + b.len()));
-                    }
-                    Some(_) => {}
-                    None => g.scope = None,
-                }
-                continue;
-            }
-            match wire::next_field(&payload[g.range.clone()], &mut g.pos, g.range.start)? {
-                Some((2, v, at)) => {
-                    let b = expect_message(v, at)?;
-                    g.scope = Some((at..at + b.len(), 0));
-                }
-                Some(_) => {}
-                None => self.group = None,
+                Some(Step::Resource(..)) => {}
+                Some(Step::Item(item, at)) => return Ok(Some(at..at + item.len())),
             }
         }
     }
@@ -163,9 +132,6 @@ impl Group {
         let service = service_name(&attrs);
         let share = (attributes_bytes(&attrs) + service.len()).div_ceil(items.max(1));
         Ok(Group {
-            range: at..at + entry.len(),
-            pos: 0,
-            scope: None,
             resource: Arc::new(attrs),
             service,
             share,

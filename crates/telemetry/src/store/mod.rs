@@ -182,9 +182,10 @@ impl Store {
 
     /// Decodes the next items of `ingestion` (spans, metrics or log records), as many as reach
     /// `max_bytes` encoded (at least one), and indexes them, decoding before the signal's lock
-    /// is taken. `Ok(true)` when there may be more. Items that do not decode, and spans whose trace id is not 16 bytes or span id not 8
-    /// (or all zeros), are skipped and counted. A payload whose framing breaks part-way keeps the
-    /// items before the break and returns the error.
+    /// is taken. `Ok(true)` when there may be more. Items that do not decode, and spans whose
+    /// trace id is not 16 bytes or span id not 8 (or all zeros), are skipped and counted. A
+    /// payload whose framing breaks part-way keeps the items before the break and returns the
+    /// error.
     pub fn ingest_slice(
         &self,
         ingestion: &mut Ingestion,
@@ -195,16 +196,14 @@ impl Store {
             Signal::Traces => {
                 let mut spans = Vec::new();
                 let mut invalid = 0u64;
-                let walked =
-                    ingestion.take(max_bytes, |item, group| {
-                        match otlp_trace::Span::decode(item) {
-                            Ok(s) => match span_record(s, group) {
-                                Some(record) => spans.push(record),
-                                None => invalid += 1,
-                            },
-                            Err(_) => undecodable += 1,
+                let walked = ingestion.take(max_bytes, |item, group| {
+                    if let Some(s) = decoded::<otlp_trace::Span>(item, &mut undecodable) {
+                        match span_record(s, group) {
+                            Some(record) => spans.push(record),
+                            None => invalid += 1,
                         }
-                    });
+                    }
+                });
                 if invalid > 0 {
                     self.invalid_spans.fetch_add(invalid, Ordering::Relaxed);
                 }
@@ -215,14 +214,11 @@ impl Store {
             }
             Signal::Logs => {
                 let mut records = Vec::new();
-                let walked =
-                    ingestion.take(
-                        max_bytes,
-                        |item, group| match otlp_logs::LogRecord::decode(item) {
-                            Ok(r) => records.push(log_view(r, &group.service)),
-                            Err(_) => undecodable += 1,
-                        },
-                    );
+                let walked = ingestion.take(max_bytes, |item, group| {
+                    if let Some(r) = decoded(item, &mut undecodable) {
+                        records.push(log_view(r, &group.service));
+                    }
+                });
                 if !records.is_empty() {
                     write(&self.logs).insert(records);
                 }
@@ -230,14 +226,11 @@ impl Store {
             }
             Signal::Metrics => {
                 let mut points = Vec::new();
-                let walked =
-                    ingestion.take(
-                        max_bytes,
-                        |item, group| match otlp_metrics::Metric::decode(item) {
-                            Ok(m) => points.extend(metrics::points(&m, &group.service)),
-                            Err(_) => undecodable += 1,
-                        },
-                    );
+                let walked = ingestion.take(max_bytes, |item, group| {
+                    if let Some(m) = decoded::<otlp_metrics::Metric>(item, &mut undecodable) {
+                        points.extend(metrics::points(&m, &group.service));
+                    }
+                });
                 if !points.is_empty() {
                     write(&self.metrics).insert(points);
                 }
@@ -334,6 +327,13 @@ impl Store {
         s.evicted = s.evicted_spans + s.evicted_logs + s.evicted_metric_points;
         s
     }
+}
+
+/// `item` decoded as `M`; `None`, counted in `undecodable`, when it does not decode.
+fn decoded<M: Message + Default>(item: &[u8], undecodable: &mut u64) -> Option<M> {
+    let m = M::decode(item).ok();
+    *undecodable += u64::from(m.is_none());
+    m
 }
 
 /// A decoded span as stored, with its charged size; `None` when its ids are invalid.
