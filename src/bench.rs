@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// Open loop at this total rate (requests/s) with coordinated-omission correction; closed loop when absent.
     #[arg(long)]
     rate: Option<f64>,
+    /// Open loop: requests due within one step of this grid go out together at its end, and
+    /// their latency runs from there (0 = each at its own time; finer steps cost the generator
+    /// more wake-ups).
+    #[arg(long, default_value = "250us")]
+    pace: Duration,
     /// Wire protocol: http1, h2c (HTTP/2 with prior knowledge) or grpc (unary gRPC over h2c).
     #[arg(long, default_value = "http1")]
     protocol: Protocol,
@@ -142,6 +147,7 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         duration: args.duration.into(),
         warmup: args.warmup.into(),
         rate: args.rate,
+        pace: args.pace.into(),
         timeout: args.timeout.into(),
         pids: args.pid.clone(),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

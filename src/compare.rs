@@ -50,6 +50,9 @@ pub struct CompareArgs {
     /// Open loop at this total rate (added latency at a fixed load); closed loop when absent.
     #[arg(long)]
     rate: Option<f64>,
+    /// With --rate: the open-loop schedule's step (see `otlp-mesh bench --pace`).
+    #[arg(long, default_value = "250us", requires = "rate")]
+    pace: otlp_mesh_config::Duration,
     /// Core for the proxies under test.
     #[arg(long, default_value_t = 0)]
     proxy_core: usize,
@@ -211,7 +214,12 @@ fn measure(
         "-".into(),
     ];
     if let Some(r) = args.rate {
-        cmd.extend(["--rate".into(), r.to_string()]);
+        cmd.extend([
+            "--rate".into(),
+            r.to_string(),
+            "--pace".into(),
+            args.pace.to_string(),
+        ]);
     }
     if let Some(p) = pid {
         cmd.extend(["--pid".into(), p.to_string()]);
@@ -328,6 +336,9 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outco
         Vec::new()
     };
     let mut rounds = Vec::new();
+    // Past MAX_PRINTED_ROUNDS: one line rewritten in place on a terminal, else a line per tenth.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let tenth = args.rounds.div_ceil(10).max(1);
     for i in 1..=args.rounds {
         let outcomes = if args.interleave {
             interleaved_round(&running, i as usize, me, args, body)
@@ -337,12 +348,14 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outco
         if args.rounds > 1 && args.rounds <= MAX_PRINTED_ROUNDS {
             println!("round {i} of {}", args.rounds);
             print_table(&outcomes);
-        } else if args.rounds > 1 {
+        } else if args.rounds > 1 && terminal {
             eprint!("\rround {i} of {}", args.rounds);
+        } else if args.rounds > 1 && (i % tenth == 0 || i == args.rounds) {
+            eprintln!("round {i} of {}", args.rounds);
         }
         rounds.push(outcomes);
     }
-    if args.rounds > MAX_PRINTED_ROUNDS {
+    if args.rounds > MAX_PRINTED_ROUNDS && terminal {
         eprintln!();
     }
     drop(running);
@@ -1054,6 +1067,7 @@ mod tests {
             workers: 1,
             duration_s: 10.0,
             target_rate: Some(20000.0),
+            pace_us: None,
             requests: 1000,
             ok: 1000,
             errors: Errors::default(),

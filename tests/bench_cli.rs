@@ -120,6 +120,8 @@ async fn open_loop_holds_the_rate_and_reports_uncorrected_latency_too() {
                 "0",
                 "--rate",
                 "200",
+                "--pace",
+                "1ms",
                 "--h2c",
                 "--json",
                 json.to_str().unwrap(),
@@ -133,8 +135,10 @@ async fn open_loop_holds_the_rate_and_reports_uncorrected_latency_too() {
     assert_eq!(r["mode"], "open");
     assert_eq!(r["protocol"], "h2c");
     let requests = r["requests"].as_u64().unwrap();
-    // 200 req/s for 2 s: the schedule allows 400 (±1 per worker for phase offsets).
+    // 200 req/s for 2 s: the schedule allows 400 (±1 per worker for phase offsets), also
+    // when due times are rounded up to whole milliseconds.
     assert!((390..=402).contains(&requests), "requests {requests}");
+    assert_eq!(r["pace_us"], 1000);
     assert!(r["latency_uncorrected"]["p50_us"].as_u64().is_some());
 }
 

@@ -142,6 +142,7 @@ mod tests {
             workers: 1,
             duration_s: 1.0,
             target_rate: None,
+            pace_us: None,
             requests: 1000,
             ok: 1000,
             errors: Errors::default(),

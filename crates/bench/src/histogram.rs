@@ -120,6 +120,8 @@ pub struct Percentiles {
 #[derive(Debug)]
 pub struct OpenLoopRecorder {
     interval: Duration,
+    /// The schedule's grid: a due time is rounded up to a multiple of it (zero: exact times).
+    step: Duration,
     next: Duration,
     /// Corrected: completion minus scheduled start.
     pub corrected: Latency,
@@ -132,15 +134,29 @@ impl OpenLoopRecorder {
     pub fn new(interval: Duration) -> Self {
         OpenLoopRecorder {
             interval,
+            step: Duration::ZERO,
             next: Duration::ZERO,
             corrected: Latency::new(),
             uncorrected: Latency::new(),
         }
     }
 
+    /// Rounds every due time up to a multiple of `step` from the start of the run, so requests
+    /// due within one step go out together at its end; latency then runs from that time.
+    pub fn with_step(mut self, step: Duration) -> Self {
+        self.step = step;
+        self
+    }
+
     /// When the next request is due, as an offset from the start of the run.
     pub fn next_due(&self) -> Duration {
-        self.next
+        let step = self.step.as_nanos();
+        if step == 0 {
+            return self.next;
+        }
+        let next = self.next.as_nanos();
+        let rounded = next.div_ceil(step).saturating_mul(step);
+        Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
     }
 
     /// Moves the whole schedule later by `offset` (to spread workers' phases).
@@ -155,7 +171,7 @@ impl OpenLoopRecorder {
 
     /// Records a request that was sent at `sent` and completed at `done` (offsets from the start).
     pub fn record(&mut self, sent: Duration, done: Duration) {
-        let scheduled = self.next;
+        let scheduled = self.next_due();
         self.corrected.record(done.saturating_sub(scheduled));
         self.uncorrected.record(done.saturating_sub(sent));
         self.next += self.interval;
@@ -242,5 +258,30 @@ mod tests {
         assert!(c.p99_us > 850_000, "corrected p99 {c:?}");
         assert!(u.p99_us < 2_000, "uncorrected p99 {u:?}");
         assert!(u.max_us >= 1_000_000, "the stalled request itself {u:?}");
+    }
+
+    #[test]
+    fn a_step_rounds_due_times_up_and_latency_runs_from_the_rounded_time() {
+        // 3 requests per step of 1 ms, phase-shifted by 0.1 ms: due at 0.1, 0.4, 0.7, 1.0, 1.3 ms...
+        let mut rec =
+            OpenLoopRecorder::new(Duration::from_micros(300)).with_step(Duration::from_millis(1));
+        rec.shift(Duration::from_micros(100));
+        let mut dues = Vec::new();
+        for _ in 0..6 {
+            let due = rec.next_due();
+            dues.push(due.as_micros());
+            // Each answered 50 µs after its (rounded) due time.
+            rec.record(due, due + Duration::from_micros(50));
+        }
+        assert_eq!(dues, [1_000, 1_000, 1_000, 1_000, 2_000, 2_000]);
+        let c = rec.corrected.summary();
+        assert!((49..=51).contains(&c.max_us), "{c:?}");
+        assert_eq!(rec.corrected.count(), 6);
+        // The schedule keeps its rate: 1 000 requests take 300 ms, whatever the step.
+        for _ in 0..994 {
+            rec.skip();
+        }
+        let end = rec.next_due().as_micros();
+        assert!((300_000..=301_000).contains(&end), "{end}");
     }
 }

@@ -103,6 +103,7 @@ mod tests {
             workers: 1,
             duration_s: 1.0,
             target_rate: None,
+            pace_us: None,
             requests: 10,
             ok: 10,
             errors: Errors::default(),

@@ -490,6 +490,7 @@ mod tests {
             workers: 2,
             duration_s: 1.0,
             target_rate: None,
+            pace_us: None,
             requests: 12_345,
             ok: 12_300,
             errors: Errors {

@@ -11,6 +11,7 @@ pub mod history;
 pub mod html;
 mod load;
 pub mod otlp;
+mod pace;
 mod report;
 mod resources;
 pub mod timeline;

@@ -3,6 +3,7 @@
 
 use crate::h1::{EncodedRequest, H1Conn};
 use crate::histogram::{Latency, OpenLoopRecorder};
+use crate::pace::Pacer;
 use crate::report::{Errors, Report};
 use crate::resources::ProcessSampler;
 use crate::timeline::Timeline;
@@ -147,6 +148,9 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// Open loop at this many requests per second in total; `None` = closed loop.
     pub rate: Option<f64>,
+    /// Open loop: due times are rounded up to a multiple of this (zero: each at its own time);
+    /// requests due within one step go out together, and latency runs from the step's end.
+    pub pace: Duration,
     /// Per-request timeout (counted as an error).
     pub timeout: Duration,
     /// Processes whose CPU time and memory are sampled.
@@ -154,6 +158,9 @@ pub struct BenchConfig {
     /// Print a progress line on stderr about once a second (runs longer than 5 s only).
     pub progress: bool,
 }
+
+/// The open-loop schedule's default step (see [`BenchConfig::pace`]).
+pub const DEFAULT_PACE: Duration = Duration::from_micros(250);
 
 impl Default for BenchConfig {
     fn default() -> Self {
@@ -168,6 +175,7 @@ impl Default for BenchConfig {
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             rate: None,
+            pace: DEFAULT_PACE,
             timeout: Duration::from_secs(10),
             pids: Vec::new(),
             progress: false,
@@ -490,11 +498,12 @@ async fn worker(
     let mut out = WorkerResult::default();
     // Stagger open-loop workers across one interval so they do not fire in lockstep.
     let mut open = interval.map(|i| {
-        let mut rec = OpenLoopRecorder::new(i);
+        let mut rec = OpenLoopRecorder::new(i).with_step(cfg.pace);
         let offset = i.mul_f64(fastrand_f64());
         rec.shift(offset);
         rec
     });
+    let mut pacer = open.as_ref().map(|_| Pacer::new());
     tokio::time::sleep_until(start).await;
     loop {
         if let Some(rec) = &open {
@@ -502,7 +511,9 @@ async fn worker(
             if due >= end {
                 break;
             }
-            tokio::time::sleep_until(due).await;
+            if let Some(p) = &mut pacer {
+                p.sleep_until(due).await;
+            }
         }
         let sent = Instant::now();
         if sent >= end {

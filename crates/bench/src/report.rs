@@ -67,6 +67,9 @@ pub struct Report {
     pub workers: usize,
     pub duration_s: f64,
     pub target_rate: Option<f64>,
+    /// Open loop: the schedule's step in µs (due times rounded up to it; 0 = exact times).
+    #[serde(default)]
+    pub pace_us: Option<u64>,
     pub requests: u64,
     pub ok: u64,
     pub errors: Errors,
@@ -128,6 +131,9 @@ impl Report {
             workers,
             duration_s: secs,
             target_rate: cfg.rate,
+            pace_us: cfg
+                .rate
+                .map(|_| u64::try_from(cfg.pace.as_micros()).unwrap_or(u64::MAX)),
             requests,
             ok,
             errors,
@@ -161,9 +167,11 @@ impl Report {
             self.connections,
             self.workers,
             self.duration_s,
-            self.target_rate
-                .map(|r| format!(", target {r:.0} req/s"))
-                .unwrap_or_default()
+            match (self.target_rate, self.pace_us) {
+                (Some(r), Some(step)) => format!(", target {r:.0} req/s in {step} µs steps"),
+                (Some(r), None) => format!(", target {r:.0} req/s"),
+                _ => String::new(),
+            }
         );
         let _ = writeln!(
             s,
