@@ -626,6 +626,11 @@ struct Median {
     /// A 95 % confidence interval of that median (from the order statistics of the per-round
     /// ratios; needs six or more rounds).
     cpu_vs_mesh_ci: Option<(f64, f64)>,
+    /// Median over the rounds of this target's throughput divided by otlp-mesh's in the same
+    /// round, and its 95 % interval (in closed loop the proxy's core is the limit, so this is
+    /// the throughput a target gets from the same core).
+    throughput_vs_mesh: Option<f64>,
+    throughput_vs_mesh_ci: Option<(f64, f64)>,
     /// Median over the rounds of this target's p99 minus otlp-mesh's in the same round, and its
     /// 95 % interval.
     p99_vs_mesh_us: Option<f64>,
@@ -699,6 +704,13 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
                 _ => None,
             })
             .collect();
+        let throughput_ratios: Vec<f64> = measured
+            .iter()
+            .filter_map(|(r, _, m)| {
+                m.filter(|m| m.throughput_rps > 0.0)
+                    .map(|m| r.throughput_rps / m.throughput_rps)
+            })
+            .collect();
         let p99_differences: Vec<f64> = measured
             .iter()
             .filter_map(|(r, _, m)| m.map(|m| r.latency.p99_us as f64 - m.latency.p99_us as f64))
@@ -716,6 +728,8 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             cpu_us_per_request: process(&|p| p.cpu_us_per_request),
             cpu_vs_mesh_ci: median_interval(&cpu_ratios),
             cpu_vs_mesh: median(cpu_ratios),
+            throughput_vs_mesh_ci: median_interval(&throughput_ratios),
+            throughput_vs_mesh: median(throughput_ratios),
             p99_vs_mesh_ci: median_interval(&p99_differences),
             p99_vs_mesh_us: median(p99_differences),
             cpu_spread: spread(&cpus),
@@ -844,22 +858,24 @@ fn print_paired(medians: &[Median]) {
     }
     println!("paired with otlp-mesh round by round: median [95 % interval]");
     println!(
-        "{:<19} {:>26} {:>28}",
-        "target", "cpu/mesh", "p99 - mesh's (µs)"
+        "{:<19} {:>26} {:>26} {:>28}",
+        "target", "cpu/mesh", "req/s vs mesh", "p99 - mesh's (µs)"
     );
+    let ratio = |r: Option<f64>, ci: Option<(f64, f64)>| match (r, ci) {
+        (Some(r), Some((lo, hi))) => format!("{r:.3}× [{lo:.3}, {hi:.3}]"),
+        _ => "-".into(),
+    };
     for m in paired {
-        let cpu = match (m.cpu_vs_mesh, m.cpu_vs_mesh_ci) {
-            (Some(r), Some((lo, hi))) => format!("{r:.3}× [{lo:.3}, {hi:.3}]"),
-            _ => "-".into(),
-        };
+        let cpu = ratio(m.cpu_vs_mesh, m.cpu_vs_mesh_ci);
+        let throughput = ratio(m.throughput_vs_mesh, m.throughput_vs_mesh_ci);
         let p99 = match (m.p99_vs_mesh_us, m.p99_vs_mesh_ci) {
             (Some(d), Some((lo, hi))) => format!("{d:+.0} [{lo:+.0}, {hi:+.0}]"),
             _ => "-".into(),
         };
-        println!("{:<19} {:>26} {:>28}", m.name, cpu, p99);
+        println!("{:<19} {:>26} {:>26} {:>28}", m.name, cpu, throughput, p99);
     }
     println!(
-        "(an interval that excludes 1× (CPU) or 0 (p99) is a difference this run shows, \
+        "(an interval that excludes 1× (CPU, req/s) or 0 (p99) is a difference this run shows, \
          however noisy the machine)"
     );
 }
@@ -1255,6 +1271,40 @@ mod tests {
         assert_eq!(m[1].p99_vs_mesh_ci, Some((-50.0, 100.0)));
         assert_eq!(m[1].cpu_vs_mesh_ci, Some((1.1, 1.1)));
         assert_eq!(m[0].p99_vs_mesh_ci, Some((0.0, 0.0)));
+        assert_eq!(m[1].throughput_vs_mesh, Some(1.0));
+        assert_eq!(m[1].throughput_vs_mesh_ci, Some((1.0, 1.0)));
+    }
+
+    #[test]
+    fn throughput_against_otlp_mesh_is_a_paired_ratio_with_an_interval() {
+        // The machine's speed halves and doubles between rounds; the target always gets 0.9 of
+        // otlp-mesh's throughput, except one round at 1.2.
+        let rounds: Vec<Vec<Outcome>> = [
+            (40_000.0, 0.9),
+            (20_000.0, 0.9),
+            (80_000.0, 1.2),
+            (40_000.0, 0.9),
+            (30_000.0, 0.9),
+            (60_000.0, 0.9),
+        ]
+        .into_iter()
+        .map(|(mesh, ratio)| {
+            vec![
+                measured("otlp-mesh", 1000, mesh, Some(10.0)),
+                measured("otlp-mesh+telemetry", 1000, mesh * ratio, Some(11.0)),
+            ]
+        })
+        .collect();
+        let m = medians(&rounds);
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(m[1].throughput_vs_mesh, 0.9), "{:?}", m[1]);
+        let (lo, hi) = m[1].throughput_vs_mesh_ci.expect("six rounds");
+        assert!(
+            (lo - 0.9).abs() < 1e-9 && (hi - 1.2).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        // The plain median of each target's throughput mixes fast and slow rounds.
+        assert_eq!(m[1].throughput_rps, 36_000.0);
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod logs;
 mod metrics;
 mod model;
 mod service_map;
+mod span_wire;
 mod traces;
 
 pub use feed::StoreFeed;
@@ -44,6 +45,7 @@ use metrics::Metrics;
 use model::{any_value_into_json, attributes_owned};
 use opentelemetry_proto::tonic::logs::v1 as otlp_logs;
 use opentelemetry_proto::tonic::metrics::v1 as otlp_metrics;
+#[cfg(test)]
 use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
 use serde::Serialize;
@@ -197,11 +199,10 @@ impl Store {
                 let mut spans = Vec::new();
                 let mut invalid = 0u64;
                 let walked = ingestion.take(max_bytes, |item, group| {
-                    if let Some(s) = decoded::<otlp_trace::Span>(item, &mut undecodable) {
-                        match span_record(s, group) {
-                            Some(record) => spans.push(record),
-                            None => invalid += 1,
-                        }
+                    match span_wire::span(item, group) {
+                        Ok(Some(record)) => spans.push(record),
+                        Ok(None) => invalid += 1,
+                        Err(span_wire::Undecodable) => undecodable += 1,
                     }
                 });
                 if invalid > 0 {
@@ -336,7 +337,9 @@ fn decoded<M: Message + Default>(item: &[u8], undecodable: &mut u64) -> Option<M
     m
 }
 
-/// A decoded span as stored, with its charged size; `None` when its ids are invalid.
+/// A span decoded by prost as stored, with its charged size (`None` when its ids are invalid):
+/// the reference for what [`span_wire::span`] makes of the same bytes.
+#[cfg(test)]
 fn span_record(s: otlp_trace::Span, group: &ingest::Group) -> Option<(Span, usize)> {
     let trace_id = TraceId::from_bytes(&s.trace_id)?;
     let span_id = SpanId::from_bytes(&s.span_id)?;
