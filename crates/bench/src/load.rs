@@ -496,24 +496,22 @@ async fn worker(
         interval,
     } = window;
     let mut out = WorkerResult::default();
-    // Stagger open-loop workers across one interval so they do not fire in lockstep.
+    // Open loop: the schedule, and what waits for it. Workers are staggered across one
+    // interval so they do not fire in lockstep.
     let mut open = interval.map(|i| {
         let mut rec = OpenLoopRecorder::new(i).with_step(cfg.pace);
         let offset = i.mul_f64(fastrand_f64());
         rec.shift(offset);
-        rec
+        (rec, Pacer::new())
     });
-    let mut pacer = open.as_ref().map(|_| Pacer::new());
     tokio::time::sleep_until(start).await;
     loop {
-        if let Some(rec) = &open {
+        if let Some((rec, pacer)) = &mut open {
             let due = start + rec.next_due();
             if due >= end {
                 break;
             }
-            if let Some(p) = &mut pacer {
-                p.sleep_until(due).await;
-            }
+            pacer.sleep_until(due).await;
         }
         let sent = Instant::now();
         if sent >= end {
@@ -569,7 +567,7 @@ async fn worker(
             }
         }
         match &mut open {
-            Some(rec) => {
+            Some((rec, _)) => {
                 if measured {
                     rec.record(sent - start, done - start);
                 } else {
@@ -583,7 +581,7 @@ async fn worker(
             }
         }
     }
-    if let Some(rec) = open {
+    if let Some((rec, _)) = open {
         out.latency = rec.corrected;
         out.uncorrected = rec.uncorrected;
     }

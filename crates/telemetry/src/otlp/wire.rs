@@ -49,12 +49,14 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Calls `f(field_number, value, offset)` for each top-level field of `buf`.
-pub fn for_each_field<'a>(
+/// Calls `f(field_number, value, offset)` for each top-level field of `buf`; a framing error
+/// and `f`'s own errors end the walk (`E` is the caller's error type, which a [`WireError`]
+/// converts into).
+pub fn for_each_field<'a, E: From<WireError>>(
     buf: &'a [u8],
     base: usize,
-    mut f: impl FnMut(u32, Value<'a>, usize) -> Result<(), WireError>,
-) -> Result<(), WireError> {
+    mut f: impl FnMut(u32, Value<'a>, usize) -> Result<(), E>,
+) -> Result<(), E> {
     let mut pos = 0;
     while let Some((field, value, at)) = next_field(buf, &mut pos, base)? {
         f(field, value, at)?;

@@ -24,6 +24,12 @@ use serde_json::Value;
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Undecodable;
 
+impl From<wire::WireError> for Undecodable {
+    fn from(_: wire::WireError) -> Undecodable {
+        Undecodable
+    }
+}
+
 /// The span encoded in `item`, with the bytes it is charged; `Ok(None)` when its trace or span
 /// id is invalid (wrong length or all zero).
 pub(super) fn span(item: &[u8], group: &Group) -> Result<Option<(Span, usize)>, Undecodable> {
@@ -34,7 +40,7 @@ pub(super) fn span(item: &[u8], group: &Group) -> Result<Option<(Span, usize)>, 
     let mut attributes = Attributes::new();
     let mut events = Vec::new();
     let (mut status_code, mut status_message) = (0i32, "");
-    for_each(item, |field, value| {
+    wire::for_each_field(item, 0, |field, value, _| {
         match (field, value) {
             (1, Field::Bytes(b)) => trace_id = b,
             (2, Field::Bytes(b)) => span_id = b,
@@ -86,20 +92,6 @@ pub(super) fn span(item: &[u8], group: &Group) -> Result<Option<(Span, usize)>, 
     Ok(Some((span, bytes)))
 }
 
-/// Calls `f` for each field of `buf`; a framing error is [`Undecodable`].
-fn for_each<'a>(
-    buf: &'a [u8],
-    mut f: impl FnMut(u32, Field<'a>) -> Result<(), Undecodable>,
-) -> Result<(), Undecodable> {
-    let mut pos = 0;
-    while let Some((field, value, _)) =
-        wire::next_field(buf, &mut pos, 0).map_err(|_| Undecodable)?
-    {
-        f(field, value)?;
-    }
-    Ok(())
-}
-
 fn utf8(b: &[u8]) -> Result<&str, Undecodable> {
     std::str::from_utf8(b).map_err(|_| Undecodable)
 }
@@ -108,7 +100,7 @@ fn utf8(b: &[u8]) -> Result<&str, Undecodable> {
 fn event(buf: &[u8]) -> Result<Event, Undecodable> {
     let (mut time, mut name) = (0u64, "");
     let mut attributes = Attributes::new();
-    for_each(buf, |field, value| {
+    wire::for_each_field(buf, 0, |field, value, _| {
         match (field, value) {
             (1, Field::Fixed64(v)) => time = v,
             (2, Field::Bytes(b)) => name = utf8(b)?,
@@ -128,7 +120,7 @@ fn event(buf: &[u8]) -> Result<Event, Undecodable> {
 
 /// `Status`: message 2, code 3 (1 is reserved).
 fn status<'a>(buf: &'a [u8], code: &mut i32, message: &mut &'a str) -> Result<(), Undecodable> {
-    for_each(buf, |field, value| {
+    wire::for_each_field(buf, 0, |field, value, _| {
         match (field, value) {
             (2, Field::Bytes(b)) => *message = utf8(b)?,
             (3, Field::Varint(v)) => *code = v as i32,
@@ -145,7 +137,7 @@ fn key_value(buf: &[u8], into: &mut Attributes) -> Result<(), Undecodable> {
     let mut key = "";
     let mut value = None;
     let mut values = 0u32;
-    for_each(buf, |field, v| {
+    wire::for_each_field(buf, 0, |field, v, _| {
         match (field, v) {
             (1, Field::Bytes(b)) => key = utf8(b)?,
             (2, Field::Bytes(b)) => {
@@ -185,7 +177,7 @@ fn prost_key_value(buf: &[u8], into: &mut Attributes) -> Result<(), Undecodable>
 fn scalar(buf: &[u8]) -> Result<Option<Value>, Undecodable> {
     let mut out = Value::Null;
     let mut other = false;
-    for_each(buf, |field, v| {
+    wire::for_each_field(buf, 0, |field, v, _| {
         // A oneof keeps the variant that came last.
         match (field, v) {
             (1, Field::Bytes(b)) => out = Value::String(utf8(b)?.to_owned()),
