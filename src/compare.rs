@@ -631,10 +631,14 @@ struct Median {
     /// the throughput a target gets from the same core).
     throughput_vs_mesh: Option<f64>,
     throughput_vs_mesh_ci: Option<(f64, f64)>,
-    /// Median over the rounds of this target's p99 minus otlp-mesh's in the same round, and its
-    /// 95 % interval.
+    /// Median over the rounds of this target's p50 (p99, p99.9) minus otlp-mesh's in the same
+    /// round, and its 95 % interval: where the two latency curves cross, if they do.
+    p50_vs_mesh_us: Option<f64>,
+    p50_vs_mesh_ci: Option<(f64, f64)>,
     p99_vs_mesh_us: Option<f64>,
     p99_vs_mesh_ci: Option<(f64, f64)>,
+    p999_vs_mesh_us: Option<f64>,
+    p999_vs_mesh_ci: Option<(f64, f64)>,
     /// How far the CPU per request moved between rounds: (max − min) / median, with two or
     /// more rounds.
     cpu_spread: Option<f64>,
@@ -711,10 +715,15 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
                     .map(|m| r.throughput_rps / m.throughput_rps)
             })
             .collect();
-        let p99_differences: Vec<f64> = measured
-            .iter()
-            .filter_map(|(r, _, m)| m.map(|m| r.latency.p99_us as f64 - m.latency.p99_us as f64))
-            .collect();
+        let against_mesh = |f: &dyn Fn(&Report) -> u64| -> Vec<f64> {
+            measured
+                .iter()
+                .filter_map(|(r, _, m)| m.map(|m| f(r) as f64 - f(m) as f64))
+                .collect()
+        };
+        let p50_differences = against_mesh(&|r| r.latency.p50_us);
+        let p99_differences = against_mesh(&|r| r.latency.p99_us);
+        let p999_differences = against_mesh(&|r| r.latency.p999_us);
         out.push(Median {
             name,
             rounds: measured.len(),
@@ -730,8 +739,12 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             cpu_vs_mesh: median(cpu_ratios),
             throughput_vs_mesh_ci: median_interval(&throughput_ratios),
             throughput_vs_mesh: median(throughput_ratios),
+            p50_vs_mesh_ci: median_interval(&p50_differences),
+            p50_vs_mesh_us: median(p50_differences),
             p99_vs_mesh_ci: median_interval(&p99_differences),
             p99_vs_mesh_us: median(p99_differences),
+            p999_vs_mesh_ci: median_interval(&p999_differences),
+            p999_vs_mesh_us: median(p999_differences),
             cpu_spread: spread(&cpus),
             rss_peak_mib: process(&|p| p.rss_peak_bytes as f64 / 1048576.0),
         });
@@ -858,25 +871,31 @@ fn print_paired(medians: &[Median]) {
     }
     println!("paired with otlp-mesh round by round: median [95 % interval]");
     println!(
-        "{:<19} {:>26} {:>26} {:>28}",
-        "target", "cpu/mesh", "req/s vs mesh", "p99 - mesh's (µs)"
+        "{:<19} {:>26} {:>26} {:>24} {:>24} {:>24}",
+        "target", "cpu/mesh", "req/s vs mesh", "p50 - mesh's", "p99 - mesh's", "p99.9 - mesh's"
     );
     let ratio = |r: Option<f64>, ci: Option<(f64, f64)>| match (r, ci) {
         (Some(r), Some((lo, hi))) => format!("{r:.3}× [{lo:.3}, {hi:.3}]"),
         _ => "-".into(),
     };
+    let difference = |d: Option<f64>, ci: Option<(f64, f64)>| match (d, ci) {
+        (Some(d), Some((lo, hi))) => format!("{d:+.0} [{lo:+.0}, {hi:+.0}]"),
+        _ => "-".into(),
+    };
     for m in paired {
-        let cpu = ratio(m.cpu_vs_mesh, m.cpu_vs_mesh_ci);
-        let throughput = ratio(m.throughput_vs_mesh, m.throughput_vs_mesh_ci);
-        let p99 = match (m.p99_vs_mesh_us, m.p99_vs_mesh_ci) {
-            (Some(d), Some((lo, hi))) => format!("{d:+.0} [{lo:+.0}, {hi:+.0}]"),
-            _ => "-".into(),
-        };
-        println!("{:<19} {:>26} {:>26} {:>28}", m.name, cpu, throughput, p99);
+        println!(
+            "{:<19} {:>26} {:>26} {:>24} {:>24} {:>24}",
+            m.name,
+            ratio(m.cpu_vs_mesh, m.cpu_vs_mesh_ci),
+            ratio(m.throughput_vs_mesh, m.throughput_vs_mesh_ci),
+            difference(m.p50_vs_mesh_us, m.p50_vs_mesh_ci),
+            difference(m.p99_vs_mesh_us, m.p99_vs_mesh_ci),
+            difference(m.p999_vs_mesh_us, m.p999_vs_mesh_ci),
+        );
     }
     println!(
-        "(an interval that excludes 1× (CPU, req/s) or 0 (p99) is a difference this run shows, \
-         however noisy the machine)"
+        "(latency differences in µs; an interval that excludes 1× (CPU, req/s) or 0 (latency) \
+         is a difference this run shows, however noisy the machine)"
     );
 }
 
@@ -1273,6 +1292,36 @@ mod tests {
         assert_eq!(m[0].p99_vs_mesh_ci, Some((0.0, 0.0)));
         assert_eq!(m[1].throughput_vs_mesh, Some(1.0));
         assert_eq!(m[1].throughput_vs_mesh_ci, Some((1.0, 1.0)));
+    }
+
+    #[test]
+    fn latency_curves_that_cross_show_as_paired_differences_of_opposite_sign() {
+        // haproxy answers the median request 20 µs sooner than otlp-mesh in every round, and
+        // its p99.9 is 300 µs later, while the machine moves both by milliseconds.
+        let at = |name: &'static str, p50: u64, p99: u64, p999: u64| {
+            let mut o = measured(name, p99, 100.0, Some(10.0));
+            if let Some(r) = o.report.as_mut() {
+                r.latency.p50_us = p50;
+                r.latency.p999_us = p999;
+            }
+            o
+        };
+        let rounds: Vec<Vec<Outcome>> = [400, 900, 250, 1300, 600, 700, 2000]
+            .into_iter()
+            .map(|base| {
+                vec![
+                    at("otlp-mesh", base, base * 4, base * 8),
+                    at("haproxy", base - 20, base * 4, base * 8 + 300),
+                ]
+            })
+            .collect();
+        let m = medians(&rounds);
+        assert_eq!(m[1].p50_vs_mesh_us, Some(-20.0));
+        assert_eq!(m[1].p50_vs_mesh_ci, Some((-20.0, -20.0)));
+        assert_eq!(m[1].p99_vs_mesh_us, Some(0.0));
+        assert_eq!(m[1].p999_vs_mesh_us, Some(300.0));
+        assert_eq!(m[1].p999_vs_mesh_ci, Some((300.0, 300.0)));
+        assert_eq!(m[0].p50_vs_mesh_ci, Some((0.0, 0.0)));
     }
 
     #[test]
