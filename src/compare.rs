@@ -2,7 +2,7 @@
 //! of the same fast upstream, measured one after another in one run with the same generator.
 //!
 //! Cores: every proxy runs alone on `--proxy-core`; the generator and the upstream share
-//! `--load-core`. The configs are `bench/configs/*` (embedded), so anyone can rerun them by hand.
+//! `--load-core` (or the upstream has `--upstream-core` to itself, on a machine with a third). The configs are `bench/configs/*` (embedded), so anyone can rerun them by hand.
 //!
 //! `--protocol h2c|grpc` speaks HTTP/2 with prior knowledge on both sides of every proxy
 //! (`*-h2*` / `nginx-grpc.conf` configs); gRPC calls the upstream's echo method.
@@ -59,6 +59,10 @@ pub struct CompareArgs {
     /// Core for the generator and the upstream.
     #[arg(long, default_value_t = 1)]
     load_core: usize,
+    /// Core for the upstream alone (default: the load core), so that on a machine with three
+    /// or more cores the generator does not share its core with the upstream.
+    #[arg(long)]
+    upstream_core: Option<usize>,
     /// Only these targets (comma-separated names as printed, e.g. `direct,otlp-mesh,otlp-mesh+telemetry`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -305,8 +309,9 @@ fn run_inner(args: &CompareArgs) -> Result<Vec<Vec<Outcome>>, String> {
 
 fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outcome>>, String> {
     let upstream = free_addr()?;
+    let upstream_core = args.upstream_core.unwrap_or(args.load_core);
     let mut up = pinned(
-        args.load_core,
+        upstream_core,
         me,
         &[
             "bench-upstream".into(),
@@ -316,7 +321,7 @@ fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outco
     )?;
     wait_listening(&mut up, upstream).map_err(|e| format!("upstream: {e}"))?;
     eprintln!(
-        "upstream on {upstream} (core {}); proxies on core {}; protocol {}",
+        "upstream on {upstream} (core {upstream_core}); generator on core {}; proxies on core {}; protocol {}",
         args.load_core, args.proxy_core, args.protocol
     );
 

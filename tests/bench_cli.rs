@@ -350,6 +350,81 @@ fn bench_compare_reports_every_target() {
     assert!(p.stdout().contains("cpu/mesh"), "{}", p.stdout());
 }
 
+/// The children of `parent` whose command line contains `needle`, with their allowed CPUs
+/// (`Cpus_allowed_list` in /proc).
+fn children_cpus(parent: u32, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = entry.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the comm may hold spaces, so split after its `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if ppid != Some(parent) || !cmdline.contains(needle) {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string());
+            found.extend(cpus);
+        }
+    }
+    found
+}
+
+/// `--upstream-core` pins the upstream to a core of its own, apart from the generator's.
+#[test]
+fn bench_compare_pins_the_upstream_apart_from_the_generator_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let mut p = Proc::spawn(&[
+        "bench-compare",
+        "-d",
+        "3s",
+        "--warmup",
+        "100ms",
+        "-c",
+        "2",
+        "--only",
+        "direct",
+        "--load-core",
+        "1",
+        "--upstream-core",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // While the generator runs: the upstream on core 0, the generator on core 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (upstream, generator) = loop {
+        let upstream = children_cpus(p.pid(), "bench-upstream");
+        let generator = children_cpus(p.pid(), "bench http://");
+        if !upstream.is_empty() && !generator.is_empty() {
+            break (upstream, generator);
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(upstream, ["0"]);
+    assert_eq!(generator, ["1"]);
+    p.wait_exit_blocking(Duration::from_secs(30));
+    assert!(p.status_success(), "bench-compare failed: {}", p.stderr());
+    assert!(
+        p.stderr().contains("(core 0); generator on core 1"),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(read_json(&json)["targets"][0]["status"], "measured");
+}
+
 /// `--only` restricts the targets to the ones named.
 #[test]
 fn bench_compare_only_runs_the_named_targets() {
