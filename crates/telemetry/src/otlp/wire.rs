@@ -151,7 +151,19 @@ fn fixed<const N: usize>(
     Ok(a)
 }
 
+/// A protobuf varint at the start of `buf` and its length in bytes; `None` when it does not end
+/// within `buf` or 10 bytes.
+#[inline]
 fn varint(buf: &[u8]) -> Option<(u64, usize)> {
+    // Most keys and lengths in OTLP fit one byte.
+    match buf.first() {
+        Some(&b) if b < 0x80 => Some((u64::from(b), 1)),
+        _ => varint_long(buf),
+    }
+}
+
+/// [`varint`] past its first byte (or of an empty `buf`).
+fn varint_long(buf: &[u8]) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
     for (i, b) in buf.iter().take(10).enumerate() {
         v |= u64::from(b & 0x7f) << (7 * i);
@@ -414,6 +426,31 @@ mod tests {
                 Err(e) => assert!(e.offset <= cut),
             }
         }
+    }
+
+    #[test]
+    fn varints_of_one_byte_and_of_more_read_as_prost_writes_them() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut buf = Vec::new();
+            prost::encoding::encode_varint(v, &mut buf);
+            assert_eq!(varint(&buf), Some((v, buf.len())), "{v}");
+            // Bytes after the varint are not part of it.
+            buf.push(0x01);
+            assert_eq!(varint(&buf), Some((v, buf.len() - 1)), "{v}");
+        }
+        assert_eq!(varint(&[]), None);
+        assert_eq!(varint(&[0x80]), None, "continues past the end");
+        assert_eq!(varint(&[0xff; 11]), None, "longer than 10 bytes");
     }
 
     #[test]
