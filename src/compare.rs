@@ -2,7 +2,8 @@
 //! of the same fast upstream, measured one after another in one run with the same generator.
 //!
 //! Cores: every proxy runs alone on `--proxy-core`; the generator and the upstream share
-//! `--load-core` (or the upstream has `--upstream-core` to itself, on a machine with a third). The configs are `bench/configs/*` (embedded), so anyone can rerun them by hand.
+//! `--load-core` (or the upstream has `--upstream-core` to itself, on a machine with a third).
+//! The configs are `bench/configs/*` (embedded), so anyone can rerun them by hand.
 //!
 //! `--protocol h2c|grpc` speaks HTTP/2 with prior knowledge on both sides of every proxy
 //! (`*-h2*` / `nginx-grpc.conf` configs); gRPC calls the upstream's echo method.
@@ -688,14 +689,9 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             continue;
         }
         let of = |f: &dyn Fn(&Report) -> f64| median(measured.iter().map(|(r, ..)| f(r)).collect());
-        let added = |f: &dyn Fn(&Report) -> u64| {
-            median(
-                measured
-                    .iter()
-                    .filter_map(|(r, d, _)| d.map(|d| f(r) as f64 - f(d) as f64))
-                    .collect(),
-            )
-        };
+        // Each round's (this target, direct) and (this target, otlp-mesh) reports.
+        let vs_direct = || measured.iter().map(|(r, d, _)| (*r, *d));
+        let vs_mesh = || measured.iter().map(|(r, _, m)| (*r, *m));
         let process = |f: &dyn Fn(&otlp_mesh_bench::ProcessUsage) -> f64| {
             median(
                 measured
@@ -720,15 +716,14 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
                     .map(|m| r.throughput_rps / m.throughput_rps)
             })
             .collect();
-        let against_mesh = |f: &dyn Fn(&Report) -> u64| -> Vec<f64> {
-            measured
-                .iter()
-                .filter_map(|(r, _, m)| m.map(|m| f(r) as f64 - f(m) as f64))
-                .collect()
-        };
-        let p50_differences = against_mesh(&|r| r.latency.p50_us);
-        let p99_differences = against_mesh(&|r| r.latency.p99_us);
-        let p999_differences = against_mesh(&|r| r.latency.p999_us);
+        let (cpu_vs_mesh, cpu_vs_mesh_ci) = with_interval(cpu_ratios);
+        let (throughput_vs_mesh, throughput_vs_mesh_ci) = with_interval(throughput_ratios);
+        let (p50_vs_mesh_us, p50_vs_mesh_ci) =
+            with_interval(differences(vs_mesh(), |r| r.latency.p50_us));
+        let (p99_vs_mesh_us, p99_vs_mesh_ci) =
+            with_interval(differences(vs_mesh(), |r| r.latency.p99_us));
+        let (p999_vs_mesh_us, p999_vs_mesh_ci) =
+            with_interval(differences(vs_mesh(), |r| r.latency.p999_us));
         out.push(Median {
             name,
             rounds: measured.len(),
@@ -736,25 +731,41 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             p50_us: of(&|r| r.latency.p50_us as f64).unwrap_or(0.0),
             p99_us: of(&|r| r.latency.p99_us as f64).unwrap_or(0.0),
             p999_us: of(&|r| r.latency.p999_us as f64).unwrap_or(0.0),
-            added_p50_us: added(&|r| r.latency.p50_us),
-            added_p99_us: added(&|r| r.latency.p99_us),
-            added_p999_us: added(&|r| r.latency.p999_us),
+            added_p50_us: median(differences(vs_direct(), |r| r.latency.p50_us)),
+            added_p99_us: median(differences(vs_direct(), |r| r.latency.p99_us)),
+            added_p999_us: median(differences(vs_direct(), |r| r.latency.p999_us)),
             cpu_us_per_request: process(&|p| p.cpu_us_per_request),
-            cpu_vs_mesh_ci: median_interval(&cpu_ratios),
-            cpu_vs_mesh: median(cpu_ratios),
-            throughput_vs_mesh_ci: median_interval(&throughput_ratios),
-            throughput_vs_mesh: median(throughput_ratios),
-            p50_vs_mesh_ci: median_interval(&p50_differences),
-            p50_vs_mesh_us: median(p50_differences),
-            p99_vs_mesh_ci: median_interval(&p99_differences),
-            p99_vs_mesh_us: median(p99_differences),
-            p999_vs_mesh_ci: median_interval(&p999_differences),
-            p999_vs_mesh_us: median(p999_differences),
+            cpu_vs_mesh,
+            cpu_vs_mesh_ci,
+            throughput_vs_mesh,
+            throughput_vs_mesh_ci,
+            p50_vs_mesh_us,
+            p50_vs_mesh_ci,
+            p99_vs_mesh_us,
+            p99_vs_mesh_ci,
+            p999_vs_mesh_us,
+            p999_vs_mesh_ci,
             cpu_spread: spread(&cpus),
             rss_peak_mib: process(&|p| p.rss_peak_bytes as f64 / 1048576.0),
         });
     }
     out
+}
+
+/// Per round that has the other report: `f` of the target's report minus `f` of the other's.
+fn differences<'a>(
+    pairs: impl Iterator<Item = (&'a Report, Option<&'a Report>)>,
+    f: impl Fn(&Report) -> u64,
+) -> Vec<f64> {
+    pairs
+        .filter_map(|(r, other)| other.map(|o| f(r) as f64 - f(o) as f64))
+        .collect()
+}
+
+/// The median of `values` and its 95 % interval ([`median_interval`]).
+fn with_interval(values: Vec<f64>) -> (Option<f64>, Option<(f64, f64)>) {
+    let interval = median_interval(&values);
+    (median(values), interval)
 }
 
 /// A distribution-free 95 % confidence interval of the median of `values`: the order
