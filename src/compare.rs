@@ -7,6 +7,9 @@
 //!
 //! `--protocol h2c|grpc` speaks HTTP/2 with prior knowledge on both sides of every proxy
 //! (`*-h2*` / `nginx-grpc.conf` configs); gRPC calls the upstream's echo method.
+//!
+//! `--from` measures nothing: it pools the rounds of earlier runs' JSON and reports them as one
+//! run, which narrows the paired medians' intervals past what one run's 1 000 rounds give.
 
 use otlp_mesh_bench::{Protocol, Report};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -82,7 +85,22 @@ pub struct CompareArgs {
     /// Write every target's report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure nothing: pool the rounds of earlier runs' `--json` files (repeatable) and print
+    /// their medians as one run's, so that runs of the same settings narrow the 95 % intervals
+    /// together. The runs must share protocol, mode, rate, connections and duration.
+    #[arg(long = "from", value_name = "JSON", conflicts_with_all = ["rounds", "interleave", "only", "rate"])]
+    from: Vec<PathBuf>,
 }
+
+/// Every target a run can have, as its JSON names it (read back by `--from`).
+const TARGET_NAMES: [&str; 6] = [
+    "direct",
+    "otlp-mesh",
+    "otlp-mesh+telemetry",
+    "nginx",
+    "haproxy",
+    "envoy",
+];
 
 /// A process started for the run; killed when dropped.
 pub(crate) struct Proc(pub(crate) Child);
@@ -263,7 +281,12 @@ fn measure(
 
 /// Runs the comparison; exit 1 when it cannot run at all (no taskset, no upstream).
 pub fn run(args: CompareArgs) -> ExitCode {
-    match run_inner(&args) {
+    let rounds = if args.from.is_empty() {
+        run_inner(&args)
+    } else {
+        pooled_rounds(&args.from)
+    };
+    match rounds {
         Ok(rounds) => {
             // Several rounds are printed one by one as they finish (`compare_in`).
             if let [only] = rounds.as_slice() {
@@ -306,6 +329,115 @@ fn run_inner(args: &CompareArgs) -> Result<Vec<Vec<Outcome>>, String> {
     let result = compare_in(&me, &dir, args);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A target's outcome as a run's JSON holds it.
+#[derive(serde::Deserialize)]
+struct StoredOutcome {
+    name: String,
+    status: String,
+    reason: Option<String>,
+    report: Option<Report>,
+}
+
+/// The part of a run's JSON that `--from` reads.
+#[derive(serde::Deserialize)]
+struct StoredRun {
+    rounds: Vec<Vec<StoredOutcome>>,
+}
+
+/// What must be the same in every report for rounds to be pooled.
+#[derive(Debug, PartialEq)]
+struct Settings {
+    protocol: String,
+    mode: String,
+    rate: Option<f64>,
+    connections: usize,
+    duration_s: f64,
+}
+
+impl Settings {
+    fn of(r: &Report) -> Settings {
+        Settings {
+            protocol: r.protocol.to_string(),
+            mode: r.mode.clone(),
+            rate: r.target_rate,
+            connections: r.connections,
+            duration_s: r.duration_s,
+        }
+    }
+}
+
+impl std::fmt::Display for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} loop", self.protocol, self.mode)?;
+        if let Some(rate) = self.rate {
+            write!(f, " at {rate} req/s")?;
+        }
+        write!(
+            f,
+            ", {} connections, {} s per round",
+            self.connections, self.duration_s
+        )
+    }
+}
+
+/// The rounds of the runs in `files` (`--json` outputs of `bench-compare`), one after another;
+/// an error names the file and round that cannot be read or does not match the first report's
+/// settings.
+fn pooled_rounds(files: &[PathBuf]) -> Result<Vec<Vec<Outcome>>, String> {
+    let mut rounds = Vec::new();
+    let mut first: Option<(Settings, &Path)> = None;
+    for file in files {
+        let text =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let run: StoredRun = serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "{}: not the --json output of bench-compare: {e}",
+                file.display()
+            )
+        })?;
+        for (i, round) in run.rounds.into_iter().enumerate() {
+            let at = || format!("{}: round {}", file.display(), i + 1);
+            let mut outcomes = Vec::with_capacity(round.len());
+            for o in round {
+                let name = TARGET_NAMES
+                    .into_iter()
+                    .find(|n| *n == o.name)
+                    .ok_or_else(|| format!("{}: unknown target {:?}", at(), o.name))?;
+                let status = ["measured", "skipped", "failed"]
+                    .into_iter()
+                    .find(|s| *s == o.status)
+                    .ok_or_else(|| format!("{}: {name}: unknown status {:?}", at(), o.status))?;
+                if let Some(report) = &o.report {
+                    let settings = Settings::of(report);
+                    match &first {
+                        None => first = Some((settings, file)),
+                        Some((expected, from)) if *expected != settings => {
+                            return Err(format!(
+                                "{}: {name} ran {settings}, but {} ran {expected}: only runs of the same settings pool",
+                                at(),
+                                from.display()
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                outcomes.push(Outcome {
+                    name,
+                    status,
+                    reason: o.reason,
+                    report: o.report,
+                });
+            }
+            rounds.push(outcomes);
+        }
+    }
+    if first.is_none() {
+        return Err("the --from files hold no measured round".into());
+    }
+    eprintln!("{} rounds from {} runs", rounds.len(), files.len());
+    Ok(rounds)
 }
 
 fn compare_in(me: &Path, dir: &Path, args: &CompareArgs) -> Result<Vec<Vec<Outcome>>, String> {
@@ -664,11 +796,15 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
 }
 
-/// Each target's medians over `rounds`, in the order of the first round.
+/// Each target's medians over `rounds`, in the order the targets first appear.
 fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
-    let Some(first) = rounds.first() else {
-        return Vec::new();
-    };
+    // Pooled runs need not all have had the same targets.
+    let mut names: Vec<&'static str> = Vec::new();
+    for o in rounds.iter().flatten() {
+        if !names.contains(&o.name) {
+            names.push(o.name);
+        }
+    }
     fn report<'a>(round: &'a [Outcome], name: &str) -> Option<&'a Report> {
         round
             .iter()
@@ -676,7 +812,7 @@ fn medians(rounds: &[Vec<Outcome>]) -> Vec<Median> {
             .and_then(|o| o.report.as_ref())
     }
     let mut out = Vec::new();
-    for name in first.iter().map(|o| o.name) {
+    for name in names {
         // Each round's report of this target, with `direct`'s and otlp-mesh's of that round.
         type Measured<'a> = (&'a Report, Option<&'a Report>, Option<&'a Report>);
         let measured: Vec<Measured> = rounds
@@ -1370,6 +1506,116 @@ mod tests {
         );
         // The plain median of each target's throughput mixes fast and slow rounds.
         assert_eq!(m[1].throughput_rps, 36_000.0);
+    }
+
+    /// Writes `rounds` as a run's `--json` file named `name` in `dir`.
+    fn write_run(dir: &Path, name: &str, rounds: &[Vec<Outcome>]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::json!({ "rounds": rounds }).to_string()).unwrap();
+        path
+    }
+
+    /// Six rounds of otlp-mesh and `peer`, the peer's CPU `ratios[i]` times otlp-mesh's.
+    fn paired_rounds(peer: &'static str, ratios: &[f64]) -> Vec<Vec<Outcome>> {
+        ratios
+            .iter()
+            .map(|r| {
+                vec![
+                    measured("otlp-mesh", 1000, 1000.0, Some(10.0)),
+                    measured(peer, 1000, 1000.0, Some(10.0 * r)),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pooled_runs_are_one_run_of_all_their_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = [1.01, 1.02, 1.03, 1.04, 1.05, 1.06];
+        let b = [1.07, 1.08, 1.09, 1.10, 1.11, 1.12];
+        let files = [
+            write_run(dir.path(), "a.json", &paired_rounds("haproxy", &a)),
+            write_run(dir.path(), "b.json", &paired_rounds("haproxy", &b)),
+            write_run(dir.path(), "c.json", &paired_rounds("nginx", &a)),
+        ];
+        let rounds = pooled_rounds(&files).unwrap();
+        assert_eq!(rounds.len(), 18);
+        let m = medians(&rounds);
+        let names: Vec<&str> = m.iter().map(|m| m.name).collect();
+        // Targets in the order they first appear, though the first run had no nginx.
+        assert_eq!(names, ["otlp-mesh", "haproxy", "nginx"]);
+        assert_eq!(m[0].rounds, 18);
+        assert_eq!(m[1].rounds, 12);
+        // The median of the twelve pooled ratios lies between the two runs' own medians.
+        let close = |v: Option<f64>, want: f64| v.is_some_and(|v| (v - want).abs() < 1e-9);
+        assert!(close(m[1].cpu_vs_mesh, 1.065), "{:?}", m[1]);
+        assert!(close(m[2].cpu_vs_mesh, 1.035), "{:?}", m[2]);
+        // Twelve rounds narrow the interval that six give (k = 3 of 12 against 1 of 6).
+        let (lo, hi) = m[1].cpu_vs_mesh_ci.unwrap();
+        assert!(close(Some(lo), 1.03) && close(Some(hi), 1.10), "{lo} {hi}");
+        let alone = medians(&pooled_rounds(&files[..1]).unwrap());
+        let (lo_a, hi_a) = alone[1].cpu_vs_mesh_ci.unwrap();
+        assert!(
+            close(Some(lo_a), 1.01) && close(Some(hi_a), 1.06),
+            "{lo_a} {hi_a}"
+        );
+    }
+
+    #[test]
+    fn pooling_refuses_runs_of_other_settings_and_unreadable_files_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write_run(dir.path(), "a.json", &paired_rounds("haproxy", &[1.0; 6]));
+        let mut other = paired_rounds("haproxy", &[1.0; 6]);
+        for o in other.iter_mut().flatten() {
+            if let Some(r) = o.report.as_mut() {
+                r.target_rate = Some(10_000.0);
+            }
+        }
+        let b = write_run(dir.path(), "b.json", &other);
+        let e = pooled_rounds(&[a.clone(), b.clone()]).err().unwrap();
+        assert!(
+            e.contains("b.json: round 1: otlp-mesh ran http1 open loop at 10000 req/s")
+                && e.contains("a.json ran http1 open loop at 20000 req/s, 50 connections, 10 s"),
+            "{e}"
+        );
+
+        let garbage = dir.path().join("garbage.json");
+        std::fs::write(&garbage, "{\"targets\": [").unwrap();
+        let e = pooled_rounds(&[a.clone(), garbage]).err().unwrap();
+        assert!(
+            e.contains("garbage.json: not the --json output of bench-compare"),
+            "{e}"
+        );
+
+        let unknown = dir.path().join("unknown.json");
+        let text = std::fs::read_to_string(&a)
+            .unwrap()
+            .replace("haproxy", "varnish");
+        std::fs::write(&unknown, text).unwrap();
+        let e = pooled_rounds(&[unknown]).err().unwrap();
+        assert!(
+            e.contains("unknown.json: round 1: unknown target \"varnish\""),
+            "{e}"
+        );
+
+        let missing = dir.path().join("missing.json");
+        let e = pooled_rounds(&[missing]).err().unwrap();
+        assert!(
+            e.contains("cannot read") && e.contains("missing.json"),
+            "{e}"
+        );
+
+        let empty = write_run(dir.path(), "empty.json", &[]);
+        let e = pooled_rounds(&[empty]).err().unwrap();
+        assert!(e.contains("no measured round"), "{e}");
+    }
+
+    #[test]
+    fn every_target_a_run_can_have_is_known_to_the_pooling() {
+        let me = Path::new("otlp-mesh");
+        let mut names = vec!["direct"];
+        names.extend(peers(me).iter().map(|p| p.0));
+        assert_eq!(names, TARGET_NAMES);
     }
 
     #[test]

@@ -574,6 +574,31 @@ fn bench_compare_interleaved_rounds_keep_each_target_running_and_give_intervals(
         "{}",
         p.stdout()
     );
+
+    // `--from` pools runs without measuring: the run twice over is twelve rounds with the same
+    // medians (each value twice) and intervals no wider.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run.json");
+    std::fs::write(&run, v.to_string()).unwrap();
+    let run = run.to_str().unwrap();
+    let (pooled, p) = bench_compare(&["--from", run, "--from", run], Duration::from_secs(30));
+    assert_eq!(pooled["rounds"].as_array().unwrap().len(), 12);
+    let twice = &pooled["medians"].as_array().unwrap()[1];
+    assert_eq!(twice["name"], "otlp-mesh+telemetry");
+    assert_eq!(twice["rounds"], 12);
+    assert_eq!(twice["cpu_vs_mesh"], telemetry["cpu_vs_mesh"]);
+    assert_eq!(twice["p99_vs_mesh_us"], telemetry["p99_vs_mesh_us"]);
+    let ci = twice["cpu_vs_mesh_ci"].as_array().unwrap();
+    assert!(
+        ci[0].as_f64().unwrap() >= lo && ci[1].as_f64().unwrap() <= hi,
+        "{twice}"
+    );
+    assert!(p.stdout().contains("median of 12 rounds"), "{}", p.stdout());
+    assert!(
+        p.stderr().contains("12 rounds from 2 runs"),
+        "{}",
+        p.stderr()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
