@@ -349,7 +349,7 @@ struct StoredRun {
 /// What must be the same in every report for rounds to be pooled.
 #[derive(Debug, PartialEq)]
 struct Settings {
-    protocol: String,
+    protocol: Protocol,
     mode: String,
     rate: Option<f64>,
     connections: usize,
@@ -359,7 +359,7 @@ struct Settings {
 impl Settings {
     fn of(r: &Report) -> Settings {
         Settings {
-            protocol: r.protocol.to_string(),
+            protocol: r.protocol,
             mode: r.mode.clone(),
             rate: r.target_rate,
             connections: r.connections,
@@ -1515,7 +1515,7 @@ mod tests {
         path
     }
 
-    /// Six rounds of otlp-mesh and `peer`, the peer's CPU `ratios[i]` times otlp-mesh's.
+    /// A round of otlp-mesh and `peer` per ratio, the peer's CPU `ratios[i]` times otlp-mesh's.
     fn paired_rounds(peer: &'static str, ratios: &[f64]) -> Vec<Vec<Outcome>> {
         ratios
             .iter()
