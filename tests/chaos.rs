@@ -22,7 +22,9 @@ async fn mesh_with(
         "{}listeners:\n  - name: edge\n    bind: {edge}\n{listener_extra}    routes:\n      - name: api\n        cluster: up\n{route_extra}clusters:\n  - {{ name: up, discovery: {{ static: [{up}] }} }}\n",
         prelude(admin),
     );
-    (Mesh::start(admin, &yaml).await, admin, edge)
+    let mesh = Mesh::start(admin, &yaml).await;
+    let admin = mesh.admin;
+    (mesh, admin, edge)
 }
 
 fn put(url: String, json: &str) -> Request<Body> {

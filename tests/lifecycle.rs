@@ -643,3 +643,36 @@ async fn removed_listener_finishes_in_flight_requests() {
     let resp = get(&h1_client(), &format!("http://{edge}/after")).await;
     assert_eq!(resp.status, StatusCode::OK, "{resp:?}");
 }
+
+/// The harness's own guard against a port taken between `free_addr` and the binary's bind:
+/// the binary cannot bind its admin port, so the harness starts it again on a fresh one, and
+/// later config changes keep the moved port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_moves_a_taken_admin_port_and_keeps_it_on_reload() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let (admin, edge) = (free_addr(), free_addr());
+    let taken = std::net::TcpListener::bind(admin).unwrap();
+    let route = |cluster: &str| {
+        format!(
+            "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes:\n      - cluster: {cluster}\n{}",
+            prelude(admin),
+            clusters(a.addr, b.addr)
+        )
+    };
+    let mesh = Mesh::start(admin, &route("a")).await;
+    assert_ne!(mesh.admin, admin);
+    let client = h1_client();
+    assert_eq!(served_by(&client, edge, "/").await.as_deref(), Some("a"));
+    mesh.config.replace(&route("b"));
+    eventually("the reload to route to b", WAIT, || async {
+        served_by(&client, edge, "/").await.as_deref() == Some("b")
+    })
+    .await;
+    let config = mesh.admin_get("/config").await.json();
+    assert_eq!(
+        config["config"]["admin"]["bind"],
+        mesh.admin.to_string(),
+        "{config}"
+    );
+    drop(taken);
+}

@@ -507,7 +507,7 @@ clusters:
     let client_http = h1_client();
     let r = send(
         &client_http,
-        http::Request::delete(format!("http://{admin}/chaos/rules/route:edge/grpc"))
+        http::Request::delete(format!("http://{}/chaos/rules/route:edge/grpc", mesh.admin))
             .body(full(""))
             .unwrap(),
     )

@@ -295,6 +295,9 @@ pub fn tail(s: &str) -> &str {
 pub struct ConfigFile {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
+    /// An address the test wrote and the one it was moved to (see [`Mesh::start_with_args`]),
+    /// applied to every later [`ConfigFile::replace`].
+    moved: Option<(String, String)>,
 }
 
 impl ConfigFile {
@@ -302,7 +305,11 @@ impl ConfigFile {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mesh.yaml");
         std::fs::write(&path, yaml).unwrap();
-        ConfigFile { dir, path }
+        ConfigFile {
+            dir,
+            path,
+            moved: None,
+        }
     }
 
     pub fn path_str(&self) -> &str {
@@ -311,7 +318,10 @@ impl ConfigFile {
 
     /// Replaces the file atomically: write a sibling, then rename it over the original.
     pub fn replace(&self, yaml: &str) {
-        replace_atomically(&self.path, yaml);
+        match &self.moved {
+            Some((from, to)) => replace_atomically(&self.path, &yaml.replace(from, to)),
+            None => replace_atomically(&self.path, yaml),
+        }
     }
 }
 
@@ -339,43 +349,75 @@ impl Mesh {
         Mesh::start_with_args(admin, yaml, &[]).await
     }
 
+    /// Like [`Mesh::start`], with extra command-line arguments.
+    ///
+    /// A port from [`free_port_on`] is free when checked and released for the binary, so
+    /// something else can take it in between. When the admin port is what the binary could not
+    /// bind, the config is rewritten to a fresh admin port (see [`Mesh::admin`]) and started
+    /// again, at most three times; any other failure to get ready panics with stderr.
     pub async fn start_with_args(admin: SocketAddr, yaml: &str, extra: &[&str]) -> Mesh {
-        let config = ConfigFile::new(yaml);
-        let mut args = vec!["run", "--config", config.path_str()];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn(&args);
-        let mut mesh = Mesh {
-            proc,
-            admin,
-            config,
-        };
-        mesh.wait_ready().await;
-        mesh
+        let (first, mut admin, mut yaml) = (admin, admin, yaml.to_string());
+        for attempt in 1.. {
+            let mut config = ConfigFile::new(&yaml);
+            if admin != first {
+                config.moved = Some((first.to_string(), admin.to_string()));
+            }
+            let mut args = vec!["run", "--config", config.path_str()];
+            args.extend_from_slice(extra);
+            let proc = Proc::spawn(&args);
+            let mut mesh = Mesh {
+                proc,
+                admin,
+                config,
+            };
+            match mesh.try_wait_ready().await {
+                Ok(()) => return mesh,
+                Err(why)
+                    if attempt < 4
+                        && why.contains(&format!("cannot bind the admin server to {admin}")) =>
+                {
+                    let fresh = free_port_on(admin.ip());
+                    eprintln!("admin port {admin} was taken; starting again on {fresh}");
+                    yaml = yaml.replace(&admin.to_string(), &fresh.to_string());
+                    admin = fresh;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Polls `GET /ready` until 200 (at most [`WAIT`]); panics with stderr when the process
     /// exits or never gets ready.
     pub async fn wait_ready(&mut self) {
+        if let Err(why) = self.try_wait_ready().await {
+            panic!("{why}");
+        }
+    }
+
+    /// Polls `GET /ready` until 200 (at most [`WAIT`]); the error, with stderr, when the
+    /// process exits or never gets ready.
+    pub async fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + WAIT;
         let client = h1_client();
         loop {
             if let Some(status) = self.proc.try_exit() {
-                panic!(
+                return Err(format!(
                     "otlp-mesh exited with {status} before becoming ready; stderr:\n{}",
                     tail(&self.proc.stderr())
-                );
+                ));
             }
             let url = format!("http://{}/ready", self.admin);
             if let Ok(r) = try_send_within(&client, get_req(&url), Duration::from_secs(1)).await
                 && r.status == StatusCode::OK
             {
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "otlp-mesh not ready within {WAIT:?}; stderr:\n{}",
                     tail(&self.proc.stderr())
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -44,6 +44,10 @@
 //! switch (or the first evaluation), a best candidate whose score is at least `min_improvement`
 //! lower than the active one's, and the same best candidate in `confirmations` consecutive
 //! evaluations. Equal scores never switch; ties go to the earlier candidate in the list.
+//! The gain must also be worth having in absolute terms: either the estimated p99 drops by at
+//! least `min_gain`, or the lower error rate alone (at the active candidate's p99) makes the
+//! score `min_improvement` lower. Sub-millisecond p99 differences are more often scheduling
+//! noise than a slow endpoint, and a relative threshold alone takes them.
 
 use crate::clock::duration_nanos;
 use crate::hash::hash_addr;
@@ -77,6 +81,9 @@ pub struct AdaptiveConfig {
     pub min_dwell: Duration,
     /// Minimum relative score improvement to switch (0.2 = the new score is ≥ 20 % lower).
     pub min_improvement: f64,
+    /// Minimum drop of the estimated p99 to switch for latency (not needed when the lower error
+    /// rate alone justifies the switch).
+    pub min_gain: Duration,
     /// Minimum requests in the window before switching.
     pub min_samples: u64,
     /// Consecutive evaluations that must agree on the better candidate before switching.
@@ -100,6 +107,7 @@ impl Default for AdaptiveConfig {
             evaluation_interval: Duration::from_secs(1),
             min_dwell: Duration::from_secs(10),
             min_improvement: 0.2,
+            min_gain: Duration::from_millis(1),
             min_samples: 100,
             confirmations: 3,
             error_weight: 10.0,
@@ -532,12 +540,18 @@ impl Adaptive {
                 best = i;
             }
         }
-        let cur_score = st.scores.get(cur)?.score;
-        let best_score = st.scores.get(best)?.score;
+        let (c, b) = (st.scores.get(cur)?, st.scores.get(best)?);
+        let (cur_score, best_score) = (c.score, b.score);
+        let target = cur_score * (1.0 - self.config.min_improvement);
+        let worth_it = c.estimated_p99.saturating_sub(b.estimated_p99) >= self.config.min_gain
+            || duration_nanos(c.estimated_p99) as f64
+                * (1.0 + self.config.error_weight * b.estimated_error_rate)
+                <= target;
         let better = best != cur
             && samples >= self.config.min_samples as f64
-            && best_score <= cur_score * (1.0 - self.config.min_improvement)
-            && best_score < cur_score;
+            && best_score <= target
+            && best_score < cur_score
+            && worth_it;
         if !better {
             st.streak = None;
             return None;

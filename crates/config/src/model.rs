@@ -685,7 +685,7 @@ pub struct AdaptiveBalancerConfig {
     pub candidates: Vec<Located<BalancerKind>>,
     /// Sliding window of latency and error measurements. Default `30s`.
     #[serde(default = "default_adaptive_window")]
-    pub window: Duration,
+    pub window: Located<Duration>,
     /// How often candidates are scored. Default `1s`.
     #[serde(default = "default_adaptive_interval")]
     pub evaluation_interval: Duration,
@@ -694,7 +694,11 @@ pub struct AdaptiveBalancerConfig {
     pub min_dwell: Duration,
     /// Required relative score improvement to switch (0.2 = 20 %). Default 0.2.
     #[serde(default = "default_adaptive_improvement")]
-    pub min_improvement: f64,
+    pub min_improvement: Located<f64>,
+    /// Least drop of the estimated p99 for a switch made for latency; a switch the lower error
+    /// rate justifies on its own does not need it. Default `1ms`.
+    #[serde(default = "default_adaptive_gain")]
+    pub min_gain: Duration,
     /// Requests in the window before any switch. Default 100.
     #[serde(default = "default_adaptive_samples")]
     pub min_samples: u64,
@@ -708,6 +712,7 @@ impl Default for AdaptiveBalancerConfig {
             evaluation_interval: default_adaptive_interval(),
             min_dwell: default_adaptive_dwell(),
             min_improvement: default_adaptive_improvement(),
+            min_gain: default_adaptive_gain(),
             min_samples: default_adaptive_samples(),
         }
     }
@@ -724,8 +729,8 @@ fn default_candidates() -> Vec<Located<BalancerKind>> {
     .map(Located::new)
     .collect()
 }
-fn default_adaptive_window() -> Duration {
-    Duration::from_secs(30)
+fn default_adaptive_window() -> Located<Duration> {
+    Located::new(Duration::from_secs(30))
 }
 fn default_adaptive_interval() -> Duration {
     Duration::from_secs(1)
@@ -733,8 +738,11 @@ fn default_adaptive_interval() -> Duration {
 fn default_adaptive_dwell() -> Duration {
     Duration::from_secs(10)
 }
-fn default_adaptive_improvement() -> f64 {
-    0.2
+fn default_adaptive_improvement() -> Located<f64> {
+    Located::new(0.2)
+}
+fn default_adaptive_gain() -> Duration {
+    Duration::from_millis(1)
 }
 fn default_adaptive_samples() -> u64 {
     100

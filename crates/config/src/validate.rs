@@ -134,6 +134,13 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                         "candidates are round_robin, weighted_round_robin, least_request, p2c_ewma and random",
                     );
                 }
+                if a.candidates[..k].iter().any(|o| o.value == cand.value) {
+                    c.at(
+                        cand,
+                        format!("{path}.adaptive.candidates[{k}]"),
+                        "is listed twice",
+                    );
+                }
             }
             if a.candidates.is_empty() {
                 c.at(
@@ -142,16 +149,16 @@ pub(crate) fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
                     "must list at least one algorithm",
                 );
             }
-            if !(0.0..=10.0).contains(&a.min_improvement) || !a.min_improvement.is_finite() {
+            if !(0.0..1.0).contains(&a.min_improvement.value) {
                 c.at(
-                    a,
+                    &a.min_improvement,
                     format!("{path}.adaptive.min_improvement"),
-                    "must be between 0 and 10",
+                    "must be at least 0 and below 1 (0.2 = a 20 % lower score)",
                 );
             }
-            if a.evaluation_interval.is_zero() || a.window.0 < a.evaluation_interval.0 {
+            if a.evaluation_interval.is_zero() || a.window.value.0 < a.evaluation_interval.0 {
                 c.at(
-                    a,
+                    &a.window,
                     format!("{path}.adaptive.window"),
                     "must be at least evaluation_interval (> 0)",
                 );

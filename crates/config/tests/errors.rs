@@ -568,3 +568,28 @@ fn receiver_budget_must_be_positive_and_fit_in_32_bits() {
         }
     }
 }
+
+#[test]
+fn adaptive_balancer_settings_name_field_and_line() {
+    let errs = errors(
+        "clusters:\n  - name: a\n    discovery: { static: [ 127.0.0.1:1 ] }\n    balancer: adaptive\n    adaptive:\n      candidates: [ round_robin, maglev, round_robin ]\n      min_improvement: 1.5\n      window: 1s\n      evaluation_interval: 2s\n",
+    );
+    let p = "clusters[0].adaptive";
+    has(
+        &errs,
+        6,
+        &format!("{p}.candidates[1]"),
+        "candidates are round_robin",
+    );
+    has(&errs, 6, &format!("{p}.candidates[2]"), "listed twice");
+    has(&errs, 7, &format!("{p}.min_improvement"), "below 1");
+    has(&errs, 8, &format!("{p}.window"), "evaluation_interval");
+    let ok = parse_str(
+        "clusters:\n  - name: a\n    discovery: { static: [ 127.0.0.1:1 ] }\n    balancer: adaptive\n    adaptive: { min_gain: 5ms }\n",
+        "mesh.yaml",
+    )
+    .unwrap();
+    let a = ok.clusters[0].adaptive.as_ref().unwrap();
+    assert_eq!(a.min_gain.0, std::time::Duration::from_millis(5));
+    assert!((a.min_improvement.value - 0.2).abs() < 1e-9);
+}

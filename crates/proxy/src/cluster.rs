@@ -152,10 +152,11 @@ fn adaptive_config(config: &ClusterConfig) -> otlp_mesh_balance::AdaptiveConfig 
         .collect();
     otlp_mesh_balance::AdaptiveConfig {
         candidates,
-        window: a.window.into(),
+        window: a.window.value.into(),
         evaluation_interval: a.evaluation_interval.into(),
         min_dwell: a.min_dwell.into(),
-        min_improvement: a.min_improvement,
+        min_improvement: a.min_improvement.value,
+        min_gain: a.min_gain.into(),
         min_samples: a.min_samples,
         ..defaults
     }
