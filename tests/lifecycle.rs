@@ -24,6 +24,21 @@ fn clusters(a: SocketAddr, b: SocketAddr) -> String {
     )
 }
 
+/// A config whose one listener, `edge`, sends everything to `cluster` (`a` or `b`).
+fn edge_to(
+    cluster: &str,
+    admin: SocketAddr,
+    edge: SocketAddr,
+    a: &Upstream,
+    b: &Upstream,
+) -> String {
+    format!(
+        "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes:\n      - cluster: {cluster}\n{}",
+        prelude(admin),
+        clusters(a.addr, b.addr)
+    )
+}
+
 /// Which echo server answered `path` (None for a non-200).
 async fn served_by(client: &HttpClient, edge: SocketAddr, path: &str) -> Option<String> {
     let resp = get(client, &format!("http://{edge}{path}")).await;
@@ -104,13 +119,7 @@ async fn reload_applies_new_routes() {
 async fn invalid_file_keeps_the_running_config() {
     let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
     let (admin, edge) = (free_addr(), free_addr());
-    let route = |cluster: &str| {
-        format!(
-            "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes:\n      - cluster: {cluster}\n{}",
-            prelude(admin),
-            clusters(a.addr, b.addr)
-        )
-    };
+    let route = |cluster: &str| edge_to(cluster, admin, edge, &a, &b);
     let mesh = Mesh::start(admin, &route("a")).await;
     let client = h1_client();
     assert_eq!(served_by(&client, edge, "/").await.as_deref(), Some("a"));
@@ -652,13 +661,7 @@ async fn harness_moves_a_taken_admin_port_and_keeps_it_on_reload() {
     let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
     let (admin, edge) = (free_addr(), free_addr());
     let taken = std::net::TcpListener::bind(admin).unwrap();
-    let route = |cluster: &str| {
-        format!(
-            "{}listeners:\n  - name: edge\n    bind: {edge}\n    routes:\n      - cluster: {cluster}\n{}",
-            prelude(admin),
-            clusters(a.addr, b.addr)
-        )
-    };
+    let route = |cluster: &str| edge_to(cluster, admin, edge, &a, &b);
     let mesh = Mesh::start(admin, &route("a")).await;
     assert_ne!(mesh.admin, admin);
     let client = h1_client();
