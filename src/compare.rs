@@ -12,7 +12,7 @@
 //! run, which narrows the paired medians' intervals past what one run's 1 000 rounds give.
 
 use otlp_mesh_bench::{Protocol, Report};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -122,9 +122,11 @@ struct Outcome {
     report: Option<Report>,
 }
 
+/// A free port on 127.0.0.1 for a process the run starts (outside the ephemeral range, where
+/// the load's own connections could take it before that process binds it).
 pub(crate) fn free_addr() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map_err(|e| e.to_string())
+    otlp_mesh_ports::free_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 pub(crate) fn find(program: &str) -> Option<PathBuf> {

@@ -684,7 +684,7 @@ async fn harness_moves_a_taken_admin_port_and_keeps_it_on_reload() {
 /// where outgoing connections cannot take them.
 #[test]
 fn harness_ports_lie_outside_the_ephemeral_range() {
-    let (first, count) = test_ports();
+    let (first, count) = otlp_mesh_ports::listen_ports();
     assert!(
         count >= 2_000 && first + count <= 65_536,
         "{first} + {count}"

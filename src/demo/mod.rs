@@ -54,13 +54,14 @@ pub async fn start(port: u16, admin_port: u16) -> anyhow::Result<Demo> {
     })
 }
 
-/// The OTLP standard port on loopback when free, else another free one.
+/// The OTLP standard port on loopback when free, else another free one (outside the ephemeral
+/// range, where the demo's own connections could take it before the proxy binds it).
 fn otlp_port(preferred: u16) -> SocketAddr {
-    [preferred, 0]
-        .into_iter()
-        .find_map(|p| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok())
-        .and_then(|l| l.local_addr().ok())
-        .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, preferred)))
+    let standard = SocketAddr::from((Ipv4Addr::LOCALHOST, preferred));
+    if std::net::TcpListener::bind(standard).is_ok() {
+        return standard;
+    }
+    otlp_mesh_ports::free_listen_addr(Ipv4Addr::LOCALHOST.into()).unwrap_or(standard)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -49,55 +49,10 @@ pub fn free_addr() -> SocketAddr {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// An address on `ip` whose port was free a moment ago (bound, then released for the binary).
-///
-/// Ports come from below the kernel's ephemeral range ([`test_ports`]): ports there are handed
-/// out to the many outgoing connections the tests make, and the binary would then find its
-/// port taken. A per-process counter from a pid-derived start keeps parallel tests (and test
-/// processes) apart; each port is checked by binding it.
+/// An address on `ip` whose port was free a moment ago (bound, then released for the binary),
+/// from outside the kernel's ephemeral range (see `otlp_mesh_ports`).
 pub fn free_port_on(ip: IpAddr) -> SocketAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let (first, count) = test_ports();
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % count,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..count {
-        let port = first + NEXT.fetch_add(1, Ordering::SeqCst) % count;
-        if let Ok(l) = std::net::TcpListener::bind(SocketAddr::new(ip, port as u16)) {
-            return l.local_addr().unwrap();
-        }
-    }
-    panic!("no free port in {first}..{}", first + count);
-}
-
-/// The first port and the number of ports [`free_port_on`] draws from: up to 12 000 ports
-/// just below this host's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 by
-/// default), or above it when more room is there; 20000..32000 when neither side has 2 000
-/// ports above 10 000 or the range cannot be read.
-pub fn test_ports() -> (u32, u32) {
-    const FLOOR: u32 = 10_000;
-    const MOST: u32 = 12_000;
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
-            Some((it.next()??, it.next()??))
-        });
-    let Some((low, high)) = ephemeral else {
-        return (20_000, MOST);
-    };
-    let below = low.saturating_sub(FLOOR).min(MOST);
-    let above = 65_535u32.saturating_sub(high.max(FLOOR)).min(MOST);
-    if below >= 2_000 && below >= above {
-        (low - below, below)
-    } else if above >= 2_000 {
-        (high.max(FLOOR) + 1, above)
-    } else {
-        (20_000, MOST)
-    }
+    otlp_mesh_ports::free_listen_addr(ip).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `check` every 50 ms until it returns true; panics naming `what` after `within`.

@@ -251,9 +251,7 @@ mod tests {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        otlp_mesh_ports::free_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
             .unwrap()
             .port()
     }
