@@ -338,7 +338,8 @@ impl Mesh {
     /// again, at most three times; any other failure to get ready panics with stderr.
     pub async fn start_with_args(admin: SocketAddr, yaml: &str, extra: &[&str]) -> Mesh {
         let (first, mut admin, mut yaml) = (admin, admin, yaml.to_string());
-        for attempt in 1.. {
+        let mut moves = 0;
+        loop {
             let mut config = ConfigFile::new(&yaml);
             if admin != first {
                 config.moved = Some((first.to_string(), admin.to_string()));
@@ -354,9 +355,10 @@ impl Mesh {
             match mesh.try_wait_ready().await {
                 Ok(()) => return mesh,
                 Err(why)
-                    if attempt < 4
+                    if moves < 3
                         && why.contains(&format!("cannot bind the admin server to {admin}")) =>
                 {
+                    moves += 1;
                     let fresh = free_port_on(admin.ip());
                     eprintln!("admin port {admin} was taken; starting again on {fresh}");
                     yaml = yaml.replace(&admin.to_string(), &fresh.to_string());
@@ -365,7 +367,6 @@ impl Mesh {
                 Err(why) => panic!("{why}"),
             }
         }
-        unreachable!("the loop returns or panics")
     }
 
     /// Polls `GET /ready` until 200 (at most [`WAIT`]); panics with stderr when the process

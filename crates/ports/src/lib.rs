@@ -22,10 +22,14 @@ const LEAST: u32 = 2_000;
 
 /// The first port and number of ports [`free_listen_addr`] draws from on this host.
 pub fn listen_ports() -> (u32, u32) {
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    listen_ports_around(ephemeral_range())
+}
+
+/// This host's ephemeral port range, `(low, high)` inclusive, when it can be read (Linux).
+pub fn ephemeral_range() -> Option<(u32, u32)> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| parse_range(&s));
-    listen_ports_around(ephemeral)
+        .and_then(|s| parse_range(&s))
 }
 
 /// `low high` as in `/proc/sys/net/ipv4/ip_local_port_range`.
@@ -108,6 +112,23 @@ mod tests {
         assert_eq!(parse_range("32768\t60999\n"), Some((32_768, 60_999)));
         assert_eq!(parse_range("60999 32768"), None);
         assert_eq!(parse_range("x"), None);
+    }
+
+    #[test]
+    fn this_hosts_ports_lie_outside_its_ephemeral_range() {
+        let (first, count) = listen_ports();
+        assert!(
+            count >= LEAST && first + count <= 65_536,
+            "{first} + {count}"
+        );
+        let (low, high) = ephemeral_range().expect("a Linux host shows its ephemeral range");
+        if (first, count) != FALLBACK {
+            assert!(
+                first + count <= low || first > high,
+                "{first}..{} overlaps {low}..={high}",
+                first + count
+            );
+        }
     }
 
     #[test]
